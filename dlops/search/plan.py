@@ -1,0 +1,244 @@
+"""The coarse-to-fine plan: which stage is running, what to sample next, when to zoom. Pure.
+
+:class:`StagedPlan` is a small state machine that knows nothing of Ray or MLflow. The Ray Tune
+searcher (:mod:`dlops.search.searcher`) is a thin adapter around it, and the benchmarks drive it
+directly with plain Python objectives. Its whole state is JSON-serialisable
+(:meth:`StagedPlan.state_dict`), which is what makes ``Tuner.restore`` resume across stages.
+
+Stage ``k`` samples ``n_trials`` configurations at random inside its box; once every trial of
+stage ``k`` has ended (the stage barrier), the box of stage ``k+1`` is fitted around stage ``k``'s
+best trials with :func:`dlops.search.space.zoom`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+
+from dlops.search.space import (
+    Box,
+    Constraint,
+    Mode,
+    Param,
+    TrialOutcome,
+    ZoomRule,
+    initial_box,
+    sample_box,
+    zoom,
+)
+
+FINISHED = "FINISHED"
+
+#: config keys the plan adds to every suggested configuration
+STAGE_KEY = "stage"
+EPOCHS_KEY = "epochs"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: how many trials, for how many epochs, sampled how.
+
+    Attributes:
+        n_trials: number of trials of this stage (>= 1).
+        epochs: epochs each trial of this stage trains for (None: the trainable's default).
+        method: ``random`` or ``sobol`` (scrambled Sobol points; still random search).
+        tiers: highest priority tier tuned in this stage (``tiers`` strategy); parameters of a
+            higher tier are held at their default. None: all tiers.
+    """
+
+    n_trials: int
+    epochs: int | None = None
+    method: Literal["random", "sobol"] = "random"
+    tiers: int | None = None
+
+
+class StagedPlan:
+    """Coarse-to-fine search over ``stages``, one stage after the other.
+
+    Args:
+        params: the search space.
+        stages: the stages, in order.
+        metric, mode: the optimizing metric and ``min``/``max``.
+        constraints: satisficing constraints; a trial that breaks one is never "best".
+        rule: the zoom rule.
+        seed: the seed of the only random generator (same seed, same configs).
+
+    Raises:
+        ValueError: no stage, a stage with ``n_trials < 1``, an unknown mode.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Param],
+        stages: Sequence[Stage],
+        metric: str,
+        mode: Mode,
+        constraints: Sequence[Constraint] = (),
+        rule: ZoomRule = ZoomRule(),
+        seed: int = 0,
+    ) -> None:
+        if not stages:
+            raise ValueError("search.stages: at least one stage is needed")
+        for i, s in enumerate(stages):
+            if s.n_trials < 1:
+                raise ValueError(f"search.stages[{i}].trials must be >= 1, got {s.n_trials}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"search.mode must be 'min' or 'max', got {mode!r}")
+        self.params = list(params)
+        self.stages = list(stages)
+        self.metric = metric
+        self.mode: Mode = mode
+        self.constraints = list(constraints)
+        self.rule = rule
+        self.seed = seed
+        self.original = initial_box(self.params)
+        self.boxes: list[Box] = [self.original]
+        self.stage = 0
+        self.suggested: dict[str, dict[str, Any]] = {}  # trial key -> config
+        self.trial_stage: dict[str, int] = {}
+        self.results: dict[str, dict[str, Any]] = {}  # trial key -> final metrics ({} if failed)
+        self.zoom_log: list[dict[str, Any]] = []  # per finished stage: selected, edges, reason
+        self._pending: list[dict[str, Any]] = []
+        self._draws = 0
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    @property
+    def total_trials(self) -> int:
+        return sum(s.n_trials for s in self.stages)
+
+    def _stage_keys(self, k: int) -> list[str]:
+        return [t for t, s in self.trial_stage.items() if s == k]
+
+    def _fixed(self, k: int) -> dict[str, Any]:
+        tiers = self.stages[k].tiers
+        if tiers is None:
+            return {}
+        return {p.name: p.default for p in self.params if p.tier > tiers and p.scale != "const"}
+
+    def _fill(self, k: int) -> None:
+        rng = np.random.default_rng([self.seed, k])
+        st = self.stages[k]
+        self._pending = sample_box(self.params, self.boxes[k], st.n_trials, rng, st.method, self._fixed(k))
+
+    def suggest(self, key: str) -> dict[str, Any] | str | None:
+        """Next configuration for trial ``key``; ``None`` at a stage barrier; ``FINISHED`` at the end.
+
+        The returned dict holds the hyperparameters plus ``stage`` (0-based) and ``epochs``
+        (when the stage sets it).
+        """
+        if key in self.suggested:
+            return dict(self.suggested[key])
+        while True:
+            if self.stage >= len(self.stages):
+                return FINISHED
+            issued = len(self._stage_keys(self.stage))
+            if issued < self.stages[self.stage].n_trials:
+                break
+            if not self._stage_done(self.stage):
+                return None  # barrier: wait for this stage's trials
+            self._advance()
+        if not self._pending:
+            self._fill(self.stage)
+            self._pending = self._pending[issued:]
+        cfg = self._pending.pop(0)
+        cfg[STAGE_KEY] = self.stage
+        if self.stages[self.stage].epochs is not None:
+            cfg[EPOCHS_KEY] = self.stages[self.stage].epochs
+        self.suggested[key] = cfg
+        self.trial_stage[key] = self.stage
+        return dict(cfg)
+
+    def _stage_done(self, k: int) -> bool:
+        keys = self._stage_keys(k)
+        return len(keys) >= self.stages[k].n_trials and all(t in self.results for t in keys)
+
+    def outcomes(self, k: int | None = None) -> list[TrialOutcome]:
+        """Ended trials (of stage ``k``, or all), in the order they were suggested."""
+        keys = [t for t in self.suggested if (k is None or self.trial_stage[t] == k) and t in self.results]
+        return [TrialOutcome(t, self.suggested[t], self.results[t]) for t in keys]
+
+    def _advance(self) -> None:
+        k = self.stage
+        if k + 1 < len(self.stages):
+            res = zoom(
+                self.params,
+                self.boxes[k],
+                self.original,
+                self.outcomes(k),
+                self.metric,
+                self.mode,
+                self.constraints,
+                self.rule,
+            )
+            self.boxes.append(res.box)
+            self.zoom_log.append(
+                {"stage": k, "selected": list(res.selected), "edges": list(res.edges), "reason": res.reason}
+            )
+        self.stage = k + 1
+        self._pending = []
+
+    def record(self, key: str, metrics: Mapping[str, Any] | None) -> None:
+        """Record the end of trial ``key`` (``metrics`` None or {} when it failed)."""
+        if key not in self.suggested:
+            return
+        self.results[key] = dict(metrics or {})
+
+    def forget(self, key: str) -> None:
+        """Drop a suggested trial that never ran (e.g. Tune discarded it): it is sampled again."""
+        if key in self.suggested and key not in self.results:
+            cfg = self.suggested.pop(key)
+            self.trial_stage.pop(key, None)
+            if cfg.get(STAGE_KEY) == self.stage:
+                self._pending.insert(0, {k: v for k, v in cfg.items() if k not in (STAGE_KEY, EPOCHS_KEY)})
+
+    def best(self) -> TrialOutcome | None:
+        """The best feasible trial over all stages, or None."""
+        from dlops.search.space import select_top
+
+        top = select_top(self.outcomes(), self.metric, self.mode, self.constraints, k=1)
+        return top[0] if top else None
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the same search (JSON-serialisable)."""
+        return {
+            "stage": self.stage,
+            "boxes": [b.to_dict() for b in self.boxes],
+            "suggested": self.suggested,
+            "trial_stage": self.trial_stage,
+            "results": self.results,
+            "zoom_log": self.zoom_log,
+            "pending": self._pending,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (same params and stages)."""
+        self.stage = int(state["stage"])
+        self.boxes = [Box.from_dict(b) for b in state["boxes"]]
+        self.suggested = {k: dict(v) for k, v in state["suggested"].items()}
+        self.trial_stage = {k: int(v) for k, v in state["trial_stage"].items()}
+        self.results = {k: dict(v) for k, v in state["results"].items()}
+        self.zoom_log = list(state["zoom_log"])
+        self._pending = [dict(c) for c in state["pending"]]
+
+
+def run_plan(plan: StagedPlan, objective: Any, prefix: str = "t") -> StagedPlan:
+    """Drive ``plan`` sequentially with a plain objective ``config -> metrics dict`` (benchmarks)."""
+    i = 0
+    while True:
+        key = f"{prefix}{i:05d}"
+        cfg = plan.suggest(key)
+        if cfg == FINISHED:
+            return plan
+        if cfg is None:  # cannot happen sequentially: every suggested trial is recorded at once
+            raise RuntimeError("stage barrier reached with no trial running")
+        try:
+            metrics = objective(cfg)
+        except Exception:
+            metrics = {}
+        plan.record(key, metrics)
+        i += 1
