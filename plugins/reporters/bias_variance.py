@@ -1,0 +1,181 @@
+"""Bias/variance reporter: the gaps between human-level, train, train-dev, dev and test error.
+
+Source: Andrew Ng, *Structuring Machine Learning Projects* (deeplearning.ai) and *Machine Learning
+Yearning*, chapters on bias and variance against human-level performance (a proxy for Bayes
+error) and on data mismatch with a train-dev set:
+
+    avoidable bias      = train error     - human-level error
+    variance            = train-dev error - train error
+    data mismatch       = dev error       - train-dev error
+    overfitting to dev  = test error      - dev error
+
+All errors are fractions in [0, 1]; the gaps are in the same unit (fraction points).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from dlops import hookimpl
+from dlops.reports import Report, ReportContext
+
+GAPS = ("avoidable_bias", "variance", "data_mismatch", "overfitting_to_dev")
+
+#: one goal at a time (orthogonalization): the knobs that act on each gap
+KNOBS: dict[str, tuple[str, ...]] = {
+    "avoidable_bias": (
+        "train a bigger network (more hidden units or layers)",
+        "train longer or with a better optimizer (momentum, RMSprop, Adam)",
+        "search the architecture and the hyperparameters",
+    ),
+    "variance": (
+        "get more training data",
+        "regularise: L2 weight decay, dropout",
+        "augment the training data",
+        "search the architecture and the hyperparameters",
+    ),
+    "data_mismatch": (
+        "analyse the dev errors to understand how training and dev data differ",
+        "make the training data more like dev: collect or synthesise similar data",
+    ),
+    "overfitting_to_dev": ("get a bigger dev set",),
+}
+
+GOALS = {
+    "avoidable_bias": "fit the training set",
+    "variance": "generalise to the train-dev set",
+    "data_mismatch": "fit the dev distribution",
+    "overfitting_to_dev": "generalise from dev to test",
+}
+
+
+@dataclass(frozen=True)
+class BiasVariance:
+    """The four gaps (fractions; NaN where a split is missing) and the largest one."""
+
+    human: float
+    train: float
+    train_dev: float
+    dev: float
+    test: float
+    avoidable_bias: float
+    variance: float
+    data_mismatch: float
+    overfitting_to_dev: float
+    largest: str | None
+    better_than_human: bool
+
+    def gaps(self) -> dict[str, float]:
+        return {g: getattr(self, g) for g in GAPS}
+
+
+def _f(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def bias_variance(
+    human: float,
+    train: float,
+    train_dev: float | None = None,
+    dev: float | None = None,
+    test: float | None = None,
+) -> BiasVariance:
+    """Compute the gaps of the practice (see the module docstring).
+
+    Args:
+        human: human-level error (Bayes-error proxy), fraction in [0, 1].
+        train, train_dev, dev, test: errors, fractions in [0, 1]; None or NaN when missing.
+            Without a train-dev set, ``variance`` is taken as dev - train and ``data_mismatch`` is NaN.
+
+    Returns:
+        :class:`BiasVariance`; ``largest`` is the name of the largest finite gap (None if none).
+
+    Raises:
+        ValueError: an error outside [0, 1] (percent given instead of a fraction?).
+
+    Example (the practice's own): human 1%, train 8%, dev 10% -> avoidable bias 7 points,
+    the largest: work on bias. Human 7.5%, train 8%, dev 10% -> variance 2 points is larger.
+    """
+    vals = {"human": _f(human), "train": _f(train), "train_dev": _f(train_dev), "dev": _f(dev), "test": _f(test)}
+    for k, v in vals.items():
+        if not math.isnan(v) and not (0.0 <= v <= 1.0):
+            raise ValueError(f"{k} error must be a fraction in [0, 1], got {v} (percent instead of a fraction?)")
+    h, tr, td, dv, te = vals["human"], vals["train"], vals["train_dev"], vals["dev"], vals["test"]
+    ab = tr - h
+    if math.isnan(td):
+        var, dm = dv - tr, float("nan")
+    else:
+        var, dm = td - tr, dv - td
+    ov = te - dv
+    gaps = {"avoidable_bias": ab, "variance": var, "data_mismatch": dm, "overfitting_to_dev": ov}
+    finite = {k: v for k, v in gaps.items() if not math.isnan(v)}
+    largest = max(finite, key=lambda k: finite[k]) if finite else None
+    if largest is not None and finite[largest] <= 0:
+        largest = None
+    return BiasVariance(
+        human=h, train=tr, train_dev=td, dev=dv, test=te, **gaps, largest=largest,
+        better_than_human=(not math.isnan(tr) and not math.isnan(h) and tr < h),
+    )
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.2f}%"
+
+
+def render_markdown(bv: BiasVariance, title: str = "") -> str:
+    """The report as a Markdown table plus the diagnosis and the knobs for the largest gap."""
+    lines = [f"# Bias / variance{(' — ' + title) if title else ''}", "", "| split | error |", "|---|---|"]
+    for k in ("human", "train", "train_dev", "dev", "test"):
+        lines.append(f"| {k.replace('_', '-')} | {_pct(getattr(bv, k))} |")
+    lines += ["", "| gap | definition | value (points) |", "|---|---|---|"]
+    defs = {
+        "avoidable_bias": "train - human",
+        "variance": "train-dev - train",
+        "data_mismatch": "dev - train-dev",
+        "overfitting_to_dev": "test - dev",
+    }
+    for g in GAPS:
+        lines.append(f"| {g.replace('_', ' ')} | {defs[g]} | {_pct(getattr(bv, g))} |")
+    lines.append("")
+    if bv.better_than_human:
+        lines.append(
+            "Training error is below the human-level proxy: the proxy no longer bounds Bayes error, "
+            "so progress gets harder to judge; look at the errors one by one (error analysis)."
+        )
+        lines.append("")
+    if bv.largest is None:
+        lines.append("No positive gap: nothing stands out.")
+    else:
+        lines.append(f"**Largest gap: {bv.largest.replace('_', ' ')}** — goal: {GOALS[bv.largest]}. Knobs:")
+        lines += [f"- {k}" for k in KNOBS[bv.largest]]
+    return "\n".join(lines) + "\n"
+
+
+class BiasVarianceReporter:
+    """Reporter ``bias_variance``: metrics ``bias_variance/<gap>`` and ``bias_variance.md``."""
+
+    name = "bias_variance"
+
+    def report(self, context: ReportContext) -> Report:
+        e: Mapping[str, float] = context.errors
+        bv = bias_variance(e.get("human", float("nan")), e.get("train", float("nan")),
+                           e.get("train_dev"), e.get("dev"), e.get("test"))
+        md = render_markdown(bv, context.title)
+        out = Path(context.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bias_variance.md"
+        path.write_text(md)
+        metrics = {f"bias_variance/{g}": v for g, v in bv.gaps().items() if not math.isnan(v)}
+        summary = (
+            f"largest gap: {bv.largest.replace('_', ' ')} ({_pct(getattr(bv, bv.largest))})"
+            if bv.largest else "no positive gap"
+        )
+        return Report(metrics=metrics, artifacts=[path], markdown=md, summary=summary)
+
+
+@hookimpl
+def dlops_reporters() -> dict[str, object]:
+    return {"bias_variance": BiasVarianceReporter()}
