@@ -1,0 +1,105 @@
+"""The ``dlops`` command line: thin. Parse, load the project file, call the library.
+
+Exit codes: 0 success; 2 bad input (project file, override, resources, plugin name) with one
+clear message; 130 interrupted (Ctrl-C; every open MLflow run is marked KILLED).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import click
+
+from dlops import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlops")
+def main() -> None:
+    """dlops: staged hyperparameter search on Ray Tune, MLflow run trees and registry,
+    transfer learning, bias/variance reports and ensembles, from one project file."""
+
+
+@main.command()
+@click.argument("project_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a key of the project file (YAML value); repeatable.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
+              help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray on 127.0.0.1).")
+def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str], ray_address: Optional[str]) -> None:
+    """Run the main job of PROJECT_FILE: pretrain, search, register, report, ensemble."""
+    from dlops.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(project_file, list(overrides))
+    except ConfigError as exc:
+        _fail(str(exc))
+    from dlops.pipeline import ResourceError, format_summary, run_project
+    from dlops.plugins import PluginError
+
+    try:
+        summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
+                              out=lambda s: click.echo(s, err=True))
+    except (ResourceError, PluginError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
+        sys.exit(130)
+    click.echo(format_summary(summary))
+
+
+@main.command()
+@click.argument("project_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+def validate(project_file: str, overrides: tuple[str, ...]) -> None:
+    """Check PROJECT_FILE without running anything."""
+    from dlops.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(project_file, list(overrides))
+    except ConfigError as exc:
+        _fail(str(exc))
+    n = sum(s.trials for s in cfg.search.stages)
+    click.echo(f"{project_file}: ok ({len(cfg.search.stages)} stages, {n} trials, metric {cfg.search.metric} "
+               f"{cfg.search.mode})")
+
+
+@main.group()
+def plugins() -> None:
+    """Inspect plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_list(as_json: bool) -> None:
+    """Every plugin, its version, where it comes from and what it provides."""
+    from dlops.plugins import get_registry
+
+    reg = get_registry()
+    if as_json:
+        click.echo(json.dumps({
+            "plugins": [{"name": p.name, "module": p.module, "version": p.version, "source": p.source,
+                         "provides": p.provides} for p in reg.plugins],
+            "errors": reg.errors,
+        }, indent=2))
+    else:
+        for p in reg.plugins:
+            prov = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in p.provides.items()) or "hooks only"
+            click.echo(f"{p.name:<16} {p.version:<10} {p.source:<28} {prov}")
+        for name, err in reg.errors.items():
+            click.echo(f"{name:<16} BROKEN     {err}", err=True)
+
+
+if __name__ == "__main__":
+    main()

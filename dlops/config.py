@@ -1,0 +1,378 @@
+"""The project file: pydantic models and :func:`load_config`.
+
+A project file is YAML. Every key is validated before anything starts (no Ray, no MLflow run):
+unknown keys, wrong types, bad search bounds, a metric or constraint that no trial reports, an
+unknown model or augmentation policy all raise :class:`ConfigError`, whose message names the key
+and the value. ``--set key.path=value`` overrides (YAML-parsed values) are applied before
+validation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: metrics every trial reports, per epoch (fractions for errors, ms for latency, MB for size)
+REPORTED_METRICS = (
+    "train/error",
+    "train/loss",
+    "train_dev/error",
+    "train_dev/loss",
+    "dev/error",
+    "dev/loss",
+    "dev/f1",
+    "latency_ms",
+    "size_mb",
+)
+
+
+class ConfigError(ValueError):
+    """A bad project file or override. The message names the file, the key and the value."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrackingConfig(_Model):
+    """Where MLflow logs. ``uri`` None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` (cwd)."""
+
+    uri: Optional[str] = None
+    experiment: Optional[str] = None  # default: the project name
+    artifact_location: Optional[str] = None  # default (local store): ./mlartifacts
+
+
+class RayConfig(_Model):
+    """Where trials run. ``address`` None: ``$RAY_ADDRESS`` or a local Ray on 127.0.0.1."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = Field(default=None, ge=1)
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+    storage_path: str = "ray_results"
+    autoscaler: bool = False  # the cluster grows on demand: do not fail on unmet resources
+
+
+class DataConfig(_Model):
+    """Data of the transfer task (embedded default: scikit-learn's handwritten digits, 8x8).
+
+    ``source_classes`` is the source task (pretraining, all its examples); ``target_classes``
+    the target task, of which ``train_per_class`` labelled examples per class are for training,
+    ``train_dev_per_class`` more per class are carved out of the training distribution as the
+    train-dev set, and the rest is split into dev and test (``dev_fraction`` to dev).
+    """
+
+    source: Literal["digits"] = "digits"
+    source_classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    target_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
+    train_per_class: int = Field(default=30, ge=1)
+    train_dev_per_class: int = Field(default=10, ge=1)
+    dev_fraction: float = Field(default=0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "DataConfig":
+        for k in ("source_classes", "target_classes"):
+            bad = [c for c in getattr(self, k) if not 0 <= c <= 9]
+            if bad:
+                raise ValueError(f"{k}: digits classes are 0..9, got {bad}")
+        both = set(self.source_classes) & set(self.target_classes)
+        if both:
+            raise ValueError(f"source_classes and target_classes overlap: {sorted(both)}")
+        if len(self.target_classes) < 2:
+            raise ValueError("target_classes: at least 2 classes are needed")
+        return self
+
+
+class PretrainConfig(_Model):
+    """Pretraining of the source network on the source task."""
+
+    enabled: bool = True
+    epochs: int = Field(default=8, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class ModelConfig(_Model):
+    """The network to fine-tune. ``weights``: ``pretrain`` (the source network of this job),
+    None (from scratch), a local state_dict file, or ``models:/NAME@ALIAS``."""
+
+    name: str = "small_cnn"
+    weights: Optional[str] = "pretrain"
+    freeze: str = "backbone"
+    hidden: int = Field(default=64, ge=1)  # default hidden units of the new head
+
+
+class AugmentationConfig(_Model):
+    policy: str = "none"
+    magnitude: float = Field(default=0.5, ge=0, le=1)
+
+
+class ParamConfig(_Model):
+    """One hyperparameter; see :mod:`dlops.search.space` for the scales."""
+
+    scale: Literal["linear", "log", "one_minus_log", "int", "log_int", "choice", "const"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[list[Any]] = None
+    value: Any = None
+    q: Optional[float] = None
+    tier: int = Field(default=1, ge=1, le=3)
+    default: Any = None
+
+
+class StageConfig(_Model):
+    trials: int = Field(ge=1)
+    epochs: Optional[int] = Field(default=None, ge=1)
+    method: Literal["random", "sobol"] = "random"
+    tiers: Optional[int] = Field(default=None, ge=1, le=3)
+
+
+class ZoomConfig(_Model):
+    kind: Literal["shrink", "box"] = "shrink"
+    top_k: int = Field(default=3, ge=1)
+    top_fraction: Optional[float] = Field(default=None, gt=0, le=1)
+    margin: float = Field(default=0.25, ge=0)
+    shrink: float = Field(default=0.5, gt=0, le=1)
+    min_width: float = Field(default=0.05, ge=0, le=1)
+
+
+class ConstraintConfig(_Model):
+    """A satisficing metric, e.g. ``{metric: latency_ms, op: "<=", threshold: 10}``."""
+
+    metric: str
+    op: Literal["<=", "<", ">=", ">"] = "<="
+    threshold: float
+
+
+class ResourcesConfig(_Model):
+    """Per trial: CPUs and GPUs (fractional GPUs allowed). ``allow_cpu``: may a GPU trial fall
+    back to CPU when CUDA is absent on its node."""
+
+    cpu: float = Field(default=1, gt=0)
+    gpu: float = Field(default=0, ge=0)
+    allow_cpu: bool = True
+
+
+class SearchConfig(_Model):
+    metric: str = "dev/error"
+    mode: Literal["min", "max"] = "min"
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
+    space: dict[str, ParamConfig]
+    stages: list[StageConfig]
+    zoom: ZoomConfig = Field(default_factory=ZoomConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_concurrent: Optional[int] = Field(default=None, ge=1)
+    max_failures: int = Field(default=0, ge=0)  # trials allowed to fail before the search stops
+    scheduler: Optional[Literal["asha"]] = None
+    default_epochs: int = Field(default=5, ge=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _some_stage(cls, v: list[StageConfig]) -> list[StageConfig]:
+        if not v:
+            raise ValueError("at least one stage is needed")
+        return v
+
+
+class RegistryConfig(_Model):
+    model_name: Optional[str] = None  # default: the project name
+    ensemble_name: Optional[str] = None  # default: <model_name>-ensemble
+
+
+class EnsembleConfig(_Model):
+    enabled: bool = True
+    top_k: int = Field(default=3, ge=1, le=15)
+
+
+class ReportConfig(_Model):
+    reporters: list[str] = Field(default_factory=lambda: ["bias_variance"])
+
+
+class ProjectConfig(_Model):
+    """The whole project file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    human_level_error: float = Field(default=0.0, ge=0, le=1)  # fraction, not percent
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    search: SearchConfig
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    # resolved names ---------------------------------------------------------------------------
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.name
+
+    @property
+    def ensemble_name(self) -> str:
+        return self.registry.ensemble_name or f"{self.model_name}-ensemble"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur: Any = d
+    for i, k in enumerate(keys[:-1]):
+        if not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is not a mapping")
+        cur = cur.setdefault(k, {})
+    if not isinstance(cur, dict):
+        raise ConfigError(f"--set {dotted}: {'.'.join(keys[:-1])} is not a mapping")
+    cur[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``).
+
+    Raises:
+        ConfigError: an override without ``=`` or with an empty key.
+    """
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"--set {o!r}: expected key.path=value")
+        key, val = o.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {o!r}: empty key")
+        try:
+            parsed = yaml.safe_load(val) if val.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {val!r} is not valid YAML: {exc}") from None
+        _set_path(raw, key, parsed)
+    return raw
+
+
+def _format_validation_error(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid project file"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
+    """Checks that need more than field types: the search space bounds, metric names, known
+    models and policies.
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    from dlops.search.space import Param
+
+    s = cfg.search
+    for name, p in s.space.items():
+        try:
+            Param(
+                name=name, scale=p.scale, low=p.low, high=p.high,
+                choices=tuple(p.choices) if p.choices is not None else None,
+                value=p.value, q=p.q, tier=p.tier, default=p.default,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if any(st.tiers is not None for st in s.stages) and p.tier > 1 and p.default is None and p.scale != "const":
+            raise ConfigError(
+                f"{path}: search.space.{name}.default: a 'tiers' stage holds tier-{p.tier} parameters "
+                "at their default; give one"
+            )
+    known = set(REPORTED_METRICS)
+    if s.metric not in known:
+        raise ConfigError(
+            f"{path}: search.metric: no trial reports {s.metric!r}; trials report {sorted(known)}"
+        )
+    for i, c in enumerate(s.constraints):
+        if c.metric not in known:
+            raise ConfigError(
+                f"{path}: search.constraints[{i}].metric: no trial reports {c.metric!r}; "
+                f"trials report {sorted(known)}"
+            )
+        if not math.isfinite(c.threshold):
+            raise ConfigError(f"{path}: search.constraints[{i}].threshold must be finite")
+    from dlops.models import available_models
+
+    models = available_models()
+    if cfg.model.name not in models:
+        raise ConfigError(f"{path}: model.name: unknown model {cfg.model.name!r}; available: {models}")
+    from dlops.plugins import get_registry
+
+    reg = get_registry()
+    policies = sorted(set(reg.augment_policies) | {"none"})
+    if cfg.augmentation.policy not in policies:
+        raise ConfigError(
+            f"{path}: augmentation.policy: unknown policy {cfg.augmentation.policy!r}; available: {policies}"
+        )
+    if "policy" in s.space and s.space["policy"].choices:
+        for ch in s.space["policy"].choices:
+            if ch not in policies:
+                raise ConfigError(
+                    f"{path}: search.space.policy.choices: unknown policy {ch!r}; available: {policies}"
+                )
+    for i, r in enumerate(cfg.report.reporters):
+        if r not in reg.reporters:
+            raise ConfigError(
+                f"{path}: report.reporters[{i}]: unknown reporter {r!r}; available: {sorted(reg.reporters)}"
+            )
+    for k in ("batch_size", "hidden"):
+        p = s.space.get(k)
+        if p is not None and p.scale in ("linear", "log", "one_minus_log"):
+            raise ConfigError(f"{path}: search.space.{k}.scale: {k} is a whole number; use int, log_int or choice")
+
+
+def load_config(path: Union[str, os.PathLike[str]], overrides: Optional[list[str]] = None) -> ProjectConfig:
+    """Read, override and validate a project file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.path=value`` strings (``--set``), applied in order.
+
+    Returns:
+        The validated :class:`ProjectConfig`.
+
+    Raises:
+        ConfigError: missing/unreadable file, bad YAML, unknown key, wrong type or value; the
+            message names the file, the key and the value.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the project file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the project file must be a mapping of keys, got {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        cfg = ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(p), exc)) from None
+    validate_semantics(cfg, str(p))
+    return cfg

@@ -1,0 +1,83 @@
+"""Building the network of a trial from a JSON model spec, and transferring source weights.
+
+A *model spec* is a plain dict that travels with every checkpoint and registered model, so the
+network can be rebuilt anywhere (a Ray worker, a serving replica)::
+
+    {"name": "small_cnn", "num_classes": 5, "in_channels": 1, "hidden": 64, "width": 16,
+     "freeze": "backbone", "image_size": 8, "mean": [0.5], "std": [0.5],
+     "class_names": ["5", "6", "7", "8", "9"]}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
+    """A fresh network (random init) for ``spec``.
+
+    Raises:
+        ValueError: unknown ``spec["name"]``; the message lists the supported names.
+    """
+    name = spec["name"]
+    if name == "small_cnn":
+        from dlops.models.small_cnn import SmallCNN
+
+        return SmallCNN(int(spec["num_classes"]), int(spec.get("in_channels", 1)), int(spec.get("hidden", 64)),
+                        int(spec.get("width", 16)))
+    from dlops.models.backbones import create_model
+
+    return create_model(name, int(spec["num_classes"]), weights=None, in_channels=int(spec.get("in_channels", 3)))
+
+
+def transfer_features(model: nn.Module, source_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy every source tensor whose name and shape match into ``model`` (the head differs and
+    is left out). Returns the names copied.
+
+    Raises:
+        ValueError: nothing matched (the source network is of another architecture).
+    """
+    own = model.state_dict()
+    copied = [k for k, v in source_state.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")]
+    if not copied:
+        raise ValueError("model.weights: no tensor of the source network matches the model (other architecture?)")
+    own.update({k: source_state[k] for k in copied})
+    model.load_state_dict(own)
+    return copied
+
+
+def apply_freeze(model: nn.Module, policy: str) -> nn.Module:
+    """Freeze by policy (``none`` or ``backbone``: everything but ``model.head``).
+
+    Frozen means bitwise frozen: ``requires_grad`` is off and the frozen BatchNorm layers stay in
+    eval mode whenever ``model.train()`` is called, so their running statistics never change.
+
+    Raises:
+        ValueError: an unknown policy.
+    """
+    if policy == "none":
+        return model
+    if policy != "backbone":
+        raise ValueError(f"model.freeze: unknown policy {policy!r}; use 'none' or 'backbone'")
+    frozen = [m for n, m in model.named_children() if n != "head"]
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    orig_train = model.train
+
+    def train(mode: bool = True) -> nn.Module:
+        orig_train(mode)
+        for m in frozen:
+            m.eval()
+        return model
+
+    model.train = train  # type: ignore[method-assign]
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Only the parameters the optimizer may change."""
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,630 @@
+"""The main job: pretrain -> search -> register -> report -> ensemble.
+
+1. Pretrain the source network on the source task; logged as its own run and model.
+2. Coarse-to-fine search on Ray Tune (one ``Tuner``, a :class:`~dlops.search.searcher.StagedSearcher`);
+   MLflow tree search -> stage -> trial, written from the driver.
+3. Register the best trial's model (optimizing metric, satisficing constraints met, NaN never
+   best) with the pytorch flavor, a signature and the class index map; alias ``challenger``,
+   and ``champion`` when the gate says so.
+4. Reports (bias/variance and any other reporter plugin) for the registered model.
+5. An ensemble of the top-k trials (average of class probabilities), logged and registered as a
+   pyfunc model.
+
+Every run ends FINISHED, FAILED or KILLED, also on Ctrl-C or an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from dlops.config import ProjectConfig
+from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH
+
+PHASES = ("setup", "pretrain", "search", "register", "report", "ensemble")
+
+
+class ResourceError(ValueError):
+    """The cluster cannot meet a trial's resource request (CLI exit code 2)."""
+
+
+@dataclass
+class RunSummary:
+    """What the main job did; times in seconds."""
+
+    tracking_uri: str
+    experiment_id: str
+    search_run_id: str
+    pretrain_run_id: Optional[str] = None
+    best_trial_id: Optional[str] = None
+    best_run_id: Optional[str] = None
+    best_config: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: Optional[str] = None
+    model_aliases: tuple[str, ...] = ()
+    promotion_reason: str = ""
+    ensemble_uri: Optional[str] = None
+    ensemble_test_error: Optional[float] = None
+    ensemble_members: list[str] = field(default_factory=list)
+    report_summaries: dict[str, str] = field(default_factory=dict)
+    phase_s: dict[str, float] = field(default_factory=dict)
+    train_s: float = 0.0  # seconds spent inside training loops (pretrain + trials)
+    n_trials: int = 0
+    n_failed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def wall_s(self) -> float:
+        return sum(self.phase_s.values())
+
+
+@contextmanager
+def _phase(summary: RunSummary, name: str, out: Callable[[str], None]) -> Iterator[None]:
+    out(f"[{name}] ...")
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.phase_s[name] = time.perf_counter() - t0
+        out(f"[{name}] {summary.phase_s[name]:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray
+# ------------------------------------------------------------------------------------------------
+
+
+def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float]) -> bool:
+    """Connect to ``address`` or start a local Ray that listens on 127.0.0.1 only, without the
+    dashboard (Ray has no authentication). Returns True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    kwargs: dict[str, Any] = {}
+    if num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=True, logging_level="ERROR", **kwargs)
+    return True
+
+
+def check_resources(cpu: float, gpu: float, autoscaler: bool) -> None:
+    """Fail at once when no node of the cluster can hold one trial (instead of pending forever).
+
+    Raises:
+        ResourceError: naming the request and the largest node, unless ``autoscaler``.
+    """
+    import ray
+
+    if autoscaler:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu]
+    if not fits:
+        best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+        best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+        raise ResourceError(
+            f"search.resources: a trial asks for cpu={cpu:g}, gpu={gpu:g} but no node of the Ray cluster "
+            f"has that much (largest: CPU={best_cpu:g}, GPU={best_gpu:g}); lower the request, add nodes, "
+            "or set ray.autoscaler: true if an autoscaler adds them"
+        )
+
+
+def short_trial_dirname(trial: Any) -> str:
+    """Trial directory names: short and unique whatever the hyperparameters (``<trial_id>``)."""
+    return f"t-{trial.trial_id}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+# ------------------------------------------------------------------------------------------------
+
+
+def _pip_requirements() -> list[str]:
+    import importlib.metadata as md
+
+    reqs = []
+    for pkg in ("torch", "numpy", "mlflow"):
+        try:
+            reqs.append(f"{pkg}=={md.version(pkg)}")
+        except md.PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def _flat_params(cfg: ProjectConfig) -> dict[str, str]:
+    d = cfg.model_dump(mode="json")
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict) and v and prefix.count(".") < 2:
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        else:
+            s = json.dumps(v) if not isinstance(v, str) else v
+            out[prefix] = s if len(s) <= 6000 else s[:5990] + "...[cut]"
+
+    walk("", d)
+    return out
+
+
+def _search_params(cfg: ProjectConfig) -> list[Any]:
+    from dlops.search.space import Param
+
+    return [
+        Param(name=n, scale=p.scale, low=p.low, high=p.high,
+              choices=tuple(p.choices) if p.choices is not None else None, value=p.value, q=p.q,
+              tier=p.tier, default=p.default)
+        for n, p in cfg.search.space.items()
+    ]
+
+
+def build_plan(cfg: ProjectConfig) -> Any:
+    """The :class:`StagedPlan` of the project's search section."""
+    from dlops.search.plan import Stage, StagedPlan
+    from dlops.search.space import Constraint, ZoomRule
+
+    s = cfg.search
+    return StagedPlan(
+        _search_params(cfg),
+        [Stage(st.trials, st.epochs, st.method, st.tiers) for st in s.stages],
+        s.metric,
+        s.mode,
+        [Constraint(c.metric, c.op, c.threshold) for c in s.constraints],
+        ZoomRule(kind=s.zoom.kind, top_k=s.zoom.top_k, top_fraction=s.zoom.top_fraction, margin=s.zoom.margin,
+                 shrink=s.zoom.shrink, min_width=s.zoom.min_width),
+        seed=cfg.seed,
+    )
+
+
+def _constraints(cfg: ProjectConfig) -> list[Any]:
+    from dlops.search.space import Constraint
+
+    return [Constraint(c.metric, c.op, c.threshold) for c in cfg.search.constraints]
+
+
+def pretrain(cfg: ProjectConfig, data: Any, spec: dict[str, Any], client: Any, experiment_id: str,
+             out: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """Train the source network on the source task; log it as run ``pretrain`` with its model.
+
+    Returns:
+        (state_dict of the source network, run id).
+    """
+    import mlflow
+    import torch
+    from mlflow.entities import Metric, Param
+
+    from dlops.data.transforms import build_transform
+    from dlops.models.transfer import build_model
+    from dlops.train.loop import evaluate_proba, fit_epoch, make_loader, predict_proba, seed_everything, stack_eval
+
+    p = cfg.pretrain
+    src_spec = dict(spec, num_classes=len(data.source_classes), class_names=[str(c) for c in data.source_classes])
+    seed_everything(cfg.seed)
+    model = build_model(src_spec)
+    t = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    loader = make_loader(data.source.x, data.source.y, t, p.batch_size, shuffle=True, seed=cfg.seed)
+    xs = stack_eval(data.source.x, t)
+    run = client.create_run(experiment_id, run_name="pretrain", tags={TAG_KIND: "pretrain"})
+    rid = run.info.run_id
+    try:
+        client.log_batch(rid, params=[Param("source_classes", json.dumps(data.source_classes)),
+                                      Param("epochs", str(p.epochs)), Param("lr", str(p.lr)),
+                                      Param("momentum", str(p.momentum)), Param("batch_size", str(p.batch_size)),
+                                      Param("model", spec["name"])])
+        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
+        for epoch in range(p.epochs):
+            loss = fit_epoch(model, loader, opt)
+            e = evaluate_proba(predict_proba(model, xs), data.source.y)
+            ts = int(time.time() * 1000)
+            client.log_batch(rid, metrics=[Metric("source/train/loss", loss, ts, epoch + 1),
+                                           Metric("source/train/error", e.error, ts, epoch + 1)])
+        out(f"  source task {data.source_classes}: train error {e.error:.4f} after {p.epochs} epochs")
+        model.eval()
+        with _active_run(rid):
+            mlflow.pytorch.log_model(model, name="model", pip_requirements=_pip_requirements(), serialization_format="pickle",
+                                     metadata={"model_spec": src_spec})
+        client.set_terminated(rid, "FINISHED")
+    except BaseException as exc:
+        client.set_terminated(rid, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, rid
+
+
+@contextmanager
+def _active_run(run_id: str) -> Iterator[Any]:
+    """Make ``run_id`` the active fluent run for a ``log_model`` call, keeping its final status."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    before = client.get_run(run_id).info.status
+    with mlflow.start_run(run_id=run_id) as r:
+        yield r
+    if before != "RUNNING":
+        client.set_terminated(run_id, before)
+
+
+def load_source_state(weights: str) -> dict[str, Any]:
+    """Source network weights from a local state_dict file or ``models:/NAME@ALIAS``.
+
+    Raises:
+        ValueError: the file or model cannot be read (the message names it).
+    """
+    import torch
+
+    if weights.startswith("models:/"):
+        import mlflow
+
+        try:
+            return mlflow.pytorch.load_model(weights, map_location="cpu").state_dict()
+        except Exception as exc:
+            raise ValueError(f"model.weights: cannot load {weights!r}: {exc}") from None
+    try:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"model.weights: cannot load state_dict file {weights!r}: {exc}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def run_project(
+    cfg: ProjectConfig,
+    tracking_uri: Optional[str] = None,
+    ray_address: Optional[str] = None,
+    out: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run the main job (see the module docstring) and return its summary.
+
+    Args:
+        cfg: a validated project.
+        tracking_uri: overrides ``tracking.uri`` (else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
+        ray_address: overrides ``ray.address`` (else ``$RAY_ADDRESS``, else a local Ray on 127.0.0.1).
+        out: where progress lines go.
+
+    Raises:
+        ResourceError: the cluster cannot hold one trial.
+        KeyboardInterrupt: re-raised after every open run is marked KILLED.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dlops.tracking.store import end_open_runs, ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client, cfg.experiment_name, uri, cfg.tracking.artifact_location)
+    mlflow.set_experiment(experiment_id=exp_id)
+    search_id = uuid.uuid4().hex[:12]
+    parent = client.create_run(exp_id, run_name=f"search-{cfg.name}",
+                               tags={TAG_KIND: "search", TAG_SEARCH: search_id})
+    parent_id = parent.info.run_id
+    summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
+    open_runs: list[str] = [parent_id]
+    started_ray = False
+    cb = None
+    try:
+        started_ray, cb = _run(cfg, client, exp_id, parent_id, search_id, summary, open_runs, ray_address, out)
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        ids = open_runs + (cb.open_run_ids() if cb is not None else [])
+        end_open_runs(client, ids, status)
+        if not isinstance(exc, KeyboardInterrupt):
+            try:
+                client.set_tag(parent_id, "dlops.error", f"{type(exc).__name__}: {exc}"[:5000])
+            except Exception:
+                pass
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return summary
+
+
+def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id: str, summary: RunSummary,
+         open_runs: list[str], ray_address: Optional[str], out: Callable[[str], None]) -> tuple[bool, Any]:
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.entities import Metric, Param
+
+    from dlops.data.digits import build_transfer_data
+    from dlops.plugins import get_registry
+    from dlops.search.space import select_top
+
+    started_ray = False
+    cb = None
+    with _phase(summary, "setup", out):
+        client.log_batch(parent_id, params=[Param(k, v) for k, v in _flat_params(cfg).items()][:100])
+        client.log_text(parent_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "project.json")
+        d = cfg.data
+        data = build_transfer_data(d.source_classes, d.target_classes, d.train_per_class, d.train_dev_per_class,
+                                   d.dev_fraction, cfg.seed)
+        client.log_dict(parent_id, data.manifest(), "data_manifest.json")
+        spec = {"name": cfg.model.name, "num_classes": len(data.target_classes), "in_channels": 1,
+                "hidden": cfg.model.hidden, "width": 16, "freeze": cfg.model.freeze, "image_size": 8,
+                "mean": [0.5], "std": [0.5], "class_names": [str(c) for c in data.target_classes],
+                "input_layout": "NCHW float32, pixels scaled to [0,1] then (x-mean)/std"}
+        plan = build_plan(cfg)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    source_state = None
+    with _phase(summary, "pretrain", out):
+        t0 = time.perf_counter()
+        w = cfg.model.weights
+        if w == "pretrain":
+            source_state, summary.pretrain_run_id = pretrain(cfg, data, spec, client, exp_id, out)
+            client.set_tag(parent_id, "dlops.pretrain_run_id", summary.pretrain_run_id)
+        elif w:
+            source_state = load_source_state(w)
+            out(f"  source weights from {w}")
+        summary.train_s += time.perf_counter() - t0
+
+    with _phase(summary, "search", out):
+        from ray import tune
+
+        from dlops.search.searcher import StagedSearcher
+        from dlops.search.trainable import train_transfer
+        from dlops.tracking.callback import MlflowTreeCallback
+
+        started_ray = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
+                               cfg.ray.num_cpus, cfg.ray.num_gpus)
+        res = cfg.search.resources
+        check_resources(res.cpu, res.gpu, cfg.ray.autoscaler)
+        reg = get_registry()
+        reg.manager.hook.dlops_before_search(config=cfg, parent_run_id=parent_id)
+        payload = {
+            "train": (data.train.x, data.train.y), "train_dev": (data.train_dev.x, data.train_dev.y),
+            "dev": (data.dev.x, data.dev.y), "spec": spec, "source_state": source_state,
+            "freeze": cfg.model.freeze, "policy": cfg.augmentation.policy, "magnitude": cfg.augmentation.magnitude,
+            "seed": cfg.seed, "default_epochs": cfg.search.default_epochs, "gpu": res.gpu,
+            "allow_cpu": res.allow_cpu, "threads": max(1, int(res.cpu)),
+        }
+        searcher = StagedSearcher(plan)
+
+        def stage_info(k: int) -> dict[str, Any]:
+            box = plan.boxes[k] if k < len(plan.boxes) else None
+            st = cfg.search.stages[k]
+            params: dict[str, Any] = {"stage": k, "trials": st.trials, "epochs": st.epochs, "method": st.method}
+            if box is not None:
+                for name, (lo, hi) in box.intervals.items():
+                    params[f"box.{name}"] = f"[{lo:.6g}, {hi:.6g}]"
+                for name, ch in box.choices.items():
+                    params[f"box.{name}"] = json.dumps(list(ch))
+            return {"params": params}
+
+        cb = MlflowTreeCallback(client, exp_id, parent_id, search_id, stage_info=stage_info, progress=out)
+        scheduler = None
+        if cfg.search.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=max(st.epochs or cfg.search.default_epochs
+                                                                   for st in cfg.search.stages), grace_period=1)
+        storage = str(Path(cfg.ray.storage_path).resolve())
+        trainable = tune.with_resources(tune.with_parameters(train_transfer, payload=payload),
+                                        {"cpu": res.cpu, "gpu": res.gpu})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=plan.total_trials,
+                                        max_concurrent_trials=cfg.search.max_concurrent,
+                                        trial_dirname_creator=short_trial_dirname),
+            run_config=tune.RunConfig(name=f"{cfg.name}-{search_id}", storage_path=storage, callbacks=[cb],
+                                      verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_id}")
+        t0 = time.perf_counter()
+        results = tuner.fit()
+        summary.train_s += time.perf_counter() - t0
+        cb.end_stages("FINISHED")
+        summary.n_trials = len(results)
+        summary.n_failed = sum(1 for r in results if r.error is not None)
+        for entry in plan.zoom_log:
+            k = entry["stage"]
+            rid = cb.stage_runs.get(k)
+            if rid:
+                client.set_tag(rid, "dlops.zoom", json.dumps({"selected": entry["selected"], "reason": entry["reason"]})[:5000])
+            for msg in entry["edges"]:
+                warnings.warn(f"stage {k}: {msg}", stacklevel=2)
+                summary.warnings.append(f"stage {k}: {msg}")
+                if rid:
+                    client.set_tag(rid, "dlops.edge_warning", msg[:5000])
+                client.set_tag(parent_id, "dlops.edge_warning", msg[:5000])
+        best = plan.best()
+        reg.manager.hook.dlops_after_search(config=cfg, parent_run_id=parent_id, best=best)
+        if best is None:
+            raise RuntimeError("search: no trial finished with a finite "
+                               f"{cfg.search.metric} while meeting the constraints; nothing to register")
+        ckpts = {r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None}
+        summary.best_trial_id = best.trial_id
+        summary.best_run_id = cb.trial_runs.get(best.trial_id)
+        summary.best_config = {k: v for k, v in best.config.items()}
+        client.set_tag(parent_id, "dlops.best_trial_id", best.trial_id)
+        if summary.best_run_id:
+            client.set_tag(parent_id, "dlops.best_run_id", summary.best_run_id)
+
+    from dlops.search.trainable import load_checkpoint_model
+    from dlops.train.loop import evaluate_proba, predict_proba, stack_eval
+    from dlops.data.transforms import build_transform
+
+    t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    splits = {"train": data.train, "train_dev": data.train_dev, "dev": data.dev, "test": data.test}
+    xs = {k: stack_eval(v.x, t_eval) for k, v in splits.items()}
+
+    def load_member(tid: str) -> tuple[Any, dict[str, Any], str]:
+        ck = ckpts.get(tid)
+        if ck is None:
+            raise RuntimeError(f"trial {tid} has no checkpoint to register")
+        path = ck.to_directory(tempfile.mkdtemp(prefix=f"dlops-{tid}-"))
+        m, sp = load_checkpoint_model(path)
+        return m, sp, path
+
+    with _phase(summary, "register", out):
+        from mlflow.models import infer_signature
+
+        from dlops.tracking.registry import register_and_promote
+
+        model, mspec, _ = load_member(best.trial_id)
+        probs = {k: predict_proba(model, xs[k]) for k in splits}
+        evals = {k: evaluate_proba(probs[k], splits[k].y) for k in splits}
+        metrics = {f"{k}/error": evals[k].error for k in splits}
+        metrics["dev/f1"] = evals["dev"].f1
+        for key in ("latency_ms", "size_mb"):
+            if key in best.metrics:
+                metrics[key] = float(best.metrics[key])
+        summary.best_metrics = metrics
+        class_index = {str(i): c for i, c in enumerate(mspec["class_names"])}
+        sig = infer_signature(xs["dev"][:2].numpy(), probs["dev"][:2])
+        rid = summary.best_run_id
+        assert rid is not None
+        ts = int(time.time() * 1000)
+        client.log_batch(rid, metrics=[Metric("test/error", metrics["test/error"], ts, 0)])
+        with tempfile.TemporaryDirectory() as td:
+            ci = Path(td) / "class_index.json"
+            ci.write_text(json.dumps(class_index, indent=2))
+            with _active_run(rid):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", signature=sig, extra_files=[str(ci)], pip_requirements=_pip_requirements(),
+                    serialization_format="pickle",
+                    metadata={"model_spec": mspec, "class_index": class_index},
+                )
+        promo = register_and_promote(
+            client, info.model_uri, cfg.model_name, metrics, cfg.search.metric, cfg.search.mode, _constraints(cfg),
+            tags={"dlops.trial_id": best.trial_id, "dlops.search_run_id": parent_id, "dlops.run_id": rid,
+                  "dlops.class_index": json.dumps(class_index)},
+        )
+        summary.model_uri = f"models:/{promo.name}@{CHAMPION_OR(promo)}"
+        summary.model_aliases = promo.aliases
+        summary.promotion_reason = promo.reason
+        client.set_tag(parent_id, "dlops.model_version", f"{promo.name}/{promo.version}")
+        out(f"  registered {promo.name} version {promo.version} with aliases {list(promo.aliases)} ({promo.reason})")
+
+    with _phase(summary, "report", out):
+        from dlops.reports import ReportContext, SplitPredictions
+
+        errors = {"human": cfg.human_level_error, **{k: evals[k].error for k in splits}}
+        preds = {k: SplitPredictions(splits[k].y, probs[k], images=splits[k].x) for k in splits}
+        rows: dict[int, dict[str, float]] = {}
+        for key in ("train/error", "train_dev/error", "dev/error", "train/loss"):
+            for m in client.get_metric_history(rid, key):
+                rows.setdefault(int(m.step), {"epoch": int(m.step)})[key] = m.value
+        history = [rows[e] for e in sorted(rows)]
+        reg = get_registry()
+        with tempfile.TemporaryDirectory() as td:
+            for name in cfg.report.reporters:
+                reporter = reg.get("reporters", name)
+                rdir = Path(td) / name
+                rep = reporter.report(ReportContext(errors=errors, out_dir=rdir, predictions=preds,
+                                                    class_names=mspec["class_names"], history=history,
+                                                    title=f"{promo.name} v{promo.version}"))
+                ts = int(time.time() * 1000)
+                ms = [Metric(k, float(v), ts, 0) for k, v in rep.metrics.items() if math.isfinite(float(v))]
+                for target in (parent_id, rid):
+                    if ms:
+                        client.log_batch(target, metrics=ms)
+                    for a in rep.artifacts:
+                        client.log_artifact(target, str(a), artifact_path="reports")
+                summary.report_summaries[name] = rep.summary
+                out(f"  {name}: {rep.summary}")
+
+    with _phase(summary, "ensemble", out):
+        k = cfg.ensemble.top_k
+        top = select_top(plan.outcomes(), cfg.search.metric, cfg.search.mode, _constraints(cfg), k=k)
+        if cfg.ensemble.enabled and len(top) >= 2:
+            from dlops_plugins.ensemble.average import average_probabilities
+
+            builder = get_registry().get("ensemble_servers", "average")
+            members = [load_member(t.trial_id) for t in top]
+            member_probs = {s: np.stack([predict_proba(m, xs[s]) for m, _, _ in members]) for s in ("dev", "test")}
+            ens = {s: evaluate_proba(average_probabilities(member_probs[s]), splits[s].y) for s in ("dev", "test")}
+            erun = client.create_run(exp_id, run_name="ensemble",
+                                     tags={TAG_PARENT: parent_id, TAG_KIND: "ensemble", TAG_SEARCH: search_id})
+            erid = erun.info.run_id
+            open_runs.append(erid)
+            ts = int(time.time() * 1000)
+            client.log_batch(erid, params=[Param("members", json.dumps([t.trial_id for t in top])),
+                                           Param("top_k", str(k)), Param("combine", "mean of class probabilities")],
+                             metrics=[Metric("dev/error", ens["dev"].error, ts, 0),
+                                      Metric("test/error", ens["test"].error, ts, 0),
+                                      Metric("single_best/test/error", metrics["test/error"], ts, 0)])
+            ens_sig = infer_signature(xs["dev"][:2].numpy(), average_probabilities(member_probs["dev"][:, :2]))
+            with _active_run(erid):
+                einfo = mlflow.pyfunc.log_model(
+                    name="ensemble", python_model=builder.python_model(),
+                    artifacts={f"member_{i}": p for i, (_, _, p) in enumerate(members)},
+                    signature=ens_sig, pip_requirements=_pip_requirements(),
+                    metadata={"model_spec": mspec, "class_index": class_index,
+                              "members": [t.trial_id for t in top]},
+                )
+            emetrics = {"dev/error": ens["dev"].error, "test/error": ens["test"].error}
+            epromo = register_and_promote(client, einfo.model_uri, cfg.ensemble_name, emetrics, cfg.search.metric,
+                                          cfg.search.mode, (), tags={"dlops.search_run_id": parent_id,
+                                                                     "dlops.members": json.dumps([t.trial_id for t in top])})
+            client.set_terminated(erid, "FINISHED")
+            summary.ensemble_uri = f"models:/{epromo.name}@{CHAMPION_OR(epromo)}"
+            summary.ensemble_test_error = ens["test"].error
+            summary.ensemble_members = [t.trial_id for t in top]
+            out(f"  ensemble of {len(top)}: test error {ens['test'].error:.4f} vs best single {metrics['test/error']:.4f}")
+        else:
+            out(f"  ensemble skipped ({'disabled' if not cfg.ensemble.enabled else 'fewer than 2 feasible trials'})")
+
+    ts = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(f"time/{k}_s", v, ts, 0) for k, v in summary.phase_s.items()]
+                     + [Metric(f"best/{k}", v, ts, 0) for k, v in summary.best_metrics.items() if math.isfinite(v)])
+    return started_ray, cb
+
+
+def CHAMPION_OR(promo: Any) -> str:
+    """The alias to show: ``champion`` when the version holds it, else ``challenger``."""
+    return "champion" if "champion" in promo.aliases else "challenger"
+
+
+def format_summary(s: RunSummary) -> str:
+    """The short summary printed at the end of ``dlops run``."""
+    from dlops.tracking.store import is_local_store
+
+    lines = ["", "== dlops run: summary =="]
+    cfg = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in s.best_config.items()}
+    lines.append(f"best trial     {s.best_trial_id}  {cfg}")
+    m = s.best_metrics
+    if m:
+        lines.append(f"errors         train {m.get('train/error', float('nan')):.4f}  train-dev "
+                     f"{m.get('train_dev/error', float('nan')):.4f}  dev {m.get('dev/error', float('nan')):.4f}  "
+                     f"test {m.get('test/error', float('nan')):.4f}")
+    lines.append(f"model          {s.model_uri}  (aliases: {', '.join(s.model_aliases)}; {s.promotion_reason})")
+    if s.ensemble_uri:
+        lines.append(f"ensemble       {s.ensemble_uri}  test error {s.ensemble_test_error:.4f} vs best single "
+                     f"{m.get('test/error', float('nan')):.4f} ({len(s.ensemble_members)} members)")
+    for name, text in s.report_summaries.items():
+        lines.append(f"{name:<14} {text}")
+    lines.append(f"trials         {s.n_trials} ({s.n_failed} failed)")
+    lines.append("time           " + "  ".join(f"{k} {v:.1f}s" for k, v in s.phase_s.items()) + f"  total {s.wall_s:.1f}s")
+    for w in s.warnings:
+        lines.append(f"warning        {w}")
+    if is_local_store(s.tracking_uri):
+        lines.append(f"MLflow UI      mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1")
+    else:
+        lines.append(f"MLflow UI      {s.tracking_uri}")
+    return "\n".join(lines)

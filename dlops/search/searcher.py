@@ -1,0 +1,65 @@
+"""Coarse-to-fine staged search as a Ray Tune ``Searcher``.
+
+One ``Tuner`` runs every stage: :class:`StagedSearcher` returns ``None`` at a stage barrier
+(Tune asks again later), ``Searcher.FINISHED`` after the last stage, and saves the whole
+:class:`~dlops.search.plan.StagedPlan` state with the experiment, so ``Tuner.restore`` resumes
+across stages. A scheduler such as ASHA still applies inside a stage: a trial it stops early
+ends with its last result, which is what the zoom sees.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from ray.tune.search import Searcher
+
+from dlops.search.plan import FINISHED, StagedPlan
+
+
+class StagedSearcher(Searcher):
+    """Ray Tune adapter around a pure :class:`StagedPlan`.
+
+    Args:
+        plan: the staged plan (space, stages, metric, mode, constraints, zoom rule, seed).
+    """
+
+    def __init__(self, plan: StagedPlan) -> None:
+        super().__init__(metric=plan.metric, mode=plan.mode)
+        self.plan = plan
+
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
+        # metric and mode come from the plan; a conflicting TuneConfig is an error, not a silent override
+        if metric and metric != self.plan.metric or mode and mode != self.plan.mode:
+            return False
+        return True
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        cfg = self.plan.suggest(trial_id)
+        if cfg == FINISHED:
+            return Searcher.FINISHED
+        return cfg  # a dict, or None at a stage barrier
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if error or not result:
+            self.plan.record(trial_id, {})
+        else:
+            self.plan.record(trial_id, {k: v for k, v in result.items() if isinstance(v, (int, float))})
+
+    # ---- state: Tune calls save/restore with the experiment checkpoint ---------------------
+    def get_state(self) -> dict:
+        return self.plan.state_dict()
+
+    def set_state(self, state: dict) -> None:
+        self.plan.load_state_dict(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))

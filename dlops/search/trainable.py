@@ -1,0 +1,130 @@
+"""The Ray Tune trainable of a transfer trial (runs on a Ray worker; logs nothing to MLflow).
+
+Each epoch it reports ``train/loss``, ``train/error``, ``train_dev/error``, ``train_dev/loss``,
+``dev/error``, ``dev/loss``, ``dev/f1``, ``latency_ms`` (median single-image forward pass, ms),
+``size_mb`` and ``epoch`` with ``ray.tune.report`` and a checkpoint, so that an interrupted trial
+resumes from its last epoch. The MLflow logging happens in the driver
+(:class:`dlops.tracking.callback.MlflowTreeCallback`): one writer for the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+CHECKPOINT_FILE = "state.pt"
+SPEC_FILE = "spec.json"
+
+
+def trial_spec(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model spec of a trial: the base spec with the trial's architecture hyperparameters."""
+    spec = dict(base_spec)
+    if "hidden" in config:
+        spec["hidden"] = int(config["hidden"])
+    return spec
+
+
+def select_device(gpu: float, allow_cpu: bool) -> str:
+    """``cuda`` when the trial asked for a GPU and CUDA is there; else ``cpu`` if allowed.
+
+    Raises:
+        RuntimeError: a GPU was asked for, CUDA is absent and ``allow_cpu`` is false.
+    """
+    import torch
+
+    if gpu > 0:
+        if torch.cuda.is_available():
+            return "cuda"
+        if not allow_cpu:
+            raise RuntimeError("search.resources.gpu > 0 but CUDA is not available on this node "
+                               "and search.resources.allow_cpu is false")
+    return "cpu"
+
+
+def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
+    """Fine-tune one trial. ``payload`` comes from :func:`dlops.pipeline.make_payload`."""
+    import torch
+    from ray import tune
+
+    from dlops.data.transforms import build_transform
+    from dlops.models.transfer import apply_freeze, build_model, trainable_parameters, transfer_features
+    from dlops.train.loop import (
+        evaluate_proba,
+        fit_epoch,
+        latency_ms,
+        make_loader,
+        predict_proba,
+        seed_everything,
+        size_mb,
+        stack_eval,
+    )
+
+    torch.set_num_threads(max(1, int(payload.get("threads", 1))))
+    seed = int(payload["seed"])
+    seed_everything(seed)
+    device = select_device(float(payload["gpu"]), bool(payload["allow_cpu"]))
+    spec = trial_spec(payload["spec"], config)
+    model = build_model(spec)
+    if payload.get("source_state") is not None:
+        transfer_features(model, payload["source_state"])
+    apply_freeze(model, payload["freeze"])
+    model.to(device)
+    opt = torch.optim.SGD(
+        trainable_parameters(model),
+        lr=float(config["lr"]),
+        momentum=float(config.get("momentum", 0.0)),
+        weight_decay=float(config.get("weight_decay", 0.0)),
+    )
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            st = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start = int(st["epoch"])
+    policy = str(config.get("policy", payload["policy"]))
+    magnitude = float(config.get("magnitude", payload["magnitude"]))
+    t_train = build_transform(policy, magnitude, spec.get("image_size"), spec["mean"], spec["std"], train=True)
+    t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    (xtr, ytr), (xtd, ytd), (xdv, ydv) = payload["train"], payload["train_dev"], payload["dev"]
+    ev = {"train": (stack_eval(xtr, t_eval), ytr), "train_dev": (stack_eval(xtd, t_eval), ytd),
+          "dev": (stack_eval(xdv, t_eval), ydv)}
+    epochs = int(config.get("epochs", payload["default_epochs"]))
+    bs = int(config.get("batch_size", 32))
+    for epoch in range(start, epochs):
+        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch)
+        train_loss = fit_epoch(model, loader, opt, device)
+        metrics: dict[str, float] = {"train/loss": train_loss, "epoch": epoch + 1}
+        for split, (x, y) in ev.items():
+            e = evaluate_proba(predict_proba(model, x, device), y)
+            metrics[f"{split}/error"] = e.error
+            if split != "train":
+                metrics[f"{split}/loss"] = e.loss
+            if split == "dev":
+                metrics["dev/f1"] = e.f1
+        metrics["latency_ms"] = latency_ms(model, ev["dev"][0][:1], device=device)
+        metrics["size_mb"] = size_mb(model)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1},
+                       os.path.join(d, CHECKPOINT_FILE))
+            with open(os.path.join(d, SPEC_FILE), "w") as f:
+                json.dump(spec, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def load_checkpoint_model(checkpoint_dir: str):
+    """Rebuild the network of a trial checkpoint (CPU, eval mode). Returns (model, spec)."""
+    import torch
+
+    from dlops.models.transfer import build_model
+
+    with open(os.path.join(checkpoint_dir, SPEC_FILE)) as f:
+        spec = json.load(f)
+    model = build_model(spec)
+    st = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    model.load_state_dict(st["model"])
+    model.eval()
+    return model, spec

@@ -1,0 +1,60 @@
+"""Where MLflow logs: the tracking URI, the experiment, and ending runs that are still open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+
+#: tags on every dlops run
+TAG_KIND = "dlops.kind"  # pretrain | search | stage | trial | ensemble | report
+TAG_SEARCH = "dlops.search_id"
+TAG_STAGE = "dlops.stage"
+TAG_TRIAL = "dlops.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(cli_uri: Optional[str], file_uri: Optional[str]) -> str:
+    """``--tracking-uri`` > project file > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db`` (cwd).
+
+    A relative SQLite path is made absolute, so Ray workers and later commands find the same file.
+    """
+    uri = cli_uri or file_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        uri = "sqlite:///" + str(Path(rel).resolve())
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def ensure_experiment(client: Any, name: str, uri: str, artifact_location: Optional[str] = None) -> str:
+    """Get or create the experiment; with a local store its artifacts go to ``./mlartifacts``
+    (absolute), with a tracking server to the server's default (artifact proxy)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    loc = artifact_location
+    if loc is None and is_local_store(uri):
+        loc = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=loc)
+
+
+def end_open_runs(client: Any, run_ids: list[str], status: str = "KILLED") -> list[str]:
+    """Terminate every run in ``run_ids`` that is still RUNNING; returns those it ended."""
+    ended = []
+    for rid in run_ids:
+        try:
+            if client.get_run(rid).info.status == "RUNNING":
+                client.set_terminated(rid, status=status)
+                ended.append(rid)
+        except Exception:  # a run that cannot be read cannot be ended either; keep going
+            continue
+    return ended

@@ -1,0 +1,161 @@
+"""The fit / evaluate loop, single-label classification (softmax + cross-entropy).
+
+Errors are fractions in [0, 1]; latency in milliseconds; sizes in MB (10**6 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf (learning rate too high?)."""
+
+
+class ImageDataset(Dataset):
+    """(N, H, W, C) uint8 images and (N,) labels through a transform to (C, H, W) tensors."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor]) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.x[i]), int(self.y[i])
+
+
+def stack_eval(x: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """Apply the evaluation transform to every image: (N, H, W, C) -> (N, C, H', W') float32."""
+    return torch.stack([transform(im) for im in x]) if len(x) else torch.empty(0)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy; returns a torch generator for DataLoader shuffling."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def fit_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str = "cpu",
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> float:
+    """One epoch of SGD; returns the mean training loss (per example).
+
+    Raises:
+        NonFiniteLossError: a batch loss is NaN or inf.
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.train()
+    total, n = 0.0, 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} (learning rate too high?)")
+        loss.backward()
+        optimizer.step()
+        total += float(loss.item()) * len(yb)
+        n += len(yb)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, C) for inputs (N, C_in, H, W), in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(torch.softmax(model(x[i : i + batch_size].to(device)), dim=1).float().cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class SplitEval:
+    error: float  # fraction in [0, 1]
+    loss: float  # mean cross-entropy (nats)
+    f1: float  # macro F1, fraction
+
+
+def evaluate_proba(prob: np.ndarray, y: np.ndarray) -> SplitEval:
+    """Top-1 error, mean cross-entropy and macro F1 from probabilities (N, C) and labels (N,).
+
+    Macro F1 = mean over classes of 2 / (1/precision + 1/recall) (classes with no support and no
+    prediction are left out).
+    """
+    if len(y) == 0:
+        return SplitEval(float("nan"), float("nan"), float("nan"))
+    pred = prob.argmax(1)
+    err = float(np.mean(pred != y))
+    p = np.clip(prob[np.arange(len(y)), y], 1e-12, 1.0)
+    loss = float(-np.mean(np.log(p)))
+    f1s = []
+    for c in range(prob.shape[1]):
+        tp = float(np.sum((pred == c) & (y == c)))
+        fp = float(np.sum((pred == c) & (y != c)))
+        fn = float(np.sum((pred != c) & (y == c)))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return SplitEval(err, loss, float(np.mean(f1s)) if f1s else float("nan"))
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 30, device: torch.device | str = "cpu") -> float:
+    """Median wall time of a single-image forward pass, in milliseconds.
+
+    Args:
+        example: one input (1, C, H, W).
+    """
+    model.eval()
+    x = example.to(device)
+    for _ in range(3):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(x)
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(statistics.median(times))
+
+
+def size_mb(model: nn.Module) -> float:
+    """Parameter and buffer size in MB (10**6 bytes)."""
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    n += sum(b.numel() * b.element_size() for b in model.buffers())
+    return n / 1e6
+
+
+def make_loader(x: np.ndarray, y: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor], batch_size: int,
+                shuffle: bool, seed: int, num_workers: int = 0, worker_init_fn: Any = None) -> DataLoader:
+    """A DataLoader over images; deterministic shuffling for ``seed``."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ImageDataset(x, y, transform), batch_size=batch_size, shuffle=shuffle, generator=g,
+                      num_workers=num_workers, worker_init_fn=worker_init_fn, drop_last=False)
+
+
+def finite(v: float) -> bool:
+    return v is not None and math.isfinite(v)
