@@ -43,15 +43,19 @@ class Stage:
     Attributes:
         n_trials: number of trials of this stage (>= 1).
         epochs: epochs each trial of this stage trains for (None: the trainable's default).
-        method: ``random`` or ``sobol`` (scrambled Sobol points; still random search).
+        method: ``random``, ``sobol`` (scrambled Sobol points; still random search) or
+            ``anchored`` (random in the box, each coordinate kept at the best trial's value with
+            probability ``1 - perturb``; see :func:`dlops.search.space.sample_box`).
         tiers: highest priority tier tuned in this stage (``tiers`` strategy); parameters of a
             higher tier are held at their default. None: all tiers.
+        perturb: per-coordinate probability of drawing a coordinate (``anchored`` only).
     """
 
     n_trials: int
     epochs: int | None = None
-    method: Literal["random", "sobol"] = "random"
+    method: Literal["random", "sobol", "anchored"] = "random"
     tiers: int | None = None
+    perturb: float = 0.5
 
 
 class StagedPlan:
@@ -116,12 +120,14 @@ class StagedPlan:
         tiers = self.stages[k].tiers
         if tiers is None:
             return {}
-        return {p.name: p.default for p in self.params if p.tier > tiers and p.scale != "const"}
+        return {p.name: _default(p) for p in self.params if p.tier > tiers and p.scale != "const"}
 
     def _fill(self, k: int) -> None:
         rng = np.random.default_rng([self.seed, k])
         st = self.stages[k]
-        self._pending = sample_box(self.params, self.boxes[k], st.n_trials, rng, st.method, self._fixed(k))
+        self._pending = sample_box(
+            self.params, self.boxes[k], st.n_trials, rng, st.method, self._fixed(k), st.perturb
+        )
 
     def suggest(self, key: str) -> dict[str, Any] | str | None:
         """Next configuration for trial ``key``; ``None`` at a stage barrier; ``FINISHED`` at the end.
@@ -163,17 +169,20 @@ class StagedPlan:
     def _advance(self) -> None:
         k = self.stage
         if k + 1 < len(self.stages):
-            res = zoom(
-                self.params,
-                self.boxes[k],
-                self.original,
-                self.outcomes(k),
-                self.metric,
-                self.mode,
-                self.constraints,
-                self.rule,
-            )
-            self.boxes.append(res.box)
+            old = self.boxes[k]
+            # parameters held at their default in this stage (tiers) were not searched: their
+            # interval and choices are carried over, not zoomed around the default
+            held = set(self._fixed(k))
+            tuned = [p for p in self.params if p.name not in held]
+            trials = self.outcomes(k)
+            if self.rule.use_history:
+                mine = set(self._stage_keys(k))
+                trials = [t for t in self.outcomes() if t.trial_id in mine or _inside(tuned, old, t.config)]
+            res = zoom(tuned, old, self.original, trials, self.metric, self.mode, self.constraints, self.rule)
+            intervals = {**old.intervals, **res.box.intervals}
+            choices = {**old.choices, **res.box.choices}
+            anchor = {**old.anchor, **res.box.anchor}
+            self.boxes.append(Box(intervals, choices, anchor))
             self.zoom_log.append(
                 {"stage": k, "selected": list(res.selected), "edges": list(res.edges), "reason": res.reason}
             )
@@ -224,6 +233,37 @@ class StagedPlan:
         self.results = {k: dict(v) for k, v in state["results"].items()}
         self.zoom_log = list(state["zoom_log"])
         self._pending = [dict(c) for c in state["pending"]]
+
+
+def _default(p: Param) -> Any:
+    """The value a parameter is held at while its tier is not tuned: ``p.default``, or when that
+    is None the middle of its range in the sampling scale (numeric) or its first choice."""
+    if p.default is not None:
+        return p.default
+    if p.is_numeric:
+        a, b = p.to_u(float(p.low)), p.to_u(float(p.high))  # type: ignore[arg-type]
+        return p.from_u((a + b) / 2)
+    if p.scale == "choice":
+        return (p.choices or (None,))[0]
+    return p.value
+
+
+def _inside(params: Sequence[Param], box: Box, config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` is a value that sampling inside ``box`` can produce (value-scale check,
+    so rounding of int and quantised parameters does not push a trial "outside")."""
+    for p in params:
+        if p.name not in config:
+            return False
+        if p.is_numeric and p.name in box.intervals:
+            lo, hi = box.intervals[p.name]
+            a, b = p.from_u(lo), p.from_u(hi)
+            x = float(config[p.name])
+            if not (min(a, b) - 1e-12 <= x <= max(a, b) + 1e-12):
+                return False
+        elif p.scale == "choice" and p.name in box.choices:
+            if repr(config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
+                return False
+    return True
 
 
 def run_plan(plan: StagedPlan, objective: Any, prefix: str = "t") -> StagedPlan:

@@ -172,10 +172,14 @@ class Box:
     Attributes:
         intervals: ``{name: (u_low, u_high)}`` with ``u_low <= u_high``.
         choices: ``{name: (choice, ...)}`` for ``choice`` parameters.
+        anchor: ``{name: u}``, the point (in the sampling scale, inside the box) the zoom
+            centred the box on, i.e. the best trial so far; empty for the original box. Used by
+            ``sample_box(method="anchored")``.
     """
 
     intervals: Mapping[str, tuple[float, float]]
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    anchor: Mapping[str, float] = field(default_factory=dict)
 
     def width(self, name: str) -> float:
         lo, hi = self.intervals[name]
@@ -189,6 +193,7 @@ class Box:
         return {
             "intervals": {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()},
             "choices": {k: list(v) for k, v in self.choices.items()},
+            "anchor": {k: float(v) for k, v in self.anchor.items()},
         }
 
     @staticmethod
@@ -196,6 +201,7 @@ class Box:
         return Box(
             intervals={k: (float(a), float(b)) for k, (a, b) in d["intervals"].items()},
             choices={k: tuple(v) for k, v in d.get("choices", {}).items()},
+            anchor={k: float(v) for k, v in d.get("anchor", {}).items()},
         )
 
 
@@ -217,8 +223,9 @@ def sample_box(
     box: Box,
     n: int,
     rng: np.random.Generator,
-    method: Literal["random", "sobol"] = "random",
+    method: Literal["random", "sobol", "anchored"] = "random",
     fixed: Mapping[str, Any] | None = None,
+    perturb: float = 0.5,
 ) -> list[dict[str, Any]]:
     """Draw ``n`` configurations at random inside ``box``.
 
@@ -227,15 +234,27 @@ def sample_box(
         box: the region, in the sampling scale.
         n: number of configurations.
         rng: numpy generator (the only source of randomness: same seed, same configs).
-        method: ``random`` (i.i.d. uniform in ``u``) or ``sobol`` (scrambled Sobol points in ``u``,
-            still random search, better spread; Owen 1998).
+        method: ``random`` (i.i.d. uniform in ``u``), ``sobol`` (scrambled Sobol points in ``u``,
+            still random search, better spread; Owen 1998) or ``anchored``: each numeric
+            coordinate is drawn uniformly in the box with probability ``perturb`` and otherwise
+            kept at ``box.anchor`` (the best trial so far), at least one coordinate drawn per
+            configuration (the perturbation mask of DYCORS, Regis & Shoemaker 2013, and TuRBO,
+            Eriksson et al. 2019). Without an anchor, ``anchored`` is ``random``.
         fixed: parameters held at a value instead of sampled (e.g. tiers not yet tuned).
+        perturb: probability, per coordinate, of drawing it (``anchored`` only), in (0, 1].
+
+    Raises:
+        ValueError: unknown ``method`` or ``perturb`` outside (0, 1].
 
     Returns:
         ``n`` dicts ``{name: value}`` in the value scale.
     """
     fixed = dict(fixed or {})
     numeric = [p for p in params if p.is_numeric and p.name not in fixed]
+    if method not in ("random", "sobol", "anchored"):
+        raise ValueError(f"sampling method must be 'random', 'sobol' or 'anchored', got {method!r}")
+    if not (0 < perturb <= 1):
+        raise ValueError(f"perturb must be in (0, 1], got {perturb}")
     if n <= 0:
         return []
     if method == "sobol" and numeric:
@@ -245,6 +264,13 @@ def sample_box(
         pts = qmc.Sobol(d=len(numeric), scramble=True, seed=rng).random_base2(m)[:n]
     else:
         pts = rng.random((n, len(numeric)))
+    if method == "anchored" and numeric and all(p.name in box.anchor for p in numeric):
+        mask = rng.random((n, len(numeric))) < perturb
+        mask[np.arange(n), rng.integers(len(numeric), size=n)] = True  # at least one per row
+        for j, p in enumerate(numeric):
+            lo, hi = box.intervals[p.name]
+            t = (box.anchor[p.name] - lo) / (hi - lo) if hi > lo else 0.5
+            pts[~mask[:, j], j] = min(1.0, max(0.0, t))
     out: list[dict[str, Any]] = []
     for i in range(n):
         cfg: dict[str, Any] = {}
@@ -358,7 +384,10 @@ class ZoomRule:
             width, shifted (not cut) to stay inside the old box. ``box``: the bounding box of the
             top trials widened by ``margin`` (a fraction of its width) on each side, clipped to
             the old box. (``shared/notes/zoom-rules.md`` measured ``shrink`` with a Sobol first
-            stage well ahead of ``box``.)
+            stage well ahead of ``box``.) ``adaptive``: centred on the best trial like
+            ``shrink``, but per dimension: the factor runs from ``shrink`` (the top trials agree
+            on the dimension) to 1 (they spread over the whole old interval, so the dimension
+            matters little), i.e. ``clip(spread * (1 + 2 * margin), shrink, 1)``.
         top_k, top_fraction: how many trials are "the best" (``box``; ``shrink`` centres on the
             first one and keeps the choices of all of them).
         margin: widening of the ``box`` rule, fraction of the top trials' spread.
@@ -367,19 +396,27 @@ class ZoomRule:
             width (nor wider than the old interval).
         edge_tolerance: a best trial within this fraction of the original width from an
             original bound counts as "on the edge".
+        use_history: the best trials are chosen among all ended trials of all stages so far
+            that lie in the old box (the earlier stages' best act as anchors), not only the
+            last stage's; so a stage that found nothing better does not move the box onto a
+            worse point. Applied by :class:`dlops.search.plan.StagedPlan`, which decides which
+            trials it passes to :func:`zoom`.
     """
 
-    kind: Literal["shrink", "box"] = "shrink"
+    kind: Literal["shrink", "box", "adaptive"] = "shrink"
     top_k: int = 3
     top_fraction: float | None = None
     margin: float = 0.25
     shrink: float = 0.5
     min_width: float = 0.05
     edge_tolerance: float = 0.02
+    use_history: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in ("shrink", "box"):
-            raise ValueError(f"search.zoom.kind: unknown rule {self.kind!r}; use 'shrink' or 'box'")
+        if self.kind not in ("shrink", "box", "adaptive"):
+            raise ValueError(
+                f"search.zoom.kind: unknown rule {self.kind!r}; use 'shrink', 'box' or 'adaptive'"
+            )
         if not (0 < self.shrink <= 1):
             raise ValueError(f"search.zoom.shrink must be in (0, 1], got {self.shrink}")
         if self.margin < 0:
@@ -412,6 +449,13 @@ def _fit_interval(
     min_w = min(old_w, rule.min_width * (orig[1] - orig[0]))
     if rule.kind == "shrink":
         w = max(min_w, rule.shrink * old_w)
+        lo, hi = best_u - w / 2, best_u + w / 2
+    elif rule.kind == "adaptive":
+        # centred on the best; the factor grows from `shrink` (top trials agree on this
+        # dimension) to 1 (they are spread over the whole old interval: it matters little)
+        spread = (max(us) - min(us)) / old_w if old_w > 0 else 0.0
+        f = min(1.0, max(rule.shrink, spread * (1 + 2 * rule.margin)))
+        w = max(min_w, f * old_w)
         lo, hi = best_u - w / 2, best_u + w / 2
     else:
         lo, hi = min(us), max(us)
@@ -456,6 +500,7 @@ def zoom(
         return ZoomResult(old, (), (), f"no feasible trial (finite {metric!r}, constraints met): box kept")
     intervals: dict[str, tuple[float, float]] = {}
     choices: dict[str, tuple[Any, ...]] = {}
+    anchor: dict[str, float] = {}
     edges: list[str] = []
     best = top[0]
     for p in params:
@@ -465,8 +510,10 @@ def zoom(
                 intervals[p.name] = old.intervals[p.name]
                 continue
             best_u = us[0]
-            fit_us = us if rule.kind == "box" else [best_u]
+            fit_us = us if rule.kind in ("box", "adaptive") else [best_u]
             intervals[p.name] = _fit_interval(fit_us, best_u, old.intervals[p.name], original.intervals[p.name], rule)
+            lo, hi = intervals[p.name]
+            anchor[p.name] = min(hi, max(lo, best_u))
             olo, ohi = original.intervals[p.name]
             tol = rule.edge_tolerance * (ohi - olo)
             if ohi > olo and (best_u - olo <= tol or ohi - best_u <= tol):
@@ -479,4 +526,6 @@ def zoom(
             seen = {repr(t.config.get(p.name)) for t in top}
             kept = tuple(c for c in old.choices[p.name] if repr(c) in seen)
             choices[p.name] = kept or old.choices[p.name]
-    return ZoomResult(Box(intervals, choices), tuple(t.trial_id for t in top), tuple(edges), "zoomed")
+    return ZoomResult(
+        Box(intervals, choices, anchor), tuple(t.trial_id for t in top), tuple(edges), "zoomed"
+    )
