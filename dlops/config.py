@@ -128,17 +128,19 @@ class ParamConfig(_Model):
 class StageConfig(_Model):
     trials: int = Field(ge=1)
     epochs: Optional[int] = Field(default=None, ge=1)
-    method: Literal["random", "sobol"] = "random"
+    method: Literal["random", "sobol", "anchored"] = "random"
     tiers: Optional[int] = Field(default=None, ge=1, le=3)
+    perturb: float = Field(default=0.5, gt=0, le=1)  # anchored: share of coordinates redrawn
 
 
 class ZoomConfig(_Model):
-    kind: Literal["shrink", "box"] = "shrink"
+    kind: Literal["shrink", "box", "adaptive"] = "shrink"
     top_k: int = Field(default=3, ge=1)
     top_fraction: Optional[float] = Field(default=None, gt=0, le=1)
     margin: float = Field(default=0.25, ge=0)
     shrink: float = Field(default=0.5, gt=0, le=1)
     min_width: float = Field(default=0.05, ge=0, le=1)
+    use_history: bool = True  # centre on the best trial of all stages so far (inside the box)
 
 
 class ConstraintConfig(_Model):

@@ -183,12 +183,12 @@ def build_plan(cfg: ProjectConfig) -> Any:
     s = cfg.search
     return StagedPlan(
         _search_params(cfg),
-        [Stage(st.trials, st.epochs, st.method, st.tiers) for st in s.stages],
+        [Stage(st.trials, st.epochs, st.method, st.tiers, st.perturb) for st in s.stages],
         s.metric,
         s.mode,
         [Constraint(c.metric, c.op, c.threshold) for c in s.constraints],
         ZoomRule(kind=s.zoom.kind, top_k=s.zoom.top_k, top_fraction=s.zoom.top_fraction, margin=s.zoom.margin,
-                 shrink=s.zoom.shrink, min_width=s.zoom.min_width),
+                 shrink=s.zoom.shrink, min_width=s.zoom.min_width, use_history=s.zoom.use_history),
         seed=cfg.seed,
     )
 
@@ -285,6 +285,19 @@ def load_source_state(weights: str) -> dict[str, Any]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def quiet_libraries() -> None:
+    """Keep the console to dlops' own progress: no artifact progress bars, no Ray Tune tables."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import logging
+
+    for name in ("mlflow", "ray.tune", "ray.train", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
+
+
 def run_project(
     cfg: ProjectConfig,
     tracking_uri: Optional[str] = None,
@@ -308,6 +321,7 @@ def run_project(
 
     from dlops.tracking.store import end_open_runs, ensure_experiment, resolve_tracking_uri
 
+    quiet_libraries()
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
@@ -430,7 +444,7 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
             tune_config=tune.TuneConfig(metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
                                         scheduler=scheduler, num_samples=plan.total_trials,
                                         max_concurrent_trials=cfg.search.max_concurrent,
-                                        trial_dirname_creator=short_trial_dirname),
+                                        trial_dirname_creator=short_trial_dirname, reuse_actors=True),
             run_config=tune.RunConfig(name=f"{cfg.name}-{search_id}", storage_path=storage, callbacks=[cb],
                                       verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -438,6 +452,9 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         t0 = time.perf_counter()
         results = tuner.fit()
         summary.train_s += time.perf_counter() - t0
+        if len(plan.results) < plan.total_trials:
+            # Tune returns normally after Ctrl-C (it saves the experiment state first)
+            raise KeyboardInterrupt(f"search interrupted after {len(plan.results)} of {plan.total_trials} trials")
         cb.end_stages("FINISHED")
         summary.n_trials = len(results)
         summary.n_failed = sum(1 for r in results if r.error is not None)

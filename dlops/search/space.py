@@ -517,7 +517,10 @@ def zoom(
             olo, ohi = original.intervals[p.name]
             tol = rule.edge_tolerance * (ohi - olo)
             if ohi > olo and (best_u - olo <= tol or ohi - best_u <= tol):
-                side = "lower" if best_u - olo <= tol else "upper"
+                at_low_u = best_u - olo <= tol
+                # one_minus_log maps values in reverse (u = log10(1 - x)): name the side in x
+                at_low = (not at_low_u) if p.scale == "one_minus_log" else at_low_u
+                side = "lower" if at_low else "upper"
                 edges.append(
                     f"best trial's {p.name}={best.config[p.name]!r} is at the {side} edge of the "
                     f"original range [{p.low}, {p.high}]: the range is probably too narrow"

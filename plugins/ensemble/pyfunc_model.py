@@ -17,13 +17,13 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     (``state.pt`` + ``spec.json``).
     """
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         from dlops.search.trainable import load_checkpoint_model
 
         keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))
         self.members = [load_checkpoint_model(context.artifacts[k])[0] for k in keys]
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):
         import torch
 
         from dlops.train.loop import predict_proba
