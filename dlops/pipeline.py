@@ -126,11 +126,6 @@ def check_resources(cpu: float, gpu: float, autoscaler: bool) -> None:
         )
 
 
-def short_trial_dirname(trial: Any) -> str:
-    """Trial directory names: short and unique whatever the hyperparameters (``<trial_id>``)."""
-    return f"t-{trial.trial_id}"
-
-
 # ------------------------------------------------------------------------------------------------
 # The job
 # ------------------------------------------------------------------------------------------------
@@ -334,14 +329,14 @@ def run_project(
     parent_id = parent.info.run_id
     summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
     open_runs: list[str] = [parent_id]
-    started_ray = False
-    cb = None
+    state: dict[str, Any] = {"callback": None, "started_ray": False}
     try:
-        started_ray, cb = _run(cfg, client, exp_id, parent_id, search_id, summary, open_runs, ray_address, out)
+        _run(cfg, client, exp_id, parent_id, search_id, summary, open_runs, ray_address, out, state)
         client.set_terminated(parent_id, "FINISHED")
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        ids = open_runs + (cb.open_run_ids() if cb is not None else [])
+        cb = state["callback"]
+        ids = (cb.open_run_ids() if cb is not None else []) + open_runs
         end_open_runs(client, ids, status)
         if not isinstance(exc, KeyboardInterrupt):
             try:
@@ -350,7 +345,7 @@ def run_project(
                 pass
         raise
     finally:
-        if started_ray:
+        if state["started_ray"]:
             import ray
 
             ray.shutdown()
@@ -358,7 +353,8 @@ def run_project(
 
 
 def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id: str, summary: RunSummary,
-         open_runs: list[str], ray_address: Optional[str], out: Callable[[str], None]) -> tuple[bool, Any]:
+         open_runs: list[str], ray_address: Optional[str], out: Callable[[str], None],
+         state: dict[str, Any]) -> None:
     import mlflow
     import numpy as np
     import torch
@@ -368,8 +364,6 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
     from dlops.plugins import get_registry
     from dlops.search.space import select_top
 
-    started_ray = False
-    cb = None
     with _phase(summary, "setup", out):
         client.log_batch(parent_id, params=[Param(k, v) for k, v in _flat_params(cfg).items()][:100])
         client.log_text(parent_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "project.json")
@@ -397,13 +391,10 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         summary.train_s += time.perf_counter() - t0
 
     with _phase(summary, "search", out):
-        from ray import tune
-
-        from dlops.search.searcher import StagedSearcher
+        from dlops.search.run import run_search
         from dlops.search.trainable import train_transfer
-        from dlops.tracking.callback import MlflowTreeCallback
 
-        started_ray = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
+        state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
                                cfg.ray.num_cpus, cfg.ray.num_gpus)
         res = cfg.search.resources
         check_resources(res.cpu, res.gpu, cfg.ray.autoscaler)
@@ -416,65 +407,19 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
             "seed": cfg.seed, "default_epochs": cfg.search.default_epochs, "gpu": res.gpu,
             "allow_cpu": res.allow_cpu, "threads": max(1, int(res.cpu)),
         }
-        searcher = StagedSearcher(plan)
-
-        def stage_info(k: int) -> dict[str, Any]:
-            box = plan.boxes[k] if k < len(plan.boxes) else None
-            st = cfg.search.stages[k]
-            params: dict[str, Any] = {"stage": k, "trials": st.trials, "epochs": st.epochs, "method": st.method}
-            if box is not None:
-                for name, (lo, hi) in box.intervals.items():
-                    params[f"box.{name}"] = f"[{lo:.6g}, {hi:.6g}]"
-                for name, ch in box.choices.items():
-                    params[f"box.{name}"] = json.dumps(list(ch))
-            return {"params": params}
-
-        cb = MlflowTreeCallback(client, exp_id, parent_id, search_id, stage_info=stage_info, progress=out)
-        scheduler = None
-        if cfg.search.scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=max(st.epochs or cfg.search.default_epochs
-                                                                   for st in cfg.search.stages), grace_period=1)
-        storage = str(Path(cfg.ray.storage_path).resolve())
-        trainable = tune.with_resources(tune.with_parameters(train_transfer, payload=payload),
-                                        {"cpu": res.cpu, "gpu": res.gpu})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
-                                        scheduler=scheduler, num_samples=plan.total_trials,
-                                        max_concurrent_trials=cfg.search.max_concurrent,
-                                        trial_dirname_creator=short_trial_dirname, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{cfg.name}-{search_id}", storage_path=storage, callbacks=[cb],
-                                      verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-        )
-        out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_id}")
         t0 = time.perf_counter()
-        results = tuner.fit()
+        outcome = run_search(train_transfer, payload, plan, cfg.search, cfg.ray, cfg.name, client, exp_id,
+                             parent_id, search_id, out, on_callback=lambda c: state.__setitem__("callback", c))
+        cb = outcome.callback
         summary.train_s += time.perf_counter() - t0
-        if len(plan.results) < plan.total_trials:
-            # Tune returns normally after Ctrl-C (it saves the experiment state first)
-            raise KeyboardInterrupt(f"search interrupted after {len(plan.results)} of {plan.total_trials} trials")
-        cb.end_stages("FINISHED")
-        summary.n_trials = len(results)
-        summary.n_failed = sum(1 for r in results if r.error is not None)
-        for entry in plan.zoom_log:
-            k = entry["stage"]
-            rid = cb.stage_runs.get(k)
-            if rid:
-                client.set_tag(rid, "dlops.zoom", json.dumps({"selected": entry["selected"], "reason": entry["reason"]})[:5000])
-            for msg in entry["edges"]:
-                warnings.warn(f"stage {k}: {msg}", stacklevel=2)
-                summary.warnings.append(f"stage {k}: {msg}")
-                if rid:
-                    client.set_tag(rid, "dlops.edge_warning", msg[:5000])
-                client.set_tag(parent_id, "dlops.edge_warning", msg[:5000])
+        summary.n_trials, summary.n_failed = outcome.n_trials, outcome.n_failed
+        summary.warnings += outcome.warnings
+        ckpts = outcome.checkpoints
         best = plan.best()
         reg.manager.hook.dlops_after_search(config=cfg, parent_run_id=parent_id, best=best)
         if best is None:
             raise RuntimeError("search: no trial finished with a finite "
                                f"{cfg.search.metric} while meeting the constraints; nothing to register")
-        ckpts = {r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None}
         summary.best_trial_id = best.trial_id
         summary.best_run_id = cb.trial_runs.get(best.trial_id)
         summary.best_config = {k: v for k, v in best.config.items()}
@@ -610,7 +555,6 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
     ts = int(time.time() * 1000)
     client.log_batch(parent_id, metrics=[Metric(f"time/{k}_s", v, ts, 0) for k, v in summary.phase_s.items()]
                      + [Metric(f"best/{k}", v, ts, 0) for k, v in summary.best_metrics.items() if math.isfinite(v)])
-    return started_ray, cb
 
 
 def CHAMPION_OR(promo: Any) -> str:
