@@ -22,8 +22,11 @@ def dlops_augment_policies() -> dict[str, Any]:
     """Augmentation policies this plugin provides.
 
     Returns:
-        ``{name: factory}`` where ``factory(magnitude: float, image_size: int, train: bool)``
-        returns a callable mapping an HxWxC uint8 numpy image to an HxWxC uint8 image.
+        ``{name: factory}`` where ``factory(magnitude: float, image_size: int | None, train: bool)``
+        (magnitude in [0, 1]; image_size in pixels, None to keep the input size) returns a
+        callable mapping an HxWxC uint8 numpy image to an H'xW'xC uint8 image. Optionally the
+        callable has ``describe(shape) -> dict`` (JSON-serialisable, logged to MLflow), as
+        :class:`dlops_plugins.augment.common.Policy` does. Checked on load: factories must be callable.
     """
 
 
@@ -33,7 +36,8 @@ def dlops_reporters() -> dict[str, Any]:
 
     Returns:
         ``{name: reporter}`` where ``reporter.report(context) -> dlops.reports.Report``
-        (``context`` is a :class:`dlops.reports.ReportContext`).
+        (``context`` is a :class:`dlops.reports.ReportContext`). Checked on load: ``report`` must
+        be callable.
     """
 
 

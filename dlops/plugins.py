@@ -23,7 +23,10 @@ ENTRY_POINT_GROUP = "dlops"
 #: Built-in plugins: (name, module). Registered like any third-party plugin.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("augment", "dlops_plugins.augment.policies"),
+    ("augment_tv2", "dlops_plugins.augment.tv2"),
     ("bias_variance", "dlops_plugins.reporters.bias_variance"),
+    ("error_analysis", "dlops_plugins.reporters.error_analysis"),
+    ("learning_curves", "dlops_plugins.reporters.learning_curves"),
     ("ensemble", "dlops_plugins.ensemble.average"),
 )
 
@@ -33,6 +36,20 @@ PROVIDER_HOOKS = {
     "dlops_reporters": "reporters",
     "dlops_ensemble_servers": "ensemble_servers",
 }
+
+
+def _check_value(kind: str, key: str, value: Any) -> None:
+    """Check the shape of one provided object (called on load).
+
+    Raises:
+        PluginError: an augmentation policy that is not callable, or a reporter without a
+            callable ``report``.
+    """
+    if kind == "augment_policies" and not callable(value):
+        raise PluginError(f"augment policy {key!r} must be a factory(magnitude, image_size, train), "
+                          f"got {type(value).__name__}")
+    if kind == "reporters" and not callable(getattr(value, "report", None)):
+        raise PluginError(f"reporter {key!r} must have a report(context) method, got {type(value).__name__}")
 
 
 class PluginError(ValueError):
@@ -130,6 +147,7 @@ def build_registry() -> PluginRegistry:
                         f"{hook_name}() must return a dict keyed by name, got {type(provided).__name__}"
                     )
                 for key in provided:
+                    _check_value(kind, key, provided[key])
                     if key in regs[kind]:
                         raise PluginError(f"{kind[:-1]} {key!r} is already provided by another plugin")
                 staged[kind] = provided

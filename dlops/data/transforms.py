@@ -53,15 +53,20 @@ def build_transform(
         policy: augmentation policy name (a plugin's), applied only when ``train``.
         magnitude: policy strength in [0, 1].
         image_size: output side in pixels (None: keep the input size).
-        mean, std: per-channel normalisation, in [0, 1] units.
+        mean, std: per-channel normalisation, in [0, 1] units; length C, or 1 (same for every
+            channel). A one-channel image with 3-value mean/std is replicated to 3 channels.
         train: training transform (policy applied) or evaluation transform (no policy).
         registry: a :class:`dlops.plugins.PluginRegistry` (default: the process one).
 
     Returns:
         ``f(image (H, W, C) uint8 or float [0,1]) -> torch.Tensor (C, image_size, image_size) float32``.
+        ``f.policy`` is the augmentation policy object (None for evaluation or ``"none"``); for
+        built-in policies ``f.policy.describe()`` gives the exact pipeline, to log to MLflow.
 
     Raises:
         dlops.plugins.PluginError: unknown policy name.
+        ValueError: std <= 0 or mean/std of different lengths (at build time); at call time, a
+            float image outside [0, 1] or a channel count that matches neither mean nor 1.
     """
     aug = None
     if train and policy != "none":
@@ -71,25 +76,47 @@ def build_transform(
             registry = get_registry()
         factory = registry.get("augment_policies", policy)
         aug = factory(magnitude=magnitude, image_size=image_size, train=True)
-    mean_a = np.asarray(mean, dtype=np.float32)
-    std_a = np.asarray(std, dtype=np.float32)
+    mean_a = np.asarray(mean, dtype=np.float32).ravel()
+    std_a = np.asarray(std, dtype=np.float32).ravel()
+    if mean_a.size == 0 or std_a.size == 0 or np.any(std_a <= 0):
+        raise ValueError(f"mean and std need at least one value each and std > 0; got mean={mean}, std={std}")
+    n_norm = max(mean_a.size, std_a.size)
+    if mean_a.size not in (1, n_norm) or std_a.size not in (1, n_norm):
+        raise ValueError(f"mean and std must have the same length (or length 1); got {mean_a.size} and {std_a.size}")
+    mean_t = std_t = None  # torch tensors, built on first call (torch imported lazily)
 
     def transform(image: np.ndarray):
+        nonlocal mean_t, std_t
         import torch
 
+        if mean_t is None:
+            mean_t = torch.from_numpy(np.broadcast_to(mean_a, (n_norm,)).copy()).view(-1, 1, 1)
+            std_t = torch.from_numpy(np.broadcast_to(std_a, (n_norm,)).copy()).view(-1, 1, 1)
         img = np.asarray(image)
         if img.ndim == 2:
             img = img[:, :, None]
+        if img.ndim != 3:
+            raise ValueError(f"images must be (H, W, C) or (H, W), got shape {img.shape}")
         if aug is not None:
             img = aug(to_uint8(img))
             if img.ndim == 2:
                 img = img[:, :, None]
-        x = to_unit_float(img)
-        if image_size is not None and (x.shape[0] != image_size or x.shape[1] != image_size):
-            t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-            x = torch.nn.functional.interpolate(t, size=(image_size, image_size), mode="bilinear",
-                                                align_corners=False)[0].numpy().transpose(1, 2, 0)
-        x = (x - mean_a) / std_a
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+        if img.dtype == np.uint8:
+            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous().to(torch.float32)
+            x.div_(255.0)
+        else:
+            # to_unit_float copies (astype), so the in-place ops below never touch the caller's array
+            x = torch.from_numpy(np.ascontiguousarray(to_unit_float(img))).permute(2, 0, 1).contiguous()
+        c = x.shape[0]
+        if n_norm > 1 and c != n_norm:
+            if c != 1:
+                raise ValueError(f"image has {c} channels but mean/std have {n_norm} values")
+            x = x.repeat(n_norm, 1, 1)  # grayscale -> n_norm identical channels (e.g. RGB backbones)
+        if image_size is not None and (x.shape[1] != image_size or x.shape[2] != image_size):
+            x = torch.nn.functional.interpolate(x[None], size=(image_size, image_size), mode="bilinear",
+                                                align_corners=False)[0]
+        return x.sub_(mean_t).div_(std_t)
 
+    transform.policy = aug  # type: ignore[attr-defined]
+    transform.train = train  # type: ignore[attr-defined]
     return transform

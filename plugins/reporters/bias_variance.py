@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from dlops import hookimpl
 from dlops.reports import Report, ReportContext
@@ -154,8 +154,100 @@ def render_markdown(bv: BiasVariance, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _err(row: Mapping[str, Any], split: str) -> float:
+    """A split's error from a trial dict: ``split`` or ``<split>/error`` or ``metrics.<split>/error``."""
+    for key in (split, f"{split}/error", f"metrics.{split}/error"):
+        if key in row and row[key] is not None:
+            return float(row[key])
+    metrics = row.get("metrics")
+    if isinstance(metrics, Mapping):
+        for key in (f"{split}/error", split):
+            if metrics.get(key) is not None:
+                return float(metrics[key])
+    return float("nan")
+
+
+def render_search_table(trials: Sequence[Mapping[str, Any]], human: float | None = None, title: str = "") -> str:
+    """A Markdown table of the bias/variance gaps of every trial of a search, best dev error first.
+
+    Args:
+        trials: one dict per trial with its errors (fractions in [0, 1]) under the split names
+            (``"train"``, ``"train_dev"``, ``"dev"``, ``"test"``, ``"human"``) or the metric names
+            (``"dev/error"``; also nested under ``"metrics"``); a trial label under ``"trial"``,
+            ``"trial_id"`` or ``"run_id"`` (else its position).
+        human: human-level error used where a trial carries none.
+        title: heading suffix.
+
+    Returns:
+        Markdown: one row per trial with the errors, the four gaps and the largest gap; a last
+        line counting how often each gap is the largest.
+
+    Raises:
+        ValueError: an error outside [0, 1].
+    """
+    h_default = float("nan") if human is None else float(human)
+    rows = []
+    for pos, t in enumerate(trials, start=1):
+        label = next((str(t[k]) for k in ("trial", "trial_id", "run_id") if t.get(k) is not None), str(pos))
+        h = _err(t, "human")
+        bv = bias_variance(h_default if math.isnan(h) else h, _err(t, "train"), _err(t, "train_dev"),
+                           _err(t, "dev"), _err(t, "test"))
+        rows.append((label, bv))
+    rows.sort(key=lambda r: (math.isnan(r[1].dev), r[1].dev if not math.isnan(r[1].dev) else 0.0))
+    lines = [f"# Bias / variance over the search{(' — ' + title) if title else ''}", "",
+             "| trial | train | train-dev | dev | test | avoidable bias | variance | data mismatch "
+             "| overfitting to dev | largest gap |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    counts: dict[str, int] = {}
+    for label, bv in rows:
+        cells = [_pct(bv.train), _pct(bv.train_dev), _pct(bv.dev), _pct(bv.test)] + [_pct(getattr(bv, g)) for g in GAPS]
+        largest = bv.largest.replace("_", " ") if bv.largest else "none"
+        counts[largest] = counts.get(largest, 0) + 1
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {largest} |")
+    lines.append("")
+    if rows:
+        lines.append("Largest gap across trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + ".")
+    else:
+        lines.append("No trials.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
+    """Write a PNG with two bar charts: the errors per split, and the four gaps (percent points,
+    the largest highlighted). Returns ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    splits = ("human", "train", "train_dev", "dev", "test")
+    vals = [getattr(bv, s) for s in splits]
+    ax1.bar([s.replace("_", "-") for s in splits], [0.0 if math.isnan(v) else 100 * v for v in vals],
+            color=["gray", "C0", "C1", "C2", "C3"])
+    for i, v in enumerate(vals):
+        ax1.text(i, 0 if math.isnan(v) else 100 * v, "n/a" if math.isnan(v) else f"{100 * v:.1f}",
+                 ha="center", va="bottom", fontsize=8)
+    ax1.set_ylabel("error (%)")
+    ax1.set_title("errors")
+    gvals = [getattr(bv, g) for g in GAPS]
+    colours = ["C3" if g == bv.largest else "C0" for g in GAPS]
+    ax2.bar([g.replace("_", " ").replace("overfitting to dev", "overfit dev") for g in GAPS],
+            [0.0 if math.isnan(v) else 100 * v for v in gvals], color=colours)
+    ax2.axhline(0, color="black", linewidth=0.8)
+    ax2.set_ylabel("gap (percent points)")
+    ax2.set_title("gaps (largest in red)")
+    ax2.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"bias / variance{(' — ' + title) if title else ''}")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 class BiasVarianceReporter:
-    """Reporter ``bias_variance``: metrics ``bias_variance/<gap>`` and ``bias_variance.md``."""
+    """Reporter ``bias_variance``: metrics ``bias_variance/<gap>``; artifacts ``bias_variance.md``,
+    ``bias_variance.png`` and, given ``context.trials``, ``bias_variance_trials.md``
+    (:func:`render_search_table`)."""
 
     name = "bias_variance"
 
@@ -168,12 +260,18 @@ class BiasVarianceReporter:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "bias_variance.md"
         path.write_text(md)
+        artifacts = [path, plot_bias_variance(bv, out / "bias_variance.png", context.title)]
+        if context.trials:
+            table = render_search_table(context.trials, bv.human, context.title)
+            tpath = out / "bias_variance_trials.md"
+            tpath.write_text(table)
+            artifacts.append(tpath)
         metrics = {f"bias_variance/{g}": v for g, v in bv.gaps().items() if not math.isnan(v)}
         summary = (
             f"largest gap: {bv.largest.replace('_', ' ')} ({_pct(getattr(bv, bv.largest))})"
             if bv.largest else "no positive gap"
         )
-        return Report(metrics=metrics, artifacts=[path], markdown=md, summary=summary)
+        return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
 
 
 @hookimpl
