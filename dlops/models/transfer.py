@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from dlops.models.freeze import trainable_parameters  # noqa: F401  (re-exported for trials)
+
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
     """A fresh network (random init) for ``spec``.
@@ -50,34 +52,16 @@ def transfer_features(model: nn.Module, source_state: Mapping[str, torch.Tensor]
 
 
 def apply_freeze(model: nn.Module, policy: str) -> nn.Module:
-    """Freeze by policy (``none`` or ``backbone``: everything but ``model.head``).
+    """Freeze by policy (see :func:`dlops.models.freeze.parse_freeze_policy`: ``none``,
+    ``backbone``, ``until:<block>``, ``,reinit_last=N``); returns the model.
 
-    Frozen means bitwise frozen: ``requires_grad`` is off and the frozen BatchNorm layers stay in
-    eval mode whenever ``model.train()`` is called, so their running statistics never change.
+    Frozen means bitwise frozen: ``requires_grad`` is off and frozen BatchNorm layers stay in
+    eval mode whenever ``model.train()`` is called.
 
     Raises:
         ValueError: an unknown policy.
     """
-    if policy == "none":
-        return model
-    if policy != "backbone":
-        raise ValueError(f"model.freeze: unknown policy {policy!r}; use 'none' or 'backbone'")
-    frozen = [m for n, m in model.named_children() if n != "head"]
-    for m in frozen:
-        for p in m.parameters():
-            p.requires_grad_(False)
-    orig_train = model.train
+    from dlops.models.freeze import apply_freeze as _apply
 
-    def train(mode: bool = True) -> nn.Module:
-        orig_train(mode)
-        for m in frozen:
-            m.eval()
-        return model
-
-    model.train = train  # type: ignore[method-assign]
+    _apply(model, policy)
     return model
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Only the parameters the optimizer may change."""
-    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,76 @@
+"""Bad project files: one clear message naming the key and the value, exit code 2, nothing logged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlops.config import ConfigError, load_config
+
+from conftest import EXAMPLE
+
+
+def _dlops(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_example_is_valid():
+    cfg = load_config(EXAMPLE)
+    assert cfg.search.metric == "dev/error"
+    assert len(cfg.search.stages) >= 2
+    assert {"lr", "momentum", "batch_size", "hidden"} <= set(cfg.search.space)
+    assert cfg.search.space["lr"].scale == "log"
+    assert cfg.search.space["momentum"].scale == "one_minus_log"
+
+
+def test_set_overrides_any_key():
+    cfg = load_config(EXAMPLE, ["search.space.lr.low=1e-5", "ensemble.top_k=5", "tracking.uri=sqlite:///x.db"])
+    assert cfg.search.space["lr"].low == pytest.approx(1e-5)
+    assert cfg.ensemble.top_k == 5
+    assert cfg.tracking.uri == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    "override, key, value",
+    [
+        ("search.spcae={}", "search.spcae", "unknown key"),
+        ("pretrain.epochs=many", "pretrain.epochs", "many"),
+        ("search.space.lr.low=0", "search.space.lr.low", "0"),
+        ("search.space.lr.low=-1e-3", "search.space.lr.low", "-0.001"),
+        ("search.metric=dev/accuracy", "search.metric", "dev/accuracy"),
+        ("search.constraints=[{metric: gpu_hours, threshold: 1}]", "search.constraints[0].metric", "gpu_hours"),
+        ("model.name=resnet9000", "model.name", "resnet9000"),
+        ("augmentation.policy=sparkles", "augmentation.policy", "sparkles"),
+        ("search.space.momentum.high=1.5", "search.space.momentum", "1.5"),
+        ("search.stages=[]", "search.stages", "at least one stage"),
+    ],
+)
+def test_bad_file_exit_2_names_key_and_nothing_logged(tmp_path: Path, override: str, key: str, value: str):
+    r = _dlops(["run", str(EXAMPLE), "--set", override, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert key in r.stderr, r.stderr
+    assert value in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # nothing started or logged: no store, no Ray results, no artifacts
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsearch: [unclosed\n")
+    r = _dlops(["run", str(bad)], tmp_path)
+    assert r.returncode == 2 and "bad.yaml" in r.stderr and "YAML" in r.stderr
+    r = _dlops(["run", str(tmp_path / "nope.yaml")], tmp_path)
+    assert r.returncode == 2 and "nope.yaml" in r.stderr
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(EXAMPLE, ["no-equals-sign"])
+
+
+def test_validate_command_ok(tmp_path: Path):
+    r = _dlops(["validate", str(EXAMPLE)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout

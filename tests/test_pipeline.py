@@ -1,0 +1,247 @@
+"""The main job end to end on real Ray and a real MLflow SQLite store, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLE, TINY
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """Run the tiny project twice into one store (the second run tests the promotion gate)."""
+    from dlops.config import load_config
+    from dlops.pipeline import run_project
+
+    d = tmp_path_factory.mktemp("job")
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        uri = f"sqlite:///{d}/mlflow.db"
+        cfg = load_config(EXAMPLE, TINY + [f"tracking.uri={uri}", f"ray.storage_path={d}/ray_results",
+                                           "ray.num_cpus=2"])
+        lines: list[str] = []
+        first = run_project(cfg, out=lines.append)
+        second = run_project(cfg, out=lines.append)
+    finally:
+        os.chdir(old)
+    from mlflow import MlflowClient
+
+    return {"dir": d, "uri": uri, "cfg": cfg, "first": first, "second": second, "lines": lines,
+            "client": MlflowClient(uri)}
+
+
+def _runs(client, exp_id, search_id=None):
+    flt = f"tags.`dlops.search_id` = '{search_id}'" if search_id else ""
+    return client.search_runs([exp_id], filter_string=flt, max_results=1000)
+
+
+def test_run_tree_nests_search_stage_trial(job):
+    c, s = job["client"], job["first"]
+    parent = c.get_run(s.search_run_id)
+    sid = parent.data.tags["dlops.search_id"]
+    runs = _runs(c, s.experiment_id, sid)
+    kinds = {}
+    for r in runs:
+        kinds.setdefault(r.data.tags["dlops.kind"], []).append(r)
+    assert len(kinds["search"]) == 1
+    assert len(kinds["stage"]) == 2
+    assert len(kinds["trial"]) == 5
+    assert len(kinds["ensemble"]) == 1
+    stage_ids = {int(r.data.tags["dlops.stage"]): r.info.run_id for r in kinds["stage"]}
+    for r in kinds["stage"] + kinds["ensemble"]:
+        assert r.data.tags["mlflow.parentRunId"] == s.search_run_id
+    per_stage = {0: 0, 1: 0}
+    for r in kinds["trial"]:
+        k = int(r.data.tags["dlops.stage"])
+        per_stage[k] += 1
+        assert r.data.tags["mlflow.parentRunId"] == stage_ids[k]
+        assert r.data.params["stage"] == str(k)
+        assert {"lr", "momentum", "batch_size", "hidden"} <= set(r.data.params)
+    assert per_stage == {0: 3, 1: 2}
+    # the pretrain run is its own run, with its model
+    pre = c.get_run(s.pretrain_run_id)
+    assert pre.data.tags["dlops.kind"] == "pretrain" and pre.info.status == "FINISHED"
+    assert "source/train/error" in pre.data.metrics
+
+
+def test_every_run_ends_finished_never_running(job):
+    c = job["client"]
+    runs = c.search_runs([job["first"].experiment_id], max_results=1000)
+    assert runs and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_trial_metric_histories_have_epoch_steps(job):
+    c, s = job["client"], job["first"]
+    sid = c.get_run(s.search_run_id).data.tags["dlops.search_id"]
+    trials = [r for r in _runs(c, s.experiment_id, sid) if r.data.tags["dlops.kind"] == "trial"]
+    for r in trials:
+        epochs = 2 if r.data.tags["dlops.stage"] == "0" else 3
+        assert r.data.params["epochs"] == str(epochs)
+        for key in ("train/error", "train_dev/error", "dev/error", "train/loss", "latency_ms"):
+            hist = c.get_metric_history(r.info.run_id, key)
+            assert sorted(m.step for m in hist) == list(range(1, epochs + 1)), key
+            assert all(math.isfinite(m.value) for m in hist)
+        assert 0 < r.data.metrics["latency_ms"] < 1000
+        assert 0 <= r.data.metrics["dev/error"] <= 1
+
+
+def test_stage_1_box_lies_inside_stage_0_in_sampling_scale(job):
+    c, s = job["client"], job["first"]
+    sid = c.get_run(s.search_run_id).data.tags["dlops.search_id"]
+    stages = {int(r.data.tags["dlops.stage"]): r for r in _runs(c, s.experiment_id, sid)
+              if r.data.tags["dlops.kind"] == "stage"}
+    for name in ("lr", "momentum", "hidden"):
+        lo0, hi0 = json.loads(stages[0].data.params[f"box.{name}"])
+        lo1, hi1 = json.loads(stages[1].data.params[f"box.{name}"])
+        assert lo0 - 1e-9 <= lo1 <= hi1 <= hi0 + 1e-9, name
+        assert hi1 - lo1 < hi0 - lo0, f"{name} did not zoom"
+    # lr's stage-0 box is r in [-4, 0], i.e. the sampling scale, not lr itself
+    assert json.loads(stages[0].data.params["box.lr"]) == pytest.approx([-4.0, 0.0])
+    trials = [r for r in _runs(c, s.experiment_id, sid) if r.data.tags["dlops.kind"] == "trial"
+              and r.data.tags["dlops.stage"] == "1"]
+    lo1, hi1 = json.loads(stages[1].data.params["box.lr"])
+    for r in trials:
+        assert lo1 - 1e-9 <= math.log10(float(r.data.params["lr"])) <= hi1 + 1e-9
+
+
+def test_registered_model_is_the_best_feasible_trial(job):
+    c, s, cfg = job["client"], job["first"], job["cfg"]
+    sid = c.get_run(s.search_run_id).data.tags["dlops.search_id"]
+    trials = [r for r in _runs(c, s.experiment_id, sid) if r.data.tags["dlops.kind"] == "trial"]
+    limit = cfg.search.constraints[0].threshold
+    feasible = [r for r in trials if r.data.metrics["latency_ms"] <= limit and math.isfinite(r.data.metrics["dev/error"])]
+    best_err = min(r.data.metrics["dev/error"] for r in feasible)
+    mv = c.get_model_version_by_alias(cfg.model_name, "champion")
+    assert str(mv.version) == "1"
+    best_run = c.get_run(mv.run_id) if mv.run_id else c.get_run(mv.tags["dlops.run_id"])
+    assert best_run.data.tags["dlops.kind"] == "trial"
+    assert best_run.data.metrics["dev/error"] == pytest.approx(best_err)
+    assert best_run.info.run_id == s.best_run_id
+    assert s.model_aliases == ("challenger", "champion")  # the first version gets both
+    class_index = json.loads(mv.tags["dlops.class_index"])
+    assert class_index == {"0": "5", "1": "6", "2": "7", "3": "8", "4": "9"}
+
+
+def test_registered_model_loads_with_signature_and_predicts(job):
+    import mlflow
+
+    from dlops.data.digits import build_transfer_data
+
+    cfg = job["cfg"]
+    mlflow.set_tracking_uri(job["uri"])
+    uri = f"models:/{cfg.model_name}@champion"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
+    model = mlflow.pytorch.load_model(uri)
+    d = cfg.data
+    data = build_transfer_data(d.source_classes, d.target_classes, d.train_per_class, d.train_dev_per_class,
+                               d.dev_fraction, cfg.seed)
+    import torch
+
+    x = torch.from_numpy((data.test.x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - 0.5) / 0.5)
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(1).numpy()
+    err = float(np.mean(pred != data.test.y))
+    assert err == pytest.approx(job["first"].best_metrics["test/error"], abs=1e-9)
+    assert err < 0.5  # far better than chance (0.8) on 5 classes
+
+
+def test_bias_variance_report_matches_logged_errors(job):
+    c, s, cfg = job["client"], job["first"], job["cfg"]
+    parent = c.get_run(s.search_run_id)
+    m = parent.data.metrics
+    assert m["bias_variance/avoidable_bias"] == pytest.approx(m["best/train/error"] - cfg.human_level_error)
+    assert m["bias_variance/variance"] == pytest.approx(m["best/train_dev/error"] - m["best/train/error"])
+    assert m["bias_variance/data_mismatch"] == pytest.approx(m["best/dev/error"] - m["best/train_dev/error"])
+    assert m["bias_variance/overfitting_to_dev"] == pytest.approx(m["best/test/error"] - m["best/dev/error"])
+    arts = [a.path for a in c.list_artifacts(s.search_run_id, "reports")]
+    assert "reports/bias_variance.md" in arts
+    local = c.download_artifacts(s.search_run_id, "reports/bias_variance.md", str(job["dir"]))
+    text = Path(local).read_text()
+    assert "avoidable bias" in text and "Largest gap" in text or "No positive gap" in text
+
+
+def test_ensemble_registered_as_pyfunc_and_averages(job):
+    import mlflow
+
+    c, s, cfg = job["client"], job["first"], job["cfg"]
+    mlflow.set_tracking_uri(job["uri"])
+    assert len(s.ensemble_members) == 3
+    mv = c.get_model_version_by_alias(cfg.ensemble_name, "challenger")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.ensemble_name}/{mv.version}")
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    p = model.predict(x)
+    assert p.shape == (4, 5)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    erun = [r for r in c.search_runs([s.experiment_id], "tags.`dlops.kind` = 'ensemble'")
+            if r.data.tags["mlflow.parentRunId"] == s.search_run_id][0]
+    assert erun.data.metrics["test/error"] == pytest.approx(s.ensemble_test_error)
+    assert json.loads(erun.data.params["members"]) == s.ensemble_members
+
+
+def test_second_run_is_challenger_and_gate_decides_champion(job):
+    c, cfg = job["client"], job["cfg"]
+    v1 = c.get_model_version(cfg.model_name, "1")
+    v2 = c.get_model_version(cfg.model_name, "2")
+    assert str(c.get_model_version_by_alias(cfg.model_name, "challenger").version) == "2"
+    e1, e2 = float(v1.tags["dlops.metric.dev/error"]), float(v2.tags["dlops.metric.dev/error"])
+    expected = "2" if e2 < e1 else "1"
+    assert str(c.get_model_version_by_alias(cfg.model_name, "champion").version) == expected
+    assert ("champion" in job["second"].model_aliases) == (expected == "2")
+
+
+def test_summary_names_model_uris_and_ui_command(job):
+    from dlops.pipeline import format_summary
+
+    text = format_summary(job["first"])
+    assert f"models:/{job['cfg'].model_name}@champion" in text
+    assert "mlflow ui --backend-store-uri sqlite:///" in text
+    assert "ensemble" in text and "test error" in text
+    assert any(line.startswith("[search]") for line in job["lines"])
+
+
+def test_ctrl_c_leaves_no_run_running(tmp_path: Path):
+    """SIGINT in the middle of the search: the CLI exits 130 and every run ends KILLED or FINISHED."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    cmd = [sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--tracking-uri", uri,
+           "--set", "search.stages=[{trials: 4, epochs: 40}, {trials: 2, epochs: 40}]", "--set", "pretrain.epochs=1",
+           "--set", "ray.num_cpus=2"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 120
+    started = False
+    while time.time() < deadline and p.poll() is None:
+        time.sleep(1.0)
+        try:
+            exp = client.get_experiment_by_name("digits-transfer")
+            runs = client.search_runs([exp.experiment_id], "tags.`dlops.kind` = 'trial'") if exp else []
+        except Exception:
+            runs = []
+        if runs:
+            started = True
+            break
+    assert started, "no trial started within 120 s"
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out[-3000:]
+    exp = client.get_experiment_by_name("digits-transfer")
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    assert "RUNNING" not in statuses
+    assert "KILLED" in statuses
