@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# An MLflow tracking server: PostgreSQL backend store, artifacts proxied to an object store.
+# Environment: MLFLOW_DB_URI (postgresql://user:pass@host:5432/mlflow), MLFLOW_ARTIFACTS (s3://bucket/mlflow),
+# MLFLOW_HOST (default 127.0.0.1: put an authenticating reverse proxy in front before opening it wider).
+set -euo pipefail
+exec mlflow server \
+  --backend-store-uri "${MLFLOW_DB_URI:?set MLFLOW_DB_URI}" \
+  --artifacts-destination "${MLFLOW_ARTIFACTS:?set MLFLOW_ARTIFACTS}" \
+  --serve-artifacts \
+  --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" \
+  --workers "${MLFLOW_WORKERS:-4}"
