@@ -28,13 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from dlops.config import ProjectConfig
+from dlops.search.resources import ResourceError, check_resources  # noqa: F401  (re-exported)
 from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH
 
 PHASES = ("setup", "pretrain", "search", "register", "report", "ensemble")
-
-
-class ResourceError(ValueError):
-    """The cluster cannot meet a trial's resource request (CLI exit code 2)."""
 
 
 @dataclass
@@ -99,31 +96,11 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
         kwargs["num_cpus"] = num_cpus
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    # address="local": a new instance; None would join the cluster last written to
+    # /tmp/ray/ray_current_cluster (any `ray start` or test cluster on this machine)
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=True, logging_level="ERROR", **kwargs)
     return True
-
-
-def check_resources(cpu: float, gpu: float, autoscaler: bool) -> None:
-    """Fail at once when no node of the cluster can hold one trial (instead of pending forever).
-
-    Raises:
-        ResourceError: naming the request and the largest node, unless ``autoscaler``.
-    """
-    import ray
-
-    if autoscaler:
-        return
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu]
-    if not fits:
-        best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-        best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-        raise ResourceError(
-            f"search.resources: a trial asks for cpu={cpu:g}, gpu={gpu:g} but no node of the Ray cluster "
-            f"has that much (largest: CPU={best_cpu:g}, GPU={best_gpu:g}); lower the request, add nodes, "
-            "or set ray.autoscaler: true if an autoscaler adds them"
-        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,11 +270,36 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
 
 
+def log_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any, run_id: str) -> None:
+    """Log the exact pipeline of every augmentation policy the search may use: a short param
+    ``augment.<policy>`` (<= 6,000 characters) and the full JSON as ``augment/<policy>.json``."""
+    from mlflow.entities import Param
+
+    names = {cfg.augmentation.policy}
+    sp = cfg.search.space.get("policy")
+    if sp is not None and sp.choices:
+        names |= set(sp.choices)
+    try:
+        from dlops_plugins.augment.common import describe_policy, policy_param
+    except ImportError:  # the built-in augmentation plugin is not installed
+        return
+    for name in sorted(n for n in names if n != "none"):
+        try:
+            desc = describe_policy(name, cfg.augmentation.magnitude, spec.get("image_size"),
+                                   channels=int(spec.get("in_channels", 3)))
+        except Exception as exc:  # a third-party policy may not describe itself
+            client.set_tag(run_id, f"augment.{name}", f"not describable: {exc}"[:5000])
+            continue
+        client.log_batch(run_id, params=[Param(f"augment.{name}", policy_param(desc))])
+        client.log_dict(run_id, desc, f"augment/{name}.json")
+
+
 def run_project(
     cfg: ProjectConfig,
     tracking_uri: Optional[str] = None,
     ray_address: Optional[str] = None,
     out: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> RunSummary:
     """Run the main job (see the module docstring) and return its summary.
 
@@ -306,9 +308,12 @@ def run_project(
         tracking_uri: overrides ``tracking.uri`` (else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
         ray_address: overrides ``ray.address`` (else ``$RAY_ADDRESS``, else a local Ray on 127.0.0.1).
         out: where progress lines go.
+        resume: continue the latest unfinished search of the experiment (same parent run,
+            same trials; see :mod:`dlops.search.resume`) instead of starting a new one.
 
     Raises:
-        ResourceError: the cluster cannot hold one trial.
+        ResourceError: the cluster cannot hold one trial (checked before any run is created).
+        NothingToResumeError: ``resume`` and no unfinished search.
         KeyboardInterrupt: re-raised after every open run is marked KILLED.
     """
     import mlflow
@@ -323,13 +328,31 @@ def run_project(
     client = MlflowClient(uri)
     exp_id = ensure_experiment(client, cfg.experiment_name, uri, cfg.tracking.artifact_location)
     mlflow.set_experiment(experiment_id=exp_id)
-    search_id = uuid.uuid4().hex[:12]
-    parent = client.create_run(exp_id, run_name=f"search-{cfg.name}",
-                               tags={TAG_KIND: "search", TAG_SEARCH: search_id})
-    parent_id = parent.info.run_id
+    state: dict[str, Any] = {"callback": None, "started_ray": False, "resume": resume}
+    # Ray and the resource check come before any run: a request the cluster cannot meet leaves none
+    state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
+                                    cfg.ray.num_cpus, cfg.ray.num_gpus)
+    try:
+        check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
+        if resume:
+            from dlops.search.resume import find_resumable, reopen
+
+            point = find_resumable(client, exp_id, cfg.ray.storage_path, cfg.name)
+            reopen(client, point)
+            parent_id, search_id = point.parent_run_id, point.search_id
+            out(f"[resume] search {search_id} (parent run {parent_id}, was {point.status})")
+        else:
+            search_id = uuid.uuid4().hex[:12]
+            parent_id = client.create_run(exp_id, run_name=f"search-{cfg.name}",
+                                          tags={TAG_KIND: "search", TAG_SEARCH: search_id}).info.run_id
+    except BaseException:
+        if state["started_ray"]:
+            import ray
+
+            ray.shutdown()
+        raise
     summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
     open_runs: list[str] = [parent_id]
-    state: dict[str, Any] = {"callback": None, "started_ray": False}
     try:
         _run(cfg, client, exp_id, parent_id, search_id, summary, open_runs, ray_address, out, state)
         client.set_terminated(parent_id, "FINISHED")
@@ -377,12 +400,21 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
                 "input_layout": "NCHW float32, pixels scaled to [0,1] then (x-mean)/std"}
         plan = build_plan(cfg)
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+        log_augmentation(cfg, spec, client, parent_id)
 
     source_state = None
     with _phase(summary, "pretrain", out):
         t0 = time.perf_counter()
         w = cfg.model.weights
-        if w == "pretrain":
+        reused = None
+        if w == "pretrain" and state.get("resume"):
+            from dlops.search.resume import reuse_pretrain
+
+            reused = reuse_pretrain(client, parent_id)
+        if reused is not None:
+            source_state, summary.pretrain_run_id = reused
+            out(f"  source network from pretraining run {summary.pretrain_run_id} (resume)")
+        elif w == "pretrain":
             source_state, summary.pretrain_run_id = pretrain(cfg, data, spec, client, exp_id, out)
             client.set_tag(parent_id, "dlops.pretrain_run_id", summary.pretrain_run_id)
         elif w:
@@ -394,10 +426,7 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         from dlops.search.run import run_search
         from dlops.search.trainable import train_transfer
 
-        state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
-                               cfg.ray.num_cpus, cfg.ray.num_gpus)
         res = cfg.search.resources
-        check_resources(res.cpu, res.gpu, cfg.ray.autoscaler)
         reg = get_registry()
         reg.manager.hook.dlops_before_search(config=cfg, parent_run_id=parent_id)
         payload = {
@@ -409,7 +438,8 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         }
         t0 = time.perf_counter()
         outcome = run_search(train_transfer, payload, plan, cfg.search, cfg.ray, cfg.name, client, exp_id,
-                             parent_id, search_id, out, on_callback=lambda c: state.__setitem__("callback", c))
+                             parent_id, search_id, out, on_callback=lambda c: state.__setitem__("callback", c),
+                             resume=bool(state.get("resume")))
         cb = outcome.callback
         summary.train_s += time.perf_counter() - t0
         summary.n_trials, summary.n_failed = outcome.n_trials, outcome.n_failed

@@ -95,6 +95,9 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
     epochs = int(config.get("epochs", payload["default_epochs"]))
     bs = int(config.get("batch_size", 32))
     for epoch in range(start, epochs):
+        policy_obj = getattr(t_train, "policy", None)
+        if policy_obj is not None and hasattr(policy_obj, "reseed"):
+            policy_obj.reseed(seed + epoch)  # a resumed trial repeats the uninterrupted sequence
         loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch)
         train_loss = fit_epoch(model, loader, opt, device)
         metrics: dict[str, float] = {"train/loss": train_loss, "epoch": epoch + 1}
