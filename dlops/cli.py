@@ -37,7 +37,11 @@ def main() -> None:
               help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
               help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray on 127.0.0.1).")
-def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str], ray_address: Optional[str]) -> None:
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue the latest unfinished search of this project (after a crash or kill) "
+                   "instead of starting a new one.")
+def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str], ray_address: Optional[str],
+        resume: bool) -> None:
     """Run the main job of PROJECT_FILE: pretrain, search, register, report, ensemble."""
     from dlops.config import ConfigError, load_config
 
@@ -47,11 +51,12 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
         _fail(str(exc))
     from dlops.pipeline import ResourceError, format_summary, run_project
     from dlops.plugins import PluginError
+    from dlops.search.resume import NothingToResumeError
 
     try:
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
-                              out=lambda s: click.echo(s, err=True))
-    except (ResourceError, PluginError) as exc:
+                              out=lambda s: click.echo(s, err=True), resume=resume)
+    except (ResourceError, PluginError, NothingToResumeError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
@@ -73,6 +78,25 @@ def validate(project_file: str, overrides: tuple[str, ...]) -> None:
     n = sum(s.trials for s in cfg.search.stages)
     click.echo(f"{project_file}: ok ({len(cfg.search.stages)} stages, {n} trials, metric {cfg.search.metric} "
                f"{cfg.search.mode})")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--split", default="dev", show_default=True, help="Split for error analysis: train, train_dev, dev, test.")
+@click.option("--reporter", "reporters", multiple=True, help="Reporter to run (default: the project's); repeatable.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
+def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Optional[str]) -> None:
+    """Compute the reports again for TARGET (a run id or models:/NAME@ALIAS) and log them."""
+    from dlops.plugins import PluginError
+    from dlops.reporting import ReportTargetError, recompute_reports
+    from dlops.tracking.store import resolve_tracking_uri
+
+    try:
+        recompute_reports(target, resolve_tracking_uri(tracking_uri, None), split, list(reporters) or None,
+                          out=click.echo)
+    except (ReportTargetError, PluginError) as exc:
+        _fail(str(exc))
 
 
 @main.group()

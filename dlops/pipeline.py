@@ -445,6 +445,9 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         summary.n_trials, summary.n_failed = outcome.n_trials, outcome.n_failed
         summary.warnings += outcome.warnings
         ckpts = outcome.checkpoints
+        for tid, ck in ckpts.items():  # `dlops report RUN_ID` finds a trial's weights through this tag
+            if tid in cb.trial_runs:
+                client.set_tag(cb.trial_runs[tid], "dlops.checkpoint", ck.path)
         best = plan.best()
         reg.manager.hook.dlops_after_search(config=cfg, parent_run_id=parent_id, best=best)
         if best is None:
@@ -514,32 +517,24 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         out(f"  registered {promo.name} version {promo.version} with aliases {list(promo.aliases)} ({promo.reason})")
 
     with _phase(summary, "report", out):
+        from dlops.reporting import report_model, report_search, run_history
         from dlops.reports import ReportContext, SplitPredictions
 
+        reg = get_registry()
+        trials = [{"trial_id": t.trial_id, "run_id": cb.trial_runs[t.trial_id],
+                   "params": {k: v for k, v in t.config.items()}, "metrics": dict(t.metrics)}
+                  for t in plan.outcomes() if t.trial_id in cb.trial_runs]
+        report_search(client, reg, parent_id, trials, cfg.human_level_error, cfg.report.reporters)
         errors = {"human": cfg.human_level_error, **{k: evals[k].error for k in splits}}
         preds = {k: SplitPredictions(splits[k].y, probs[k], images=splits[k].x) for k in splits}
-        rows: dict[int, dict[str, float]] = {}
-        for key in ("train/error", "train_dev/error", "dev/error", "train/loss"):
-            for m in client.get_metric_history(rid, key):
-                rows.setdefault(int(m.step), {"epoch": int(m.step)})[key] = m.value
-        history = [rows[e] for e in sorted(rows)]
-        reg = get_registry()
         with tempfile.TemporaryDirectory() as td:
-            for name in cfg.report.reporters:
-                reporter = reg.get("reporters", name)
-                rdir = Path(td) / name
-                rep = reporter.report(ReportContext(errors=errors, out_dir=rdir, predictions=preds,
-                                                    class_names=mspec["class_names"], history=history,
-                                                    title=f"{promo.name} v{promo.version}"))
-                ts = int(time.time() * 1000)
-                ms = [Metric(k, float(v), ts, 0) for k, v in rep.metrics.items() if math.isfinite(float(v))]
-                for target in (parent_id, rid):
-                    if ms:
-                        client.log_batch(target, metrics=ms)
-                    for a in rep.artifacts:
-                        client.log_artifact(target, str(a), artifact_path="reports")
-                summary.report_summaries[name] = rep.summary
-                out(f"  {name}: {rep.summary}")
+            ctx = ReportContext(errors=errors, out_dir=Path(td), predictions=preds,
+                                class_names=mspec["class_names"], history=run_history(client, rid),
+                                title=f"{promo.name} v{promo.version}", trials=trials)
+            reports = report_model(client, reg, [parent_id, rid], cfg.report.reporters, ctx)
+        for name, rep in reports.items():
+            summary.report_summaries[name] = rep.summary
+            out(f"  {name}: {rep.summary}")
 
     with _phase(summary, "ensemble", out):
         k = cfg.ensemble.top_k

@@ -56,6 +56,7 @@ class ReportContext:
         out_dir: where the reporter writes its artifacts.
         title: a label for headings (e.g. the model URI or trial id).
         trials: for search-level reports, one dict per trial (params and final metrics).
+        split: the split that split-specific reporters (error analysis) look at.
     """
 
     errors: Mapping[str, float]
@@ -65,6 +66,7 @@ class ReportContext:
     history: Sequence[Mapping[str, float]] = ()
     title: str = ""
     trials: Sequence[Mapping[str, Any]] = ()
+    split: str = "dev"
 
 
 @dataclass

@@ -31,7 +31,8 @@ def job(tmp_path_factory):
     try:
         uri = f"sqlite:///{d}/mlflow.db"
         cfg = load_config(EXAMPLE, TINY + [f"tracking.uri={uri}", f"ray.storage_path={d}/ray_results",
-                                           "ray.num_cpus=2"])
+                                           "ray.num_cpus=2",
+                                           "report.reporters=[bias_variance, error_analysis, learning_curves]"])
         lines: list[str] = []
         first = run_project(cfg, out=lines.append)
         second = run_project(cfg, out=lines.append)
@@ -173,6 +174,41 @@ def test_bias_variance_report_matches_logged_errors(job):
     local = c.download_artifacts(s.search_run_id, "reports/bias_variance.md", str(job["dir"]))
     text = Path(local).read_text()
     assert "avoidable bias" in text and "Largest gap" in text or "No positive gap" in text
+
+
+def test_per_trial_reports_agree_with_each_trials_own_errors(job):
+    c, s, cfg = job["client"], job["first"], job["cfg"]
+    sid = c.get_run(s.search_run_id).data.tags["dlops.search_id"]
+    trials = [r for r in _runs(c, s.experiment_id, sid) if r.data.tags["dlops.kind"] == "trial"]
+    for r in trials:
+        m = r.data.metrics
+        assert m["bias_variance/avoidable_bias"] == pytest.approx(m["train/error"] - cfg.human_level_error)
+        assert m["bias_variance/variance"] == pytest.approx(m["train_dev/error"] - m["train/error"])
+        arts = {a.path for a in c.list_artifacts(r.info.run_id, "reports")}
+        assert {"reports/bias_variance.md", "reports/bias_variance.png", "reports/learning_curves.png"} <= arts
+    parent_arts = {a.path for a in c.list_artifacts(s.search_run_id, "reports")}
+    assert {"reports/bias_variance_trials.md", "reports/trials.csv", "reports/confusion_matrix.png",
+            "reports/confusion_matrix.csv", "reports/error_analysis.md"} <= parent_arts
+    csv = Path(c.download_artifacts(s.search_run_id, "reports/trials.csv", str(job["dir"]))).read_text()
+    assert len(csv.strip().splitlines()) == 1 + len(trials)
+
+
+def test_dlops_report_recomputes_for_a_registered_model(job):
+    cfg = job["cfg"]
+    r = subprocess.run([sys.executable, "-m", "dlops.cli", "report", f"models:/{cfg.model_name}@champion",
+                        "--split", "test", "--reporter", "error_analysis", "--reporter", "bias_variance",
+                        "--tracking-uri", job["uri"]], capture_output=True, text=True, timeout=300,
+                       cwd=job["dir"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = job["client"]
+    mv = c.get_model_version_by_alias(cfg.model_name, "champion")
+    run = c.get_run(mv.run_id)
+    # the test-split error analysis agrees with the registered model's test error
+    assert run.data.metrics["error_analysis/error"] == pytest.approx(float(mv.tags["dlops.metric.test/error"]))
+    assert "test error" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "dlops.cli", "report", "no-such-run", "--tracking-uri", job["uri"]],
+                         capture_output=True, text=True, timeout=120, cwd=job["dir"])
+    assert bad.returncode == 2 and "no-such-run" in bad.stderr
 
 
 def test_ensemble_registered_as_pyfunc_and_averages(job):

@@ -197,13 +197,14 @@ class ErrorAnalysisReporter:
         """
         out = Path(context.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        pred: SplitPredictions | None = context.predictions.get(self.split)
-        title = f"# Error analysis ({self.split}){(' — ' + context.title) if context.title else ''}"
+        split = context.split or self.split  # `dlops report ... --split test` chooses the split
+        pred: SplitPredictions | None = context.predictions.get(split)
+        title = f"# Error analysis ({split}){(' — ' + context.title) if context.title else ''}"
         if pred is None or len(pred.y_true) == 0:
-            md = f"{title}\n\nNo {self.split} predictions: nothing to analyse.\n"
+            md = f"{title}\n\nNo {split} predictions: nothing to analyse.\n"
             path = out / "error_analysis.md"
             path.write_text(md)
-            return Report(artifacts=[path], markdown=md, summary=f"no {self.split} predictions")
+            return Report(artifacts=[path], markdown=md, summary=f"no {split} predictions")
         y_true = np.asarray(pred.y_true)
         prob = np.asarray(pred.y_prob, dtype=np.float64)
         if y_true.ndim != 1:
@@ -232,7 +233,7 @@ class ErrorAnalysisReporter:
         artifacts += [cm_csv, plot_confusion(cm, names, out / "confusion_matrix.png")]
 
         metrics: dict[str, float] = {"error_analysis/error": error, "error_analysis/n_errors": float(n_wrong)}
-        lines = [title, "", f"{self.split} error: {100 * error:.2f}% ({n_wrong} of {n} examples)", ""]
+        lines = [title, "", f"{split} error: {100 * error:.2f}% ({n_wrong} of {n} examples)", ""]
 
         pairs = most_confused(cm, self.top_k_pairs)
         lines += ["## Most-confused pairs", ""]
@@ -280,9 +281,9 @@ class ErrorAnalysisReporter:
         artifacts.insert(0, path)
         if pairs:
             i, j, k = pairs[0]
-            summary = f"{self.split} error {100 * error:.2f}%; most confused: {names[i]} -> {names[j]} ({k})"
+            summary = f"{split} error {100 * error:.2f}%; most confused: {names[i]} -> {names[j]} ({k})"
         else:
-            summary = f"{self.split} error {100 * error:.2f}%; no mistakes"
+            summary = f"{split} error {100 * error:.2f}%; no mistakes"
         return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
 
 
