@@ -169,7 +169,9 @@ class SearchConfig(_Model):
     zoom: ZoomConfig = Field(default_factory=ZoomConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_concurrent: Optional[int] = Field(default=None, ge=1)
-    max_failures: int = Field(default=0, ge=0)  # trials allowed to fail before the search stops
+    # failed trials (raised, or a non-finite optimizing metric) are FAILED in MLflow and the search
+    # goes on; None: no limit; N: the search stops once more than N trials have failed
+    max_failures: Optional[int] = Field(default=None, ge=0)
     scheduler: Optional[Literal["asha"]] = None
     default_epochs: int = Field(default=5, ge=1)
 

@@ -1,12 +1,26 @@
 """Running a staged search on Ray Tune: one ``Tuner``, the staged searcher, the MLflow callback.
 
-Resources per trial are checked against the cluster before the first trial
-(:func:`dlops.search.resources.check_resources` semantics in :mod:`dlops.pipeline`).
+* Resources per trial (``search.resources``: CPUs, GPUs, fractional GPUs allowed) are checked
+  against the cluster before any run is created (:func:`dlops.search.resources.check_resources`,
+  called by :func:`dlops.pipeline.run_project`).
+* Resume: with ``resume=True`` the Tune experiment ``<storage_path>/<name>-<search_id>`` is
+  restored with ``Tuner.restore`` (finished trials are not run again, unfinished trials continue
+  from their last checkpoint, errored trials stay FAILED); a fresh :class:`StagedSearcher` around
+  the caller's plan gets the plan state Tune saved, and a fresh callback finds the MLflow runs
+  the search already has. Tune snapshots its experiment state every ``TUNE_GLOBAL_CHECKPOINT_S``
+  seconds; dlops sets 1 s unless the variable is set, so a ``kill -9`` loses at most ~1 s.
+* Failure budget: a trial that raises (e.g. ``NonFiniteLossError``) or ends with a non-finite
+  optimizing metric is FAILED in MLflow and the search goes on. ``search.max_failures``: None
+  (default) = no limit; N = stop the search once more than N trials have failed
+  (:class:`FailureBudget`, a Tune ``Stopper``); :class:`TooManyFailuresError` is raised then.
+* Trial directories are ``t-<trial_id>``: short and unique whatever the hyperparameters.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +41,48 @@ class SearchOutcome:
     n_trials: int
     n_failed: int
     warnings: list[str] = field(default_factory=list)
+
+
+class TooManyFailuresError(RuntimeError):
+    """More than ``search.max_failures`` trials failed; the search was stopped."""
+
+
+class FailureBudget:
+    """A Tune ``Stopper``: stop the whole search once more than ``max_failures`` trials failed.
+
+    It reads the failure count of the MLflow callback (which counts FAILED trial runs, those of
+    a run before a resume included). ``max_failures`` None: never stops.
+    """
+
+    def __init__(self, callback: Any, max_failures: Optional[int]) -> None:
+        self.callback = callback
+        self.max_failures = max_failures
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    @property
+    def exceeded(self) -> bool:
+        return self.max_failures is not None and self.callback.n_failed > self.max_failures
+
+    def stop_all(self) -> bool:
+        if self.exceeded and self.callback.stopping_reason is None:
+            self.callback.stopping_reason = (
+                f"{self.callback.n_failed} trials failed, more than search.max_failures={self.max_failures}")
+        return self.exceeded
+
+
+def _as_stopper(budget: FailureBudget) -> Any:
+    from ray.tune.stopper import Stopper
+
+    class _Budget(Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return budget(trial_id, result)
+
+        def stop_all(self) -> bool:
+            return budget.stop_all()
+
+    return _Budget()
 
 
 def short_trial_dirname(trial: Any) -> str:
@@ -64,6 +120,7 @@ def run_search(
     search_id: str,
     out: Callable[[str], None] = print,
     on_callback: Optional[Callable[[Any], None]] = None,
+    resume: bool = False,
 ) -> SearchOutcome:
     """Run every stage of ``plan`` in one ``Tuner`` and log the run tree.
 
@@ -72,20 +129,28 @@ def run_search(
         payload: passed to every trial through the object store (``tune.with_parameters``).
         on_callback: called with the MLflow callback as soon as it exists (so the caller can
             end its runs if the search is interrupted).
+        resume: restore the Tune experiment ``<storage_path>/<experiment_name>-<search_id>``
+            when Tune saved one there (else the search starts over under the same ids; runs of
+            the earlier attempt that nothing continues end KILLED).
 
     Raises:
         KeyboardInterrupt: the search was interrupted (Tune saved its state first).
+        TooManyFailuresError: more than ``search.max_failures`` trials failed.
     """
     from ray import tune
 
+    from dlops.search.resources import trial_resources
     from dlops.search.searcher import StagedSearcher
     from dlops.tracking.callback import MlflowTreeCallback
 
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     searcher = StagedSearcher(plan)
     cb = MlflowTreeCallback(client, experiment_id, parent_run_id, search_id,
-                            stage_info=stage_info_fn(plan, search), progress=out)
+                            stage_info=stage_info_fn(plan, search), progress=out, metric=search.metric)
     if on_callback:
         on_callback(cb)
+    budget = FailureBudget(cb, search.max_failures)
+    stopper = _as_stopper(budget)
     scheduler = None
     if search.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -94,21 +159,49 @@ def run_search(
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=1)
     res = search.resources
     storage = str(Path(ray_cfg.storage_path).resolve())
-    fn = tune.with_resources(tune.with_parameters(trainable, payload=payload), {"cpu": res.cpu, "gpu": res.gpu})
-    tuner = tune.Tuner(
-        fn,
-        tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=plan.total_trials,
-                                    max_concurrent_trials=search.max_concurrent,
-                                    trial_dirname_creator=short_trial_dirname, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{experiment_name}-{search_id}", storage_path=storage, callbacks=[cb],
-                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
-    out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_run_id}")
+    name = f"{experiment_name}-{search_id}"
+    exp_dir = str(Path(storage) / name)
+    fn = tune.with_resources(tune.with_parameters(trainable, payload=payload), trial_resources(res.cpu, res.gpu))
+    restored = False
+    if resume:
+        from dlops.search.resume import can_restore
+
+        restored = can_restore(exp_dir)
+    placeholders: list[str] = []
+    if restored:
+        placeholders = fill_missing_checkpoints(exp_dir)
+        tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        _use_fresh_objects(tuner, searcher, cb, stopper)
+        out(f"  resuming {exp_dir}: {len(cb.trial_runs)} trial runs already in MLflow "
+            f"({cb.n_failed} failed); MLflow parent run {parent_run_id}")
+    else:
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=plan.total_trials,
+                                        max_concurrent_trials=search.max_concurrent,
+                                        trial_dirname_creator=short_trial_dirname, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[cb], stop=stopper,
+                                      verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_run_id}")
     results = tuner.fit()
+    if placeholders:
+        keep = {str(Path(r.checkpoint.path).resolve()) for r in results if r.checkpoint is not None}
+        for d in placeholders:
+            if Path(d).is_dir() and str(Path(d).resolve()) not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+    if budget.exceeded:
+        cb.reconcile(results)
+        cb.end_stages("FAILED")
+        raise TooManyFailuresError(
+            f"search stopped: {cb.n_failed} trials failed, more than search.max_failures={search.max_failures} "
+            "(each failed trial's error is in its MLflow run, tag dlops.error)")
     if len(plan.results) < plan.total_trials:
         # Tune returns normally after Ctrl-C (it saves the experiment state first)
         raise KeyboardInterrupt(f"search interrupted after {len(plan.results)} of {plan.total_trials} trials")
+    cb.reconcile(results)
     cb.end_stages("FINISHED")
     outcome = SearchOutcome(
         plan=plan, results=results, callback=cb,
@@ -128,3 +221,63 @@ def run_search(
                 client.set_tag(rid, "dlops.edge_warning", msg[:5000])
             client.set_tag(parent_run_id, "dlops.edge_warning", msg[:5000])
     return outcome
+
+
+def fill_missing_checkpoints(exp_dir: str) -> list[str]:
+    """Make every checkpoint name Tune's last experiment snapshot may refer to exist again.
+
+    Tune writes its experiment snapshot to the storage path asynchronously (one sync behind),
+    while a trial keeps only its newest checkpoint (``num_to_keep=1``): after a ``kill -9`` the
+    snapshot can name a ``checkpoint_<k>`` that was already replaced by ``checkpoint_<k+n>``, and
+    ``Tuner.restore`` would fail that trial. Before restoring, each missing
+    ``checkpoint_<i>`` below a trial's newest one is re-created with hard links to the newest
+    checkpoint's files (no extra disk), so the trial continues from its newest state (the
+    trainable reads its epoch from the checkpoint file).
+
+    Returns:
+        The directories created (removed again after the search, except a trial's final one).
+    """
+    created: list[str] = []
+    for tdir in sorted(Path(exp_dir).glob("t-*")):
+        idx = sorted(int(p.name.split("_")[-1]) for p in tdir.glob("checkpoint_*") if p.name.split("_")[-1].isdigit())
+        if not idx:
+            continue
+        newest = tdir / f"checkpoint_{idx[-1]:06d}"
+        have = set(idx)
+        for i in range(idx[-1]):
+            if i in have:
+                continue
+            dst = tdir / f"checkpoint_{i:06d}"
+            for src in newest.rglob("*"):
+                rel = dst / src.relative_to(newest)
+                if src.is_dir():
+                    rel.mkdir(parents=True, exist_ok=True)
+                else:
+                    rel.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(src, rel)
+                    except OSError:
+                        shutil.copy2(src, rel)
+            dst.mkdir(exist_ok=True)
+            created.append(str(dst))
+    return created
+
+
+def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any) -> None:
+    """After ``Tuner.restore``: run with this session's searcher (wrapping the caller's plan, into
+    which Tune loads the saved plan state), MLflow callback and stopper instead of the copies
+    pickled in ``tuner.pkl`` (whose MLflow client and plan belong to the dead driver).
+
+    Ray 2.x keeps them on the Tuner's internal ``TuneConfig`` / ``RunConfig``.
+
+    Raises:
+        RuntimeError: this Ray version lays the Tuner out differently.
+    """
+    inner = getattr(tuner, "_local_tuner", None)
+    tc = getattr(inner, "_tune_config", None)
+    rc = getattr(inner, "_run_config", None)
+    if tc is None or rc is None:
+        raise RuntimeError("resume: cannot reach the restored Tuner's configs in this Ray version")
+    tc.search_alg = searcher
+    rc.callbacks = [callback] + [c for c in (rc.callbacks or []) if type(c).__name__ != type(callback).__name__]
+    rc.stop = stopper

@@ -2,7 +2,7 @@
 
 Each epoch it reports ``train/loss``, ``train/error``, ``train_dev/error``, ``train_dev/loss``,
 ``dev/error``, ``dev/loss``, ``dev/f1``, ``latency_ms`` (median single-image forward pass, ms),
-``size_mb`` and ``epoch`` with ``ray.tune.report`` and a checkpoint, so that an interrupted trial
+``size_mb``, ``epoch`` and ``node_id`` (the Ray node, a string) with ``ray.tune.report`` and a checkpoint, so that an interrupted trial
 resumes from its last epoch. The MLflow logging happens in the driver
 (:class:`dlops.tracking.callback.MlflowTreeCallback`): one writer for the store.
 """
@@ -93,6 +93,9 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
     ev = {"train": (stack_eval(xtr, t_eval), ytr), "train_dev": (stack_eval(xtd, t_eval), ytd),
           "dev": (stack_eval(xdv, t_eval), ydv)}
     epochs = int(config.get("epochs", payload["default_epochs"]))
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
     bs = int(config.get("batch_size", 32))
     for epoch in range(start, epochs):
         policy_obj = getattr(t_train, "policy", None)
@@ -110,6 +113,7 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
                 metrics["dev/f1"] = e.f1
         metrics["latency_ms"] = latency_ms(model, ev["dev"][0][:1], device=device)
         metrics["size_mb"] = size_mb(model)
+        metrics["node_id"] = node_id  # type: ignore[assignment]  # which Ray node ran it (a tag in MLflow)
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1},
                        os.path.join(d, CHECKPOINT_FILE))

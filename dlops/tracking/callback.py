@@ -6,9 +6,16 @@ is the driver's, and the only writer is the driver process (SQLite takes one wri
 own ``MLflowLoggerCallback`` neither nests runs nor carries the tracking URI to workers reliably.
 
 Each trial run has its hyperparameters as params, every reported metric per epoch with
-``step = epoch``, and ends FINISHED (completed), FAILED (raised or reported NaN; the error is
-in tag ``dlops.error`` and artifact ``error.txt``) or KILLED (search interrupted). On resume a
-trial keeps its one run: it is found by its ``dlops.trial_id`` tag.
+``step = epoch``, and ends FINISHED (completed), FAILED (raised, or ended with a non-finite
+optimizing metric; the error is in tag ``dlops.error`` and artifact ``error.txt``) or KILLED
+(search interrupted, or stopped by the failure budget: tag ``dlops.stopped``).
+
+On resume (``dlops run --resume``) a trial keeps its one run: it is found by its
+``dlops.trial_id`` tag; its params are logged again (same values: a no-op), it is tagged
+``dlops.resumed`` and ``dlops.resumed_first_epoch`` (the first epoch it reported after the
+resume: > 1 when it continued from a checkpoint), and results at or below the last step already
+logged are not logged twice. :meth:`MlflowTreeCallback.reconcile` ends what is still RUNNING
+once the search is over.
 """
 
 from __future__ import annotations
@@ -47,16 +54,25 @@ class MlflowTreeCallback(Callback):
 
     def __init__(self, client: Any, experiment_id: str, parent_run_id: str, search_id: str,
                  stage_info: Optional[Callable[[int], dict[str, Any]]] = None,
-                 progress: Optional[Callable[[str], None]] = None) -> None:
+                 progress: Optional[Callable[[str], None]] = None, metric: Optional[str] = None) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.search_id = search_id
         self.stage_info = stage_info
         self.progress = progress
+        self.metric = metric  # a trial that ends with a non-finite value of it is FAILED
         self.stage_runs: dict[int, str] = {}
         self.trial_runs: dict[str, str] = {}
         self.n_done = 0
+        self.n_failed = 0  # FAILED trial runs of this search, those of a run before a resume included
+        self.stopping_reason: Optional[str] = None  # set when the search is stopped (failure budget)
+        self.resumed: set[str] = set()  # trial ids whose run existed before this callback
+        self._step_floor: dict[str, int] = {}  # run id -> last step logged (resumed runs)
+        self._seen: set[str] = set()  # trial ids seen by this callback (params re-logged once)
+        self._first_after_resume: set[str] = set()
+        self._already_finished: set[str] = set()
+        self._placed: set[str] = set()
         self._find_existing()
 
     # ---- resume: find the runs this search already has ---------------------------------------
@@ -69,7 +85,11 @@ class MlflowTreeCallback(Callback):
             if kind == "stage":
                 self.stage_runs[int(r.data.tags[TAG_STAGE])] = r.info.run_id
             elif kind == "trial":
-                self.trial_runs[r.data.tags[TAG_TRIAL]] = r.info.run_id
+                tid = r.data.tags[TAG_TRIAL]
+                self.trial_runs[tid] = r.info.run_id
+                self.resumed.add(tid)
+                if r.info.status == "FAILED":
+                    self.n_failed += 1
 
     def _stage_run(self, k: int) -> str:
         if k in self.stage_runs:
@@ -95,9 +115,12 @@ class MlflowTreeCallback(Callback):
     def trial_run(self, trial: Any) -> str:
         tid = trial.trial_id
         if tid in self.trial_runs:
-            return self.trial_runs[tid]
-        from mlflow.entities import Param
-
+            rid = self.trial_runs[tid]
+            if tid not in self._seen:
+                # a run from before a resume: log the params again (same values: a no-op for MLflow)
+                self._seen.add(tid)
+                self._log_params(rid, trial.config)
+            return rid
         k = int(trial.config.get(STAGE_KEY, 0))
         srid = self._stage_run(k)
         run = self.client.create_run(
@@ -107,22 +130,64 @@ class MlflowTreeCallback(Callback):
                   TAG_TRIAL: tid},
         )
         rid = run.info.run_id
-        params = [Param(key, _param_value(v)) for key, v in sorted(trial.config.items())]
-        self.client.log_batch(rid, params=params)
         self.trial_runs[tid] = rid
+        self._seen.add(tid)
+        self._log_params(rid, trial.config)
         return rid
+
+    def _log_params(self, rid: str, config: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        params = [Param(key, _param_value(v)) for key, v in sorted(config.items())]
+        try:
+            self.client.log_batch(rid, params=params)
+        except MlflowException as exc:  # a value changed since the first run: keep the first, say so
+            self.client.set_tag(rid, "dlops.param_warning", str(exc)[:5000])
 
     # ---- Tune hooks ---------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self.trial_run(trial)
-        if self.client.get_run(rid).info.status != "RUNNING":  # resumed trial: same run again
+        status = self.client.get_run(rid).info.status
+        if trial.trial_id in self.resumed and status == "FINISHED":
+            # finished before the driver died, after Tune's last snapshot: Tune starts it again
+            # from its last checkpoint (no epoch left to run); the run stays as it was
+            self._already_finished.add(trial.trial_id)
+        elif status != "RUNNING":  # resumed trial: same run again
             self.client.update_run(rid, status="RUNNING")
+        if trial.trial_id in self.resumed and rid not in self._step_floor:
+            self._step_floor[rid] = self._last_step(rid)
+            self.client.set_tag(rid, "dlops.resumed", "true")
+
+    def _last_step(self, rid: str) -> int:
+        """Highest step logged to ``rid`` (0 when none): results at or below it are not logged again."""
+        run = self.client.get_run(rid)
+        keys = [k for k in run.data.metrics if is_logged_metric(k)]
+        if not keys:
+            return 0
+        return max((int(m.step) for m in self.client.get_metric_history(rid, keys[0])), default=0)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
         rid = self.trial_run(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        floor = self._step_floor.get(rid)
+        if floor is not None:
+            if trial.trial_id not in self._first_after_resume:
+                # the first epoch a resumed trial reports: > 1 when it continued from a checkpoint
+                self._first_after_resume.add(trial.trial_id)
+                self.client.set_tag(rid, "dlops.resumed_first_epoch", str(step))
+            if step <= floor:  # re-run after a resume from an older checkpoint: already logged
+                return
+        if trial.trial_id not in self._placed:
+            # where the trial ran: Ray node id (reported by the trainable), host and pid (Tune's)
+            self._placed.add(trial.trial_id)
+            where = {f"dlops.{k}": str(result[k]) for k in ("node_id", "hostname", "pid") if k in result}
+            if where:
+                from mlflow.entities import RunTag
+
+                self.client.log_batch(rid, tags=[RunTag(k, v[:5000]) for k, v in where.items()])
         ts = int(time.time() * 1000)
         metrics = []
         for k, v in result.items():
@@ -133,28 +198,67 @@ class MlflowTreeCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self.trial_run(trial)
-        self.client.set_terminated(rid, status="FINISHED")
+        r = trial.last_result or {}
+        if trial.trial_id in self._already_finished:
+            self.n_done += 1
+            return
+        if self.metric and self.metric in r and not finite(r[self.metric]):
+            self._fail(trial, rid, f"trial reported a non-finite {self.metric}: {r[self.metric]!r}")
+            return
+        if self.stopping_reason and self.client.get_run(rid).info.status == "RUNNING" \
+                and not _completed(trial, r):
+            self.client.set_tag(rid, "dlops.stopped", self.stopping_reason[:5000])
+            self.client.set_terminated(rid, status="KILLED")
+        else:
+            self.client.set_terminated(rid, status="FINISHED")
         self.n_done += 1
         if self.progress:
-            r = trial.last_result or {}
             shown = {k: r.get(k) for k in ("dev/error", "train/error", "latency_ms") if k in r}
             vals = " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
             self.progress(f"  trial {trial.trial_id} (stage {trial.config.get(STAGE_KEY)}) done: {vals}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self.trial_run(trial)
-        err = trial.get_error()
-        text = str(err) if err is not None else "trial failed"
-        self.client.set_tag(rid, "dlops.error", text[:5000])
+        self._fail(trial, rid, _error_text(trial, info.get("error")))
+
+    def _fail(self, trial: Any, rid: str, text: str) -> None:
+        # the exception line (last of a traceback) first: a tag holds 5000 characters at most
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else text
+        tag = last if len(text) <= len(last) + 1 else f"{last}\n--- traceback (tail) ---\n{text[-4000:]}"
+        self.client.set_tag(rid, "dlops.error", tag[:5000])
         try:
             self.client.log_text(rid, text, "error.txt")
         except Exception:
             pass
         self.client.set_terminated(rid, status="FAILED")
         self.n_done += 1
+        self.n_failed += 1
         if self.progress:
             first = text.strip().splitlines()[-1] if text.strip() else text
             self.progress(f"  trial {trial.trial_id} (stage {trial.config.get(STAGE_KEY)}) FAILED: {first[:200]}")
+
+    def reconcile(self, results: Any = None) -> dict[str, str]:
+        """End every trial run of this search that is still RUNNING once the search is over: the
+        status Tune ended the trial with (FINISHED / FAILED), KILLED for runs that no trial of this
+        Tune experiment continued (e.g. left by a driver killed before Tune saved its state).
+
+        Returns:
+            run id -> status, for the runs it ended.
+        """
+        ended: dict[str, str] = {}
+        by_trial: dict[str, bool] = {}
+        for r in results or []:
+            tid = (r.metrics or {}).get("trial_id")
+            if tid:
+                by_trial[tid] = r.error is None
+        for tid, rid in self.trial_runs.items():
+            if self.client.get_run(rid).info.status != "RUNNING":
+                continue
+            status = ("FINISHED" if by_trial[tid] else "FAILED") if tid in by_trial else "KILLED"
+            self.client.set_terminated(rid, status=status)
+            ended[rid] = status
+        return ended
 
     def end_stages(self, status: str = "FINISHED") -> None:
         for rid in self.stage_runs.values():
@@ -167,6 +271,33 @@ class MlflowTreeCallback(Callback):
 
 def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _error_text(trial: Any, exc: Any = None) -> str:
+    """The error of a failed trial: the exception Tune passes, else the error file Tune just wrote
+    on the driver (``Trial.get_error`` reads the storage copy, which is synced later)."""
+    if exc is not None:
+        return str(exc)
+    try:
+        path = trial.error_file
+        if path:
+            with open(path) as f:
+                return f.read()
+    except Exception:
+        pass
+    try:
+        err = trial.get_error()
+        if err is not None:
+            return str(err)
+    except Exception:
+        pass
+    return "trial failed"
+
+
+def _completed(trial: Any, result: dict) -> bool:
+    """Whether a trial ran all its epochs (a trial stopped early by the search has not)."""
+    epochs = trial.config.get(EPOCHS_KEY)
+    return epochs is not None and int(result.get("epoch", 0)) >= int(epochs)
 
 
 __all__ = ["MlflowTreeCallback", "is_logged_metric", "EPOCHS_KEY"]
