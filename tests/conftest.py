@@ -14,15 +14,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "digits-transfer.yaml"
-
-#: overrides that shrink the default example to a few seconds of training
-TINY = [
-    "search.stages=[{trials: 3, epochs: 2, method: sobol}, {trials: 2, epochs: 3}]",
-    "pretrain.epochs=2",
-    "ensemble.top_k=3",
-]
+from dlops_testing import EXAMPLE, REPO, TINY  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from dlops.config import ConfigError, load_config
 
-from conftest import EXAMPLE
+from dlops_testing import EXAMPLE
 
 
 def _dlops(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE, TINY
+from dlops_testing import EXAMPLE, TINY
 
 pytestmark = pytest.mark.slow
 

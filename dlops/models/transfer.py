@@ -19,34 +19,40 @@ from dlops.models.freeze import trainable_parameters  # noqa: F401  (re-exported
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
-    """A fresh network (random init) for ``spec``.
+    """A fresh network (random init) for ``spec``, with a head of ``num_classes`` outputs.
 
     Raises:
         ValueError: unknown ``spec["name"]``; the message lists the supported names.
     """
-    name = spec["name"]
-    if name == "small_cnn":
-        from dlops.models.small_cnn import SmallCNN
-
-        return SmallCNN(int(spec["num_classes"]), int(spec.get("in_channels", 1)), int(spec.get("hidden", 64)),
-                        int(spec.get("width", 16)))
     from dlops.models.backbones import create_model
 
-    return create_model(name, int(spec["num_classes"]), weights=None, in_channels=int(spec.get("in_channels", 3)))
+    name = spec["name"]
+    kwargs: dict[str, Any] = {}
+    if name == "small_cnn":
+        kwargs = {"hidden": int(spec.get("hidden", 64)), "width": int(spec.get("width", 16))}
+    return create_model(name, int(spec["num_classes"]), weights=None, in_channels=int(spec.get("in_channels", 3)),
+                        **kwargs)
+
+
+def head_of(model: nn.Module) -> str:
+    """The dotted name of the model's head (``head``, ``fc``, ``classifier.3``, ``heads.head``...)."""
+    return getattr(model, "dlops_head", None) or "head"
 
 
 def transfer_features(model: nn.Module, source_state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Copy every source tensor whose name and shape match into ``model`` (the head differs and
-    is left out). Returns the names copied.
+    """Copy every source tensor whose name and shape match into ``model``, except the head's:
+    the softmax layer is always replaced by a new one (transfer learning). Returns the names copied.
 
     Raises:
         ValueError: nothing matched (the source network is of another architecture).
     """
     own = model.state_dict()
-    copied = [k for k, v in source_state.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")]
+    head = head_of(model) + "."
+    src = {k[len("module."):] if k.startswith("module.") else k: v for k, v in source_state.items()}
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)]
     if not copied:
         raise ValueError("model.weights: no tensor of the source network matches the model (other architecture?)")
-    own.update({k: source_state[k] for k in copied})
+    own.update({k: src[k] for k in copied})
     model.load_state_dict(own)
     return copied
 

@@ -44,14 +44,25 @@ def select_device(gpu: float, allow_cpu: bool) -> str:
 
 
 def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
-    """Fine-tune one trial. ``payload`` comes from :func:`dlops.pipeline.make_payload`."""
+    """Fine-tune one trial. ``payload`` comes from the pipeline (data arrays, model spec, source
+    weights, freeze policy, augmentation, seed, resources).
+
+    Hyperparameters read from ``config``: ``lr``, ``momentum``, ``weight_decay``, ``batch_size``,
+    ``hidden`` (small CNN head), ``policy``/``magnitude`` (augmentation), ``backbone_lr_mult``
+    (learning rate of unfrozen backbone layers relative to the head's), ``unfreeze_epoch``
+    (gradual unfreezing: the frozen layers are unfrozen from this epoch on, 1-based), ``epochs``.
+
+    Raises:
+        dlops.train.loop.NonFiniteLossError: the loss became NaN/inf (the trial is FAILED).
+    """
     import torch
     from ray import tune
 
     from dlops.data.transforms import build_transform
-    from dlops.models.transfer import apply_freeze, build_model, trainable_parameters, transfer_features
+    from dlops.models.freeze import param_groups, unfreeze_at_epoch
+    from dlops.models.transfer import apply_freeze, build_model, transfer_features
     from dlops.train.loop import (
-        evaluate_proba,
+        evaluate_task,
         fit_epoch,
         latency_ms,
         make_loader,
@@ -66,29 +77,41 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
     seed_everything(seed)
     device = select_device(float(payload["gpu"]), bool(payload["allow_cpu"]))
     spec = trial_spec(payload["spec"], config)
+    task = spec.get("task", "classification")
     model = build_model(spec)
     if payload.get("source_state") is not None:
         transfer_features(model, payload["source_state"])
     apply_freeze(model, payload["freeze"])
     model.to(device)
-    opt = torch.optim.SGD(
-        trainable_parameters(model),
-        lr=float(config["lr"]),
-        momentum=float(config.get("momentum", 0.0)),
-        weight_decay=float(config.get("weight_decay", 0.0)),
-    )
+    lr = float(config["lr"])
+    mult = float(config.get("backbone_lr_mult", payload.get("backbone_lr_mult", 1.0)))
+
+    def make_opt() -> torch.optim.Optimizer:
+        return torch.optim.SGD(param_groups(model, lr, mult), lr=lr, momentum=float(config.get("momentum", 0.0)),
+                               weight_decay=float(config.get("weight_decay", 0.0)))
+
+    opt = make_opt()
+    unfreeze_epoch = config.get("unfreeze_epoch", payload.get("unfreeze_epoch"))
     start = 0
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             st = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        start = int(st["epoch"])
+        if unfreeze_epoch is not None and start >= int(unfreeze_epoch):
+            unfreeze_at_epoch(model, int(unfreeze_epoch), {int(unfreeze_epoch): "none"})
+            opt = make_opt()
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        start = int(st["epoch"])
+    if task == "multilabel":
+        from dlops.train.multilabel import masked_bce_with_logits as loss_fn
+    else:
+        loss_fn = torch.nn.functional.cross_entropy
     policy = str(config.get("policy", payload["policy"]))
     magnitude = float(config.get("magnitude", payload["magnitude"]))
-    t_train = build_transform(policy, magnitude, spec.get("image_size"), spec["mean"], spec["std"], train=True)
-    t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    size = spec.get("image_size")
+    t_train = build_transform(policy, magnitude, size, spec["mean"], spec["std"], train=True)
+    t_eval = build_transform("none", 0.0, size, spec["mean"], spec["std"], train=False)
     (xtr, ytr), (xtd, ytd), (xdv, ydv) = payload["train"], payload["train_dev"], payload["dev"]
     ev = {"train": (stack_eval(xtr, t_eval), ytr), "train_dev": (stack_eval(xtd, t_eval), ytd),
           "dev": (stack_eval(xdv, t_eval), ydv)}
@@ -97,15 +120,19 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
 
     node_id = ray.get_runtime_context().get_node_id()
     bs = int(config.get("batch_size", 32))
+    workers = int(payload.get("num_workers", 0))
     for epoch in range(start, epochs):
+        if unfreeze_epoch is not None and epoch + 1 == int(unfreeze_epoch):
+            unfreeze_at_epoch(model, epoch + 1, {int(unfreeze_epoch): "none"})
+            opt = make_opt()  # the optimizer now holds the unfrozen parameters too
         policy_obj = getattr(t_train, "policy", None)
         if policy_obj is not None and hasattr(policy_obj, "reseed"):
             policy_obj.reseed(seed + epoch)  # a resumed trial repeats the uninterrupted sequence
-        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch)
-        train_loss = fit_epoch(model, loader, opt, device)
-        metrics: dict[str, float] = {"train/loss": train_loss, "epoch": epoch + 1}
+        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch, num_workers=workers)
+        train_loss = fit_epoch(model, loader, opt, device, loss_fn=loss_fn)
+        metrics: dict[str, Any] = {"train/loss": train_loss, "epoch": epoch + 1}
         for split, (x, y) in ev.items():
-            e = evaluate_proba(predict_proba(model, x, device), y)
+            e = evaluate_task(predict_proba(model, x, device, task=task), y, task)
             metrics[f"{split}/error"] = e.error
             if split != "train":
                 metrics[f"{split}/loss"] = e.loss
@@ -113,7 +140,7 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
                 metrics["dev/f1"] = e.f1
         metrics["latency_ms"] = latency_ms(model, ev["dev"][0][:1], device=device)
         metrics["size_mb"] = size_mb(model)
-        metrics["node_id"] = node_id  # type: ignore[assignment]  # which Ray node ran it (a tag in MLflow)
+        metrics["node_id"] = node_id  # which Ray node ran it (a tag in MLflow)
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1},
                        os.path.join(d, CHECKPOINT_FILE))

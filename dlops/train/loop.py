@@ -30,8 +30,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.x[i]), int(self.y[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        y = self.y[i]
+        # class index (single-label) or a (L,) float vector with NaN for missing labels (multi-label)
+        return self.transform(self.x[i]), (int(y) if np.ndim(y) == 0 else torch.as_tensor(y, dtype=torch.float32))
 
 
 def stack_eval(x: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
@@ -63,10 +65,14 @@ def fit_epoch(
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
     total, n = 0.0, 0
+    cuda = str(device).startswith("cuda")
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
+        # mixed precision on CUDA (bf16 autocast: no loss scaling needed); full fp32 on CPU
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = model(xb)
+        loss = loss_fn(out.float(), yb)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss.item()} (learning rate too high?)")
         loss.backward()
@@ -77,12 +83,15 @@ def fit_epoch(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> np.ndarray:
-    """Class probabilities (N, C) for inputs (N, C_in, H, W), in eval mode."""
+def predict_proba(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512,
+                  task: str = "classification") -> np.ndarray:
+    """Probabilities for inputs (N, C_in, H, W), in eval mode: (N, C) softmax for
+    ``classification``, (N, L) per-label sigmoid for ``multilabel``."""
     model.eval()
     out = []
+    act = (lambda z: torch.sigmoid(z)) if task == "multilabel" else (lambda z: torch.softmax(z, dim=1))
     for i in range(0, len(x), batch_size):
-        out.append(torch.softmax(model(x[i : i + batch_size].to(device)), dim=1).float().cpu())
+        out.append(act(model(x[i : i + batch_size].to(device)).float()).cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy()
@@ -116,6 +125,25 @@ def evaluate_proba(prob: np.ndarray, y: np.ndarray) -> SplitEval:
             continue
         f1s.append(2 * tp / (2 * tp + fp + fn))
     return SplitEval(err, loss, float(np.mean(f1s)) if f1s else float("nan"))
+
+
+def evaluate_task(prob: np.ndarray, y: np.ndarray, task: str = "classification",
+                  thresholds: float | Any = 0.5) -> SplitEval:
+    """:func:`evaluate_proba` for ``classification``; for ``multilabel`` (probabilities and
+    targets (N, L), NaN = missing label, left out): mean per-label error at ``thresholds``, mean
+    binary cross-entropy over the observed labels, and mean per-label F1."""
+    if task != "multilabel":
+        return evaluate_proba(prob, y)
+    from dlops.train.multilabel import multilabel_metrics
+
+    if len(y) == 0:
+        return SplitEval(float("nan"), float("nan"), float("nan"))
+    m = multilabel_metrics(prob, y, thresholds=thresholds)
+    obs = ~np.isnan(y)
+    p = np.clip(prob[obs], 1e-7, 1 - 1e-7)
+    t = y[obs]
+    loss = float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))) if obs.any() else float("nan")
+    return SplitEval(float(m["error"]), loss, float(m["f1"]))
 
 
 @torch.no_grad()
