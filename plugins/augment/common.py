@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import weakref
 import zlib
@@ -268,7 +269,9 @@ def describe_policy(name: str, magnitude: float = 0.5, image_size: int | None = 
         raise ValueError("describe_policy needs image_size or input_size to build the pipeline")
     if hasattr(policy, "describe"):
         return policy.describe((int(side), int(side), int(channels)))
-    return {"policy": name, "magnitude": float(magnitude), "image_size": image_size, "repr": repr(policy)}
+    # no memory address (" at 0x7f..."): the param must be the same in every process (--resume re-logs it)
+    return {"policy": name, "magnitude": float(magnitude), "image_size": image_size,
+            "repr": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(policy))}
 
 
 def _summary(desc: Mapping[str, Any]) -> str:
