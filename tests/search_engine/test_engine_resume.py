@@ -77,7 +77,8 @@ def test_kill_9_in_stage_2_then_resume_continues_the_same_search(project_file: P
     before = {r.info.run_id: r for r in runs_of(uri, "digits-transfer")}
     left_running = [r for r in before.values() if r.info.status == "RUNNING"]
     assert left_running, "the killed driver should have left runs RUNNING"
-    stage0_before = {r.info.run_id: r.info.end_time for r in before.values()
+    stage0_before = {r.info.run_id: [(m.step, m.timestamp) for m in client.get_metric_history(r.info.run_id, "dev/error")]
+                     for r in before.values()
                      if r.data.tags.get("dlops.kind") == "trial" and r.data.tags.get("dlops.stage") == "0"}
     assert len(stage0_before) == 2
     unfinished = {r.data.tags["dlops.trial_id"]: len(client.get_metric_history(r.info.run_id, "dev/error"))
@@ -113,8 +114,9 @@ def test_kill_9_in_stage_2_then_resume_continues_the_same_search(project_file: P
         steps = sorted(m.step for m in hist)
         n = 1 if r.data.tags["dlops.stage"] == "0" else STAGE1_EPOCHS
         assert steps == list(range(1, n + 1)), (r.data.tags["dlops.trial_id"], steps[:20])  # no step twice
-        if r.info.run_id in stage0_before:  # finished before the kill: not run again
-            assert r.info.end_time == stage0_before[r.info.run_id]
+        if r.info.run_id in stage0_before:  # finished before the kill: not run again (same logged epoch)
+            assert [(m.step, m.timestamp) for m in hist] == stage0_before[r.info.run_id]
+            assert "dlops.resumed_first_epoch" not in r.data.tags
         tid = r.data.tags["dlops.trial_id"]
         if tid in unfinished and unfinished[tid] >= 2:
             # continued from its checkpoint, not from epoch 1
