@@ -49,14 +49,14 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
         cfg = load_config(project_file, list(overrides))
     except ConfigError as exc:
         _fail(str(exc))
-    from dlops.pipeline import ResourceError, format_summary, run_project
+    from dlops.pipeline import DataError, ResourceError, format_summary, run_project
     from dlops.plugins import PluginError
     from dlops.search.resume import NothingToResumeError
 
     try:
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
                               out=lambda s: click.echo(s, err=True), resume=resume)
-    except (ResourceError, PluginError, NothingToResumeError) as exc:
+    except (ResourceError, PluginError, NothingToResumeError, DataError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
@@ -118,9 +118,10 @@ def plugins_list(as_json: bool) -> None:
             "errors": reg.errors,
         }, indent=2))
     else:
+        w = max([len(p.source) for p in reg.plugins] + [8])
         for p in reg.plugins:
             prov = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in p.provides.items()) or "hooks only"
-            click.echo(f"{p.name:<16} {p.version:<10} {p.source:<28} {prov}")
+            click.echo(f"{p.name:<16} {p.version:<10} {p.source:<{w}} {prov}")
         for name, err in reg.errors.items():
             click.echo(f"{name:<16} BROKEN     {err}", err=True)
 

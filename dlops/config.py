@@ -58,32 +58,59 @@ class RayConfig(_Model):
 
 
 class DataConfig(_Model):
-    """Data of the transfer task (embedded default: scikit-learn's handwritten digits, 8x8).
+    """Data of the task.
 
-    ``source_classes`` is the source task (pretraining, all its examples); ``target_classes``
-    the target task, of which ``train_per_class`` labelled examples per class are for training,
+    ``digits`` (the embedded default, scikit-learn's handwritten digits, 8x8): ``source_classes``
+    is the source task (pretraining, all its examples); ``target_classes`` the target task, of
+    which ``train_per_class`` labelled examples per class are for training,
     ``train_dev_per_class`` more per class are carved out of the training distribution as the
     train-dev set, and the rest is split into dev and test (``dev_fraction`` to dev).
+
+    ``imagefolder`` / ``list``: ``target_dir`` / ``target_csv`` is the distribution the system must
+    work on (dev and test come only from it); ``source_dir`` / ``source_csv`` optional training
+    data from another distribution. ``target_train_share`` of the target data goes to train
+    (default 0 with a source, 0.6 without), ``train_dev_share`` of the training pool to train-dev,
+    ``dev_share`` of the target data to dev, the rest to test. Images are converted to
+    ``channels`` and resized to ``image_size`` pixels.
     """
 
-    source: Literal["digits"] = "digits"
+    source: Literal["digits", "imagefolder", "list"] = "digits"
     source_classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     target_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
     train_per_class: int = Field(default=30, ge=1)
     train_dev_per_class: int = Field(default=10, ge=1)
     dev_fraction: float = Field(default=0.5, gt=0, lt=1)
+    source_dir: Optional[str] = None
+    target_dir: Optional[str] = None
+    source_csv: Optional[str] = None
+    target_csv: Optional[str] = None
+    target_train_share: Optional[float] = Field(default=None, ge=0, lt=1)
+    train_dev_share: float = Field(default=0.1, gt=0, lt=1)
+    dev_share: float = Field(default=0.5, gt=0, lt=1)
+    image_size: Optional[int] = Field(default=None, ge=4)  # default: 32 for files, 8 for digits
+    channels: Literal[1, 3] = 3
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "DataConfig":
-        for k in ("source_classes", "target_classes"):
-            bad = [c for c in getattr(self, k) if not 0 <= c <= 9]
-            if bad:
-                raise ValueError(f"{k}: digits classes are 0..9, got {bad}")
-        both = set(self.source_classes) & set(self.target_classes)
-        if both:
-            raise ValueError(f"source_classes and target_classes overlap: {sorted(both)}")
-        if len(self.target_classes) < 2:
-            raise ValueError("target_classes: at least 2 classes are needed")
+    def _check(self) -> "DataConfig":
+        if self.source == "digits":
+            for k in ("source_classes", "target_classes"):
+                bad = [c for c in getattr(self, k) if not 0 <= c <= 9]
+                if bad:
+                    raise ValueError(f"{k}: digits classes are 0..9, got {bad}")
+            both = set(self.source_classes) & set(self.target_classes)
+            if both:
+                raise ValueError(f"source_classes and target_classes overlap: {sorted(both)}")
+            if len(self.target_classes) < 2:
+                raise ValueError("target_classes: at least 2 classes are needed")
+            return self
+        key = "target_dir" if self.source == "imagefolder" else "target_csv"
+        val = getattr(self, key)
+        if not val:
+            raise ValueError(f"{key}: data.source {self.source!r} needs {key}")
+        for k in (("target_dir", "source_dir") if self.source == "imagefolder" else ("target_csv", "source_csv")):
+            v = getattr(self, k)
+            if v is not None and not Path(v).exists():
+                raise ValueError(f"{k}: {v!r} does not exist")
         return self
 
 
@@ -202,6 +229,7 @@ class ProjectConfig(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
+    task: Literal["classification", "multilabel"] = "classification"  # multilabel: one sigmoid per label
     human_level_error: float = Field(default=0.0, ge=0, le=1)  # fraction, not percent
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -316,6 +344,15 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
             )
         if not math.isfinite(c.threshold):
             raise ConfigError(f"{path}: search.constraints[{i}].threshold must be finite")
+    if cfg.model.weights == "pretrain" and cfg.data.source != "digits":
+        raise ConfigError(
+            f"{path}: model.weights: 'pretrain' pretrains on the digits source task and needs "
+            f"data.source: digits (got {cfg.data.source!r}); give a state_dict file, models:/NAME@ALIAS, "
+            "a torchvision weights name (online only) or null"
+        )
+    if cfg.task == "multilabel" and cfg.data.source != "list":
+        raise ConfigError(f"{path}: task: multilabel needs data.source: list (a CSV with a 'labels' column), "
+                          f"got {cfg.data.source!r}")
     from dlops.models import available_models
 
     models = available_models()
@@ -346,6 +383,25 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
             raise ConfigError(f"{path}: search.space.{k}.scale: {k} is a whole number; use int, log_int or choice")
 
 
+#: keys whose relative paths are resolved against the project file's folder
+PATH_KEYS = (("data", "source_dir"), ("data", "target_dir"), ("data", "source_csv"), ("data", "target_csv"))
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative data paths (and a relative ``model.weights`` file that exists there) are taken
+    from the project file's folder, so a project file runs from any working directory."""
+    for section, key in PATH_KEYS:
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and not Path(sec[key]).is_absolute():
+            sec[key] = str(base / sec[key])
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str):
+        w = model["weights"]
+        if w != "pretrain" and "://" not in w and not w.startswith("models:/") and not Path(w).is_absolute() \
+                and (base / w).exists():
+            model["weights"] = str(base / w)
+
+
 def load_config(path: Union[str, os.PathLike[str]], overrides: Optional[list[str]] = None) -> ProjectConfig:
     """Read, override and validate a project file.
 
@@ -374,6 +430,7 @@ def load_config(path: Union[str, os.PathLike[str]], overrides: Optional[list[str
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the project file must be a mapping of keys, got {type(raw).__name__}")
     raw = apply_overrides(raw, list(overrides or []))
+    _resolve_paths(raw, p.resolve().parent)
     try:
         cfg = ProjectConfig.model_validate(raw)
     except ValidationError as exc:

@@ -31,6 +31,10 @@ from dlops.config import ProjectConfig
 from dlops.search.resources import ResourceError, check_resources  # noqa: F401  (re-exported)
 from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH
 
+class DataError(ValueError):
+    """The data cannot be used (CLI exit code 2); the message names the file or folder."""
+
+
 PHASES = ("setup", "pretrain", "search", "register", "report", "ensemble")
 
 
@@ -233,13 +237,42 @@ def _active_run(run_id: str) -> Iterator[Any]:
         client.set_terminated(run_id, before)
 
 
-def load_source_state(weights: str) -> dict[str, Any]:
-    """Source network weights from a local state_dict file or ``models:/NAME@ALIAS``.
+def make_spec(cfg: ProjectConfig, data: Any) -> dict[str, Any]:
+    """The model spec of the project: architecture, head size, input size and normalisation.
+
+    The small CNN normalises with mean = std = 0.5 per channel; torchvision backbones with
+    ImageNet's statistics (RGB) as their pretrained weights expect.
+    """
+    c = int(data.channels)
+    if cfg.model.name != "small_cnn" and c == 3:
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    else:
+        mean, std = [0.5] * c, [0.5] * c
+    return {"name": cfg.model.name, "num_classes": len(data.class_names), "in_channels": c,
+            "hidden": cfg.model.hidden, "width": 16, "freeze": cfg.model.freeze, "image_size": int(data.image_size),
+            "mean": mean, "std": std, "class_names": list(data.class_names), "task": cfg.task,
+            "input_layout": "NCHW float32, pixels scaled to [0,1] then (x-mean)/std"}
+
+
+def load_source_state(weights: str, spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Source network weights from a local state_dict file, ``models:/NAME@ALIAS`` (a model of
+    the registry becomes the source network of the next transfer), or a torchvision weights name
+    such as ``DEFAULT`` / ``IMAGENET1K_V1`` (downloads: online only).
 
     Raises:
         ValueError: the file or model cannot be read (the message names it).
     """
     import torch
+
+    if spec is not None and not weights.startswith("models:/") and not Path(weights).exists() \
+            and weights.replace("_", "").isalnum() and weights.upper() == weights:
+        from dlops.models.backbones import create_model
+
+        try:
+            return create_model(spec["name"], int(spec["num_classes"]), weights=weights,
+                                in_channels=int(spec.get("in_channels", 3))).state_dict()
+        except Exception as exc:
+            raise ValueError(f"model.weights: torchvision weights {weights!r} for {spec['name']}: {exc}") from None
 
     if weights.startswith("models:/"):
         import mlflow
@@ -268,6 +301,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", message=r".*type hint.*")  # pyfunc ensembles take arrays, not typed lists
 
 
 def log_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any, run_id: str) -> None:
@@ -383,21 +417,25 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
     import torch
     from mlflow.entities import Metric, Param
 
-    from dlops.data.digits import build_transfer_data
+    from dlops.data.sources import load_task
     from dlops.plugins import get_registry
     from dlops.search.space import select_top
 
     with _phase(summary, "setup", out):
         client.log_batch(parent_id, params=[Param(k, v) for k, v in _flat_params(cfg).items()][:100])
         client.log_text(parent_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "project.json")
-        d = cfg.data
-        data = build_transfer_data(d.source_classes, d.target_classes, d.train_per_class, d.train_dev_per_class,
-                                   d.dev_fraction, cfg.seed)
-        client.log_dict(parent_id, data.manifest(), "data_manifest.json")
-        spec = {"name": cfg.model.name, "num_classes": len(data.target_classes), "in_channels": 1,
-                "hidden": cfg.model.hidden, "width": 16, "freeze": cfg.model.freeze, "image_size": 8,
-                "mean": [0.5], "std": [0.5], "class_names": [str(c) for c in data.target_classes],
-                "input_layout": "NCHW float32, pixels scaled to [0,1] then (x-mean)/std"}
+        try:
+            data = load_task(cfg.data, cfg.seed, cfg.task)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"data: {exc}") from None
+        client.log_dict(parent_id, data.manifest, "data_manifest.json")
+        if data.skipped:
+            out(f"  skipped {len(data.skipped)} unusable files (listed in data_manifest.json), e.g. "
+                + "; ".join(f"{p}: {r}" for p, r in data.skipped[:3]))
+            client.set_tag(parent_id, "dlops.skipped_files", str(len(data.skipped)))
+        out(f"  {cfg.task}: {len(data.class_names)} {'labels' if cfg.task == 'multilabel' else 'classes'}; train {len(data.train)}, train-dev "
+            f"{len(data.train_dev)}, dev {len(data.dev)}, test {len(data.test)} examples")
+        spec = make_spec(cfg, data)
         plan = build_plan(cfg)
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         log_augmentation(cfg, spec, client, parent_id)
@@ -418,7 +456,7 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
             source_state, summary.pretrain_run_id = pretrain(cfg, data, spec, client, exp_id, out)
             client.set_tag(parent_id, "dlops.pretrain_run_id", summary.pretrain_run_id)
         elif w:
-            source_state = load_source_state(w)
+            source_state = load_source_state(w, spec)
             out(f"  source weights from {w}")
         summary.train_s += time.perf_counter() - t0
 
@@ -461,7 +499,7 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
             client.set_tag(parent_id, "dlops.best_run_id", summary.best_run_id)
 
     from dlops.search.trainable import load_checkpoint_model
-    from dlops.train.loop import evaluate_proba, predict_proba, stack_eval
+    from dlops.train.loop import evaluate_task, predict_proba, stack_eval
     from dlops.data.transforms import build_transform
 
     t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
@@ -482,8 +520,9 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
         from dlops.tracking.registry import register_and_promote
 
         model, mspec, _ = load_member(best.trial_id)
-        probs = {k: predict_proba(model, xs[k]) for k in splits}
-        evals = {k: evaluate_proba(probs[k], splits[k].y) for k in splits}
+        task = cfg.task
+        probs = {k: predict_proba(model, xs[k], task=task) for k in splits}
+        evals = {k: evaluate_task(probs[k], splits[k].y, task) for k in splits}
         metrics = {f"{k}/error": evals[k].error for k in splits}
         metrics["dev/f1"] = evals["dev"].f1
         for key in ("latency_ms", "size_mb"):
@@ -526,7 +565,8 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
                   for t in plan.outcomes() if t.trial_id in cb.trial_runs]
         report_search(client, reg, parent_id, trials, cfg.human_level_error, cfg.report.reporters)
         errors = {"human": cfg.human_level_error, **{k: evals[k].error for k in splits}}
-        preds = {k: SplitPredictions(splits[k].y, probs[k], images=splits[k].x) for k in splits}
+        preds = {k: SplitPredictions(splits[k].y, probs[k], images=splits[k].x, tags=data.tags.get(k))
+                 for k in splits}
         with tempfile.TemporaryDirectory() as td:
             ctx = ReportContext(errors=errors, out_dir=Path(td), predictions=preds,
                                 class_names=mspec["class_names"], history=run_history(client, rid),
@@ -544,8 +584,9 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
 
             builder = get_registry().get("ensemble_servers", "average")
             members = [load_member(t.trial_id) for t in top]
-            member_probs = {s: np.stack([predict_proba(m, xs[s]) for m, _, _ in members]) for s in ("dev", "test")}
-            ens = {s: evaluate_proba(average_probabilities(member_probs[s]), splits[s].y) for s in ("dev", "test")}
+            member_probs = {s: np.stack([predict_proba(m, xs[s], task=task) for m, _, _ in members])
+                            for s in ("dev", "test")}
+            ens = {s: evaluate_task(average_probabilities(member_probs[s]), splits[s].y, task) for s in ("dev", "test")}
             erun = client.create_run(exp_id, run_name="ensemble",
                                      tags={TAG_PARENT: parent_id, TAG_KIND: "ensemble", TAG_SEARCH: search_id})
             erid = erun.info.run_id
