@@ -89,6 +89,7 @@ class DataConfig(_Model):
     dev_share: float = Field(default=0.5, gt=0, lt=1)
     image_size: Optional[int] = Field(default=None, ge=4)  # default: 32 for files, 8 for digits
     channels: Literal[1, 3] = 3
+    num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes per trial
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

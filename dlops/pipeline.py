@@ -473,6 +473,7 @@ def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id
             "freeze": cfg.model.freeze, "policy": cfg.augmentation.policy, "magnitude": cfg.augmentation.magnitude,
             "seed": cfg.seed, "default_epochs": cfg.search.default_epochs, "gpu": res.gpu,
             "allow_cpu": res.allow_cpu, "threads": max(1, int(res.cpu)),
+            "num_workers": cfg.data.num_workers,
         }
         t0 = time.perf_counter()
         outcome = run_search(train_transfer, payload, plan, cfg.search, cfg.ray, cfg.name, client, exp_id,
