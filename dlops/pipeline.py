@@ -357,17 +357,18 @@ def run_project(
 
     quiet_libraries()
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
-    mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
-    client = MlflowClient(uri)
-    exp_id = ensure_experiment(client, cfg.experiment_name, uri, cfg.tracking.artifact_location)
-    mlflow.set_experiment(experiment_id=exp_id)
     state: dict[str, Any] = {"callback": None, "started_ray": False, "resume": resume}
-    # Ray and the resource check come before any run: a request the cluster cannot meet leaves none
+    # Ray and the resource check come before the store is touched: a request the cluster cannot
+    # meet leaves no run (and no new store)
     state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
                                     cfg.ray.num_cpus, cfg.ray.num_gpus)
     try:
         check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
+        mlflow.set_tracking_uri(uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
+        client = MlflowClient(uri)
+        exp_id = ensure_experiment(client, cfg.experiment_name, uri, cfg.tracking.artifact_location)
+        mlflow.set_experiment(experiment_id=exp_id)
         if resume:
             from dlops.search.resume import find_resumable, reopen
 
