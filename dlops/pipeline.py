@@ -358,6 +358,13 @@ def run_project(
     quiet_libraries()
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     state: dict[str, Any] = {"callback": None, "started_ray": False, "resume": resume}
+    # bad data is bad input: it is found before Ray starts or any run is created
+    from dlops.data.sources import load_task
+
+    try:
+        data = load_task(cfg.data, cfg.seed, cfg.task)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"data: {exc}") from None
     # Ray and the resource check come before the store is touched: a request the cluster cannot
     # meet leaves no run (and no new store)
     state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
@@ -389,13 +396,19 @@ def run_project(
     summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
     open_runs: list[str] = [parent_id]
     try:
-        _run(cfg, client, exp_id, parent_id, search_id, summary, open_runs, ray_address, out, state)
+        _run(cfg, data, client, exp_id, parent_id, search_id, summary, open_runs, out, state)
         client.set_terminated(parent_id, "FINISHED")
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         cb = state["callback"]
         ids = (cb.open_run_ids() if cb is not None else []) + open_runs
         end_open_runs(client, ids, status)
+        try:
+            from dlops.plugins import get_registry
+
+            get_registry().manager.hook.dlops_on_search_error(config=cfg, parent_run_id=parent_id, error=exc)
+        except Exception:  # a plugin's error hook must not hide the original error
+            pass
         if not isinstance(exc, KeyboardInterrupt):
             try:
                 client.set_tag(parent_id, "dlops.error", f"{type(exc).__name__}: {exc}"[:5000])
@@ -410,25 +423,19 @@ def run_project(
     return summary
 
 
-def _run(cfg: ProjectConfig, client: Any, exp_id: str, parent_id: str, search_id: str, summary: RunSummary,
-         open_runs: list[str], ray_address: Optional[str], out: Callable[[str], None],
-         state: dict[str, Any]) -> None:
+def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str, search_id: str,
+         summary: RunSummary, open_runs: list[str], out: Callable[[str], None], state: dict[str, Any]) -> None:
     import mlflow
     import numpy as np
     import torch
     from mlflow.entities import Metric, Param
 
-    from dlops.data.sources import load_task
     from dlops.plugins import get_registry
     from dlops.search.space import select_top
 
     with _phase(summary, "setup", out):
         client.log_batch(parent_id, params=[Param(k, v) for k, v in _flat_params(cfg).items()][:100])
         client.log_text(parent_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "project.json")
-        try:
-            data = load_task(cfg.data, cfg.seed, cfg.task)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"data: {exc}") from None
         client.log_dict(parent_id, data.manifest, "data_manifest.json")
         if data.skipped:
             out(f"  skipped {len(data.skipped)} unusable files (listed in data_manifest.json), e.g. "
