@@ -74,3 +74,23 @@ def test_validate_command_ok(tmp_path: Path):
     r = _dlops(["validate", str(EXAMPLE)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
+
+
+def test_bad_data_exit_2_names_folder_and_nothing_logged(tmp_path: Path):
+    """An empty class folder is bad input: one message naming it, exit 2, no store, no Ray results."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (data / cls).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(data / cls / "x.png")
+    (data / "bird").mkdir()  # empty class folder
+    work = tmp_path / "work"
+    work.mkdir()
+    example = EXAMPLE.parent / "imagefolder-transfer.yaml"
+    r = _dlops(["run", str(example), "--set", f"data.target_dir={data}", "--set", "data.source_dir=null",
+                "--set", "model.weights=null", "--tracking-uri", f"sqlite:///{work}/m.db"], work)
+    assert r.returncode == 2, r.stderr
+    assert str(data / "bird") in r.stderr and "Traceback" not in r.stderr
+    assert list(work.iterdir()) == []
