@@ -62,6 +62,8 @@ def build_transform(
         ``f(image (H, W, C) uint8 or float [0,1]) -> torch.Tensor (C, image_size, image_size) float32``.
         ``f.policy`` is the augmentation policy object (None for evaluation or ``"none"``); for
         built-in policies ``f.policy.describe()`` gives the exact pipeline, to log to MLflow.
+        ``f.batch`` (None when a policy augments) maps (B, H, W, C) to (B, C, S, S), equal to
+        stacking ``f`` of each image.
 
     Raises:
         dlops.plugins.PluginError: unknown policy name.
@@ -117,6 +119,38 @@ def build_transform(
                                                 align_corners=False)[0]
         return x.sub_(mean_t).div_(std_t)
 
+    def batch(images: np.ndarray):
+        """(B, H, W, C) images -> (B, C, S, S): the same tensor as stacking ``transform`` of each
+        image (same ops, batched). Only for transforms without an augmentation policy."""
+        nonlocal mean_t, std_t
+        import torch
+
+        if mean_t is None:
+            mean_t = torch.from_numpy(np.broadcast_to(mean_a, (n_norm,)).copy()).view(-1, 1, 1)
+            std_t = torch.from_numpy(np.broadcast_to(std_a, (n_norm,)).copy()).view(-1, 1, 1)
+        img = np.asarray(images)
+        if img.ndim == 3:
+            img = img[..., None]
+        if img.ndim != 4:
+            raise ValueError(f"a batch of images must be (B, H, W, C) or (B, H, W), got shape {img.shape}")
+        src = torch.from_numpy(np.ascontiguousarray(img if img.dtype == np.uint8 else to_unit_float(img)))
+        b, h, w, c = src.shape
+        # a fresh tensor with the standard (B, C, H, W) strides, as torch.stack gives (with C = 1,
+        # permute().contiguous() would keep other strides, and conv kernels may then differ)
+        x = torch.empty((b, c, h, w), dtype=torch.float32).copy_(src.permute(0, 3, 1, 2))
+        if img.dtype == np.uint8:
+            x.div_(255.0)
+        if n_norm > 1 and c != n_norm:
+            if c != 1:
+                raise ValueError(f"image has {c} channels but mean/std have {n_norm} values")
+            x = x.repeat(1, n_norm, 1, 1)
+        if image_size is not None and (x.shape[2] != image_size or x.shape[3] != image_size):
+            x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                                align_corners=False)
+        return x.sub_(mean_t).div_(std_t)
+
     transform.policy = aug  # type: ignore[attr-defined]
     transform.train = train  # type: ignore[attr-defined]
+    # batched form for loaders (dlops.train.loop.make_loader); None when a policy augments per image
+    transform.batch = batch if aug is None else None  # type: ignore[attr-defined]
     return transform

@@ -73,11 +73,12 @@ def fit_epoch(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             out = model(xb)
         loss = loss_fn(out.float(), yb)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} (learning rate too high?)")
+        value = float(loss.item())  # one host sync per step, also for the NaN check
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value} (learning rate too high?)")
         loss.backward()
         optimizer.step()
-        total += float(loss.item()) * len(yb)
+        total += value * len(yb)
         n += len(yb)
     return total / max(n, 1)
 
@@ -176,11 +177,44 @@ def size_mb(model: nn.Module) -> float:
     return n / 1e6
 
 
+class BatchedImageDataset(Dataset):
+    """:class:`ImageDataset` fetched a batch at a time: ``ds[indices]`` applies ``transform.batch``
+    to ``x[indices]`` in one go, (B, C, H', W'), and returns the labels as the default collate
+    would (int64 class indices, or float32 (B, L) multi-label targets)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_transform: Callable[[np.ndarray], torch.Tensor]) -> None:
+        self.x, self.y, self.batch_transform = x, y, batch_transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx_a = np.asarray(idx, dtype=np.int64)
+        y = np.asarray(self.y)[idx_a]
+        yb = torch.as_tensor(y, dtype=torch.int64 if y.ndim == 1 else torch.float32)
+        return self.batch_transform(self.x[idx_a]), yb
+
+
 def make_loader(x: np.ndarray, y: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor], batch_size: int,
                 shuffle: bool, seed: int, num_workers: int = 0, worker_init_fn: Any = None) -> DataLoader:
-    """A DataLoader over images; deterministic shuffling for ``seed``."""
+    """A DataLoader over images; deterministic shuffling for ``seed``.
+
+    A transform without per-image augmentation (``transform.batch`` set, see
+    :func:`dlops.data.transforms.build_transform`) is applied a batch at a time: the same batches,
+    in the same order, as the per-image path, without its per-image overhead.
+    """
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
     g = torch.Generator()
     g.manual_seed(seed)
+    batched = getattr(transform, "batch", None)
+    if batched is not None:
+        ds = BatchedImageDataset(x, y, batched)
+        sampler = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
+        # batch_size=None: each sampler item (a list of indices) is one fetch; the loader draws its
+        # base seed from ``g`` before the permutation, as the per-image loader does
+        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                          generator=g, num_workers=num_workers, worker_init_fn=worker_init_fn)
     return DataLoader(ImageDataset(x, y, transform), batch_size=batch_size, shuffle=shuffle, generator=g,
                       num_workers=num_workers, worker_init_fn=worker_init_fn, drop_last=False)
 
