@@ -185,6 +185,114 @@ register_objective(synthetic("branin", branin, [-5, 0], [10, 15], 0.397887))
 register_objective(synthetic("rosenbrock4", rosenbrock, [-5] * 4, [10] * 4, 0.0))
 register_objective(synthetic("hartmann6", hartmann6, [0] * 6, [1] * 6, -3.32237))
 
+
+# --------------------------------------------------------------------------------------------
+# The real digits transfer objective
+# --------------------------------------------------------------------------------------------
+
+#: the digits search space (the example project's): lr on log 1e-4..1, momentum on 1 - 10**r
+#: 0.9..0.999, batch size in {8, 16, 32}, hidden units on log_int 16..256
+DIGITS_PARAMS = [
+    Param("lr", "log", 1e-4, 1.0),
+    Param("momentum", "one_minus_log", 0.9, 0.999),
+    Param("batch_size", "choice", choices=(8, 16, 32)),
+    Param("hidden", "log_int", 16, 256),
+]
+
+
+class DigitsTransfer:
+    """The real digits transfer objective: dev error after fine-tuning the frozen-backbone model.
+
+    The small CNN source network is trained once per process on digits 0-4 (the default
+    :class:`dlops.config.DataConfig` and :class:`dlops.config.PretrainConfig`, data seed 0). Each
+    evaluation builds the target model (digits 5-9, 30 training examples per class, hidden units
+    from the config), copies the source features, freezes the backbone (BatchNorm included),
+    trains with SGD(lr, momentum) and mini-batches of ``batch_size`` for ``epochs`` epochs
+    (training seed = the benchmark seed, so paired seeds see the same noise) and returns
+    ``dev/error`` (a fraction). A diverged run (NaN loss) returns 1.0, the worst error.
+
+    Successive calls for the same config and seed with growing ``epochs`` (ASHA's rungs) continue
+    the same training run instead of starting over, as a Tune trial would.
+    """
+
+    def __init__(self) -> None:
+        self._ready = False
+        self._last: tuple[Any, ...] | None = None  # (key, model, opt, epochs done)
+        self.n_epochs = 0  # epochs trained (all calls): a cost counter
+
+    def _setup(self) -> None:
+        import torch
+
+        from dlops.config import DataConfig, PretrainConfig
+        from dlops.data.sources import load_task
+        from dlops.data.transforms import build_transform
+        from dlops.models.transfer import build_model
+        from dlops.train.loop import fit_epoch, make_loader, seed_everything, stack_eval
+
+        torch.set_num_threads(1)
+        self.data = load_task(DataConfig(), 0)
+        d, p = self.data, PretrainConfig()
+        c = int(d.channels)
+        self.spec = {"name": "small_cnn", "num_classes": len(d.class_names), "in_channels": c, "width": 16,
+                     "mean": [0.5] * c, "std": [0.5] * c, "image_size": int(d.image_size)}
+        self.t_eval = build_transform("none", 0.0, self.spec["image_size"], self.spec["mean"], self.spec["std"],
+                                      train=False)
+        seed_everything(0)
+        src = build_model(dict(self.spec, num_classes=len(d.source_classes), hidden=64))
+        loader = make_loader(d.source.x, d.source.y, self.t_eval, p.batch_size, shuffle=True, seed=0)
+        opt = torch.optim.SGD(src.parameters(), lr=p.lr, momentum=p.momentum)
+        for _ in range(p.epochs):
+            fit_epoch(src, loader, opt)
+        self.source_state = {k: v.detach().clone() for k, v in src.state_dict().items()}
+        self.x_dev = stack_eval(d.dev.x, self.t_eval)
+        self._ready = True
+
+    def __call__(self, config: Mapping[str, Any], epochs: int, seed: int) -> float:
+        import torch
+
+        from dlops.models.transfer import apply_freeze, build_model, transfer_features
+        from dlops.train.loop import NonFiniteLossError, evaluate_task, fit_epoch, make_loader, predict_proba, \
+            seed_everything
+
+        if not self._ready:
+            self._setup()
+        key = (seed, float(config["lr"]), float(config["momentum"]), int(config["batch_size"]), int(config["hidden"]))
+        if self._last is not None and self._last[0] == key and self._last[3] <= epochs:
+            _, model, opt, done = self._last
+        else:
+            seed_everything(seed)
+            model = build_model(dict(self.spec, hidden=int(config["hidden"])))
+            transfer_features(model, self.source_state)
+            apply_freeze(model, "backbone")
+            opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=float(config["lr"]),
+                                  momentum=float(config["momentum"]))
+            done = 0
+        d = self.data
+        try:
+            for e in range(done, epochs):
+                if done < 0:
+                    break
+                loader = make_loader(d.train.x, d.train.y, self.t_eval, int(config["batch_size"]), shuffle=True,
+                                     seed=seed + e)
+                fit_epoch(model, loader, opt)
+                self.n_epochs += 1
+                done = e + 1
+        except NonFiniteLossError:
+            done = -1
+        self._last = (key, model, opt, done)
+        if done < 0:
+            return 1.0
+        return float(evaluate_task(predict_proba(model, self.x_dev), d.dev.y).error)
+
+
+def digits_objective() -> Objective:
+    """The digits transfer objective (3 seeds, budgets 16 and 32 trials of 9 epochs)."""
+    return Objective("digits", DIGITS_PARAMS, DigitsTransfer(), seeds=3, budgets=(16, 32), f_min=None,
+                     meta={"metric": "dev/error", "data": "digits 0-4 -> 5-9, 30/class"})
+
+
+register_objective(digits_objective())
+
 # --------------------------------------------------------------------------------------------
 # Methods: each returns the best full-fidelity value found with ``n`` trials x MAX_EPOCHS
 # --------------------------------------------------------------------------------------------
@@ -255,6 +363,9 @@ def run_tpe(obj: Objective, n: int, seed: int) -> float:
     def f(trial: Any) -> float:
         cfg = {}
         for p in obj.params:
+            if p.scale == "choice":
+                cfg[p.name] = trial.suggest_categorical(p.name, list(p.choices or ()))
+                continue
             lo, hi = box.intervals[p.name]
             cfg[p.name] = p.from_u(trial.suggest_float(p.name, lo, hi))
         return obj.evaluate(cfg, MAX_EPOCHS, seed)
@@ -374,11 +485,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rule", default="shrink", choices=sorted(C2F_RULES), help="c2f zoom rule")
     ap.add_argument("--methods", default="c2f,random,tpe,asha")
     ap.add_argument("--seed0", type=int, default=0, help="first seed (seeds seed0 .. seed0+n-1)")
+    ap.add_argument("--digits-seeds", type=int, default=3, help="paired seeds of the digits objective (default 3)")
+    ap.add_argument("--digits-budgets", default="16,32,64",
+                    help="trial budgets of the digits objective (default 16,32,64; ~0.1 s per 9-epoch trial)")
+    ap.add_argument("--no-digits", action="store_true", help="the synthetic objectives only (~15 s)")
     args = ap.parse_args(argv)
     seeds = 5 if args.quick else args.seeds
     budgets = (32,) if args.quick else tuple(int(b) for b in args.budgets.split(","))
     methods = [m for m in args.methods.split(",") if m]
-    objs = [OBJECTIVES[o] for o in args.objectives.split(",") if o]
+    objs = [OBJECTIVES[o] for o in args.objectives.split(",") if o and not (args.no_digits and o == "digits")]
+    for o in objs:
+        if o.name == "digits":
+            o.seeds = args.digits_seeds
+            o.budgets = (16,) if args.quick else tuple(int(b) for b in args.digits_budgets.split(","))
     t0 = time.perf_counter()
     results = run_benchmark(objs, seeds, budgets, rule=args.rule, methods=methods, seed0=args.seed0)
     rows = summarise(results)
@@ -391,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rule": args.rule,
         "seeds": seeds,
         "budgets": list(budgets),
+        "per_objective": {o.name: {"seeds": o.seeds or seeds, "budgets": list(o.budgets or budgets)} for o in objs},
         "tpe_backend": "optuna-direct",
         "asha_backend": "simulated-ray-asha",
         "c2f_win_vs_random_min": min(r["win_vs_random"] for r in rows.values()) if "random" in methods else None,

@@ -14,6 +14,8 @@
   (default) = no limit; N = stop the search once more than N trials have failed
   (:class:`FailureBudget`, a Tune ``Stopper``); :class:`TooManyFailuresError` is raised then.
 * Trial directories are ``t-<trial_id>``: short and unique whatever the hyperparameters.
+* MLflow writes run on the callback's writer thread, off Tune's driver loop; they are all flushed
+  before this returns or raises (see :mod:`dlops.tracking.callback`).
 """
 
 from __future__ import annotations
@@ -186,7 +188,25 @@ def run_search(
                                       verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_run_id}")
-    results = tuner.fit()
+    pending_env = "TUNE_MAX_PENDING_TRIALS_PG"
+    pending_before = os.environ.get(pending_env)
+    if pending_before is None:
+        # Tune allows 1 pending trial at a time for a custom searcher (its default; 16+ for its
+        # own random search), which starts the trials of a stage one by one and leaves slots idle;
+        # allow as many as run at once
+        os.environ[pending_env] = str(_concurrent_slots(res.cpu, res.gpu, search.max_concurrent))
+    try:
+        results = tuner.fit()
+    except BaseException:
+        try:
+            cb.flush()  # every queued MLflow write lands before the caller ends the runs
+        except Exception:
+            pass
+        raise
+    finally:
+        if pending_before is None:
+            os.environ.pop(pending_env, None)
+    cb.flush()  # the callback writes from a background thread: wait for all of it
     if placeholders:
         keep = {str(Path(r.checkpoint.path).resolve()) for r in results if r.checkpoint is not None}
         for d in placeholders:
@@ -221,6 +241,19 @@ def run_search(
                 client.set_tag(rid, "dlops.edge_warning", msg[:5000])
             client.set_tag(parent_run_id, "dlops.edge_warning", msg[:5000])
     return outcome
+
+
+def _concurrent_slots(cpu: float, gpu: float, max_concurrent: Optional[int]) -> int:
+    """How many trials of ``cpu`` CPUs and ``gpu`` GPUs the connected Ray cluster runs at once
+    (at least 1; at most ``max_concurrent`` when set)."""
+    import ray
+
+    total = ray.cluster_resources() if ray.is_initialized() else {}
+    fits = [int(total.get("CPU", 1) // cpu)] if cpu > 0 else []
+    if gpu > 0:
+        fits.append(int(total.get("GPU", 0) // gpu))
+    n = max(1, min(fits) if fits else 1)
+    return min(n, max_concurrent) if max_concurrent else n
 
 
 def fill_missing_checkpoints(exp_dir: str) -> list[str]:

@@ -16,12 +16,26 @@ On resume (``dlops run --resume``) a trial keeps its one run: it is found by its
 resume: > 1 when it continued from a checkpoint), and results at or below the last step already
 logged are not logged twice. :meth:`MlflowTreeCallback.reconcile` ends what is still RUNNING
 once the search is over.
+
+A trial that a scheduler (ASHA) stopped before its stage's epochs ends FINISHED: it ran as the
+search meant it to, and its last result is what the zoom used. It is tagged
+``dlops.early_stopped = true`` and ``dlops.last_epoch`` (the epochs it ran).
+
+Writes are off Tune's driver loop: every MLflow call of the callback runs on one background
+writer thread, in order (so the store still has one writer). Per-epoch metrics, tags and run
+ends are queued and the Tune hook returns at once; creating a run and reading the store wait for
+the queue (order is kept). :meth:`MlflowTreeCallback.flush` waits for every queued write and
+re-raises the first failed one; :func:`dlops.search.run.run_search` calls it before it returns
+or raises (Ctrl-C and failure budget included), and :meth:`open_run_ids`, :meth:`reconcile` and
+:meth:`end_stages` flush first.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from ray.tune import Callback
@@ -73,7 +87,53 @@ class MlflowTreeCallback(Callback):
         self._first_after_resume: set[str] = set()
         self._already_finished: set[str] = set()
         self._placed: set[str] = set()
+        self._writer: Optional[ThreadPoolExecutor] = None
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
         self._find_existing()
+
+    # ---- the writer thread ----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the callbacks with the experiment (tuner.pkl); the writer is not picklable
+        self.flush()
+        d = dict(self.__dict__)
+        d["_writer"], d["_futures"], d["_lock"] = None, [], None
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Queue one MLflow call on the writer thread (in order); returns its future."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlops-mlflow")
+            f = self._writer.submit(fn, *args, **kwargs)
+            self._futures.append(f)
+            if len(self._futures) > 256:
+                self._futures = [x for x in self._futures if not x.done() or x.exception() is not None]
+        return f
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one MLflow call on the writer thread after every queued one; return its result."""
+        return self._submit(fn, *args, **kwargs).result()
+
+    def flush(self) -> None:
+        """Wait for every queued MLflow write.
+
+        Raises:
+            Exception: the first queued write that failed (after all have been waited for).
+        """
+        with self._lock:
+            futures, self._futures = self._futures, []
+        first: Optional[BaseException] = None
+        for f in futures:
+            exc = f.exception()
+            if exc is not None and first is None:
+                first = exc
+        if first is not None:
+            raise first
 
     # ---- resume: find the runs this search already has ---------------------------------------
     def _find_existing(self) -> None:
@@ -94,13 +154,14 @@ class MlflowTreeCallback(Callback):
     def _stage_run(self, k: int) -> str:
         if k in self.stage_runs:
             rid = self.stage_runs[k]
-            if self.client.get_run(rid).info.status != "RUNNING":
-                self.client.update_run(rid, status="RUNNING")
+            if self._call(self.client.get_run, rid).info.status != "RUNNING":
+                self._submit(self.client.update_run, rid, status="RUNNING")
             return rid
         from mlflow.entities import Param, RunTag
 
         info = self.stage_info(k) if self.stage_info else {}
-        run = self.client.create_run(
+        run = self._call(
+            self.client.create_run,
             self.experiment_id,
             run_name=f"stage-{k}",
             tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id, TAG_STAGE: str(k)},
@@ -108,7 +169,7 @@ class MlflowTreeCallback(Callback):
         rid = run.info.run_id
         params = [Param(key, _param_value(v)) for key, v in info.get("params", {}).items()]
         tags = [RunTag(key, str(v)[:5000]) for key, v in info.get("tags", {}).items()]
-        self.client.log_batch(rid, params=params, tags=tags)
+        self._submit(self.client.log_batch, rid, params=params, tags=tags)
         self.stage_runs[k] = rid
         return rid
 
@@ -123,7 +184,8 @@ class MlflowTreeCallback(Callback):
             return rid
         k = int(trial.config.get(STAGE_KEY, 0))
         srid = self._stage_run(k)
-        run = self.client.create_run(
+        run = self._call(
+            self.client.create_run,
             self.experiment_id,
             run_name=f"stage{k}-{tid}",
             tags={TAG_PARENT: srid, TAG_KIND: "trial", TAG_SEARCH: self.search_id, TAG_STAGE: str(k),
@@ -140,24 +202,30 @@ class MlflowTreeCallback(Callback):
         from mlflow.exceptions import MlflowException
 
         params = [Param(key, _param_value(v)) for key, v in sorted(config.items())]
-        try:
-            self.client.log_batch(rid, params=params)
-        except MlflowException as exc:  # a value changed since the first run: keep the first, say so
-            self.client.set_tag(rid, "dlops.param_warning", str(exc)[:5000])
+
+        def write() -> None:
+            try:
+                self.client.log_batch(rid, params=params)
+            except MlflowException as exc:  # a value changed since the first run: keep the first, say so
+                self.client.set_tag(rid, "dlops.param_warning", str(exc)[:5000])
+
+        self._submit(write)
 
     # ---- Tune hooks ---------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self.trial_run(trial)
-        status = self.client.get_run(rid).info.status
+        if trial.trial_id not in self.resumed:
+            return  # a run this callback just created: RUNNING, nothing logged yet
+        status = self._call(self.client.get_run, rid).info.status
         if trial.trial_id in self.resumed and status == "FINISHED":
             # finished before the driver died, after Tune's last snapshot: Tune starts it again
             # from its last checkpoint (no epoch left to run); the run stays as it was
             self._already_finished.add(trial.trial_id)
         elif status != "RUNNING":  # resumed trial: same run again
-            self.client.update_run(rid, status="RUNNING")
+            self._submit(self.client.update_run, rid, status="RUNNING")
         if trial.trial_id in self.resumed and rid not in self._step_floor:
-            self._step_floor[rid] = self._last_step(rid)
-            self.client.set_tag(rid, "dlops.resumed", "true")
+            self._step_floor[rid] = self._call(self._last_step, rid)
+            self._submit(self.client.set_tag, rid, "dlops.resumed", "true")
 
     def _last_step(self, rid: str) -> int:
         """Highest step logged to ``rid`` (0 when none): results at or below it are not logged again."""
@@ -177,7 +245,7 @@ class MlflowTreeCallback(Callback):
             if trial.trial_id not in self._first_after_resume:
                 # the first epoch a resumed trial reports: > 1 when it continued from a checkpoint
                 self._first_after_resume.add(trial.trial_id)
-                self.client.set_tag(rid, "dlops.resumed_first_epoch", str(step))
+                self._submit(self.client.set_tag, rid, "dlops.resumed_first_epoch", str(step))
             if step <= floor:  # re-run after a resume from an older checkpoint: already logged
                 return
         if trial.trial_id not in self._placed:
@@ -187,14 +255,14 @@ class MlflowTreeCallback(Callback):
             if where:
                 from mlflow.entities import RunTag
 
-                self.client.log_batch(rid, tags=[RunTag(k, v[:5000]) for k, v in where.items()])
+                self._submit(self.client.log_batch, rid, tags=[RunTag(k, v[:5000]) for k, v in where.items()])
         ts = int(time.time() * 1000)
         metrics = []
         for k, v in result.items():
             if is_logged_metric(k) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 metrics.append(Metric(k, float(v), ts, step))
         if metrics:
-            self.client.log_batch(rid, metrics=metrics)
+            self._submit(self.client.log_batch, rid, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rid = self.trial_run(trial)
@@ -205,12 +273,19 @@ class MlflowTreeCallback(Callback):
         if self.metric and self.metric in r and not finite(r[self.metric]):
             self._fail(trial, rid, f"trial reported a non-finite {self.metric}: {r[self.metric]!r}")
             return
-        if self.stopping_reason and self.client.get_run(rid).info.status == "RUNNING" \
+        if self.stopping_reason and self._call(self.client.get_run, rid).info.status == "RUNNING" \
                 and not _completed(trial, r):
-            self.client.set_tag(rid, "dlops.stopped", self.stopping_reason[:5000])
-            self.client.set_terminated(rid, status="KILLED")
+            self._submit(self.client.set_tag, rid, "dlops.stopped", self.stopping_reason[:5000])
+            self._submit(self.client.set_terminated, rid, status="KILLED")
         else:
-            self.client.set_terminated(rid, status="FINISHED")
+            epochs = trial.config.get(EPOCHS_KEY)
+            if epochs is not None and "epoch" in r and int(r["epoch"]) < int(epochs):
+                # stopped by the scheduler (ASHA) inside its stage: it ended as the search meant
+                from mlflow.entities import RunTag
+
+                self._submit(self.client.log_batch, rid, tags=[RunTag("dlops.early_stopped", "true"),
+                                                               RunTag("dlops.last_epoch", str(int(r["epoch"])))])
+            self._submit(self.client.set_terminated, rid, status="FINISHED")
         self.n_done += 1
         if self.progress:
             shown = {k: r.get(k) for k in ("dev/error", "train/error", "latency_ms") if k in r}
@@ -226,12 +301,16 @@ class MlflowTreeCallback(Callback):
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else text
         tag = last if len(text) <= len(last) + 1 else f"{last}\n--- traceback (tail) ---\n{text[-4000:]}"
-        self.client.set_tag(rid, "dlops.error", tag[:5000])
-        try:
-            self.client.log_text(rid, text, "error.txt")
-        except Exception:
-            pass
-        self.client.set_terminated(rid, status="FAILED")
+
+        def write() -> None:
+            self.client.set_tag(rid, "dlops.error", tag[:5000])
+            try:
+                self.client.log_text(rid, text, "error.txt")
+            except Exception:
+                pass
+            self.client.set_terminated(rid, status="FAILED")
+
+        self._submit(write)
         self.n_done += 1
         self.n_failed += 1
         if self.progress:
@@ -246,6 +325,7 @@ class MlflowTreeCallback(Callback):
         Returns:
             run id -> status, for the runs it ended.
         """
+        self.flush()
         ended: dict[str, str] = {}
         by_trial: dict[str, bool] = {}
         for r in results or []:
@@ -261,11 +341,16 @@ class MlflowTreeCallback(Callback):
         return ended
 
     def end_stages(self, status: str = "FINISHED") -> None:
+        self.flush()
         for rid in self.stage_runs.values():
             if self.client.get_run(rid).info.status == "RUNNING":
                 self.client.set_terminated(rid, status=status)
 
     def open_run_ids(self) -> list[str]:
+        try:
+            self.flush()
+        except Exception:  # the caller is ending the runs after an error: give it the ids anyway
+            pass
         return list(self.trial_runs.values()) + list(self.stage_runs.values())
 
 
