@@ -11,6 +11,8 @@ parent run is reused (set back to RUNNING), every trial keeps its one run.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -111,3 +113,70 @@ def reuse_pretrain(client: Any, parent_run_id: str) -> Optional[tuple[dict[str, 
     except Exception:
         return None
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, rid
+
+
+PLAN_SNAPSHOT = "dlops-plan.json"
+
+
+def repair_state_files(exp_dir: str) -> list[str]:
+    """Before ``Tuner.restore``: make sure the newest state files Tune will read are whole.
+
+    A ``kill -9`` can cut a state file short while it is being copied into the experiment
+    folder. Then: a damaged searcher state is rebuilt from the plan snapshot that
+    :class:`~dlops.search.searcher.StagedSearcher` writes atomically (trials it had suggested
+    that never started are dropped, so the stage barrier does not wait for them); a damaged
+    experiment or search-generator state is removed when an older one is there to fall back on.
+
+    Returns:
+        What was repaired, one line each.
+
+    Raises:
+        NothingToResumeError: a damaged state with nothing to fall back on (the message names the file).
+    """
+    import glob
+    import os
+
+    import ray.cloudpickle as cloudpickle
+
+    repaired: list[str] = []
+
+    def readable(path: str, kind: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                if kind == "json":
+                    json.load(f)
+                else:
+                    cloudpickle.load(f)
+            return True
+        except Exception:
+            return False
+
+    for pattern, kind in (("experiment_state-*.json", "json"), ("search_gen_state-*.json", "pickle")):
+        files = sorted(glob.glob(os.path.join(exp_dir, pattern)))
+        while files and not readable(files[-1], kind):
+            bad = files.pop()
+            if not files:
+                raise NothingToResumeError(f"--resume: {bad} is damaged and there is no older copy; "
+                                           "start the search again without --resume")
+            os.remove(bad)
+            repaired.append(f"removed damaged {os.path.basename(bad)}")
+    states = sorted(glob.glob(os.path.join(exp_dir, "searcher-state-*.pkl")))
+    if states and not readable(states[-1], "json"):
+        snap = os.path.join(exp_dir, PLAN_SNAPSHOT)
+        try:
+            with open(snap) as f:
+                state = json.load(f)
+        except Exception:
+            raise NothingToResumeError(f"--resume: {states[-1]} is damaged and {snap} cannot be read") from None
+        started = {p.name[2:] for p in Path(exp_dir).glob("t-*")}
+        for key in [k for k in state["suggested"] if k not in state["results"] and k not in started]:
+            cfg = state["suggested"].pop(key)
+            state["trial_stage"].pop(key, None)
+            if cfg.get("stage") == state["stage"]:
+                state["pending"].insert(0, {k: v for k, v in cfg.items() if k not in ("stage", "epochs")})
+        tmp = states[-1] + ".repair"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, states[-1])
+        repaired.append(f"rebuilt {os.path.basename(states[-1])} from {PLAN_SNAPSHOT}")
+    return repaired

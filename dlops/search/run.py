@@ -146,7 +146,8 @@ def run_search(
     from dlops.tracking.callback import MlflowTreeCallback
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    searcher = StagedSearcher(plan)
+    snapshot = str(Path(ray_cfg.storage_path).resolve() / f"{experiment_name}-{search_id}" / "dlops-plan.json")
+    searcher = StagedSearcher(plan, snapshot_path=snapshot)
     cb = MlflowTreeCallback(client, experiment_id, parent_run_id, search_id,
                             stage_info=stage_info_fn(plan, search), progress=out, metric=search.metric)
     if on_callback:
@@ -171,6 +172,10 @@ def run_search(
         restored = can_restore(exp_dir)
     placeholders: list[str] = []
     if restored:
+        from dlops.search.resume import repair_state_files
+
+        for line in repair_state_files(exp_dir):
+            out(f"  resume: {line}")
         placeholders = fill_missing_checkpoints(exp_dir)
         tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)

@@ -24,9 +24,25 @@ class StagedSearcher(Searcher):
         plan: the staged plan (space, stages, metric, mode, constraints, zoom rule, seed).
     """
 
-    def __init__(self, plan: StagedPlan) -> None:
+    def __init__(self, plan: StagedPlan, snapshot_path: Optional[str] = None) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
         self.plan = plan
+        self.snapshot_path = snapshot_path
+
+    def _snapshot(self) -> None:
+        """Write the plan state atomically to ``snapshot_path`` (write, then rename) after every
+        change: the fallback of ``--resume`` when a ``kill -9`` cut Tune's own copy short."""
+        if not self.snapshot_path:
+            return
+        import os
+        import tempfile
+
+        d = os.path.dirname(self.snapshot_path) or "."
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".dlops-plan-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.get_state(), f)
+        os.replace(tmp, self.snapshot_path)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
         # metric and mode come from the plan; a conflicting TuneConfig is an error, not a silent override
@@ -35,9 +51,12 @@ class StagedSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> Optional[dict]:
+        known = trial_id in self.plan.suggested
         cfg = self.plan.suggest(trial_id)
         if cfg == FINISHED:
             return Searcher.FINISHED
+        if cfg is not None and not known:
+            self._snapshot()
         return cfg  # a dict, or None at a stage barrier
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -48,6 +67,7 @@ class StagedSearcher(Searcher):
             self.plan.record(trial_id, {})
         else:
             self.plan.record(trial_id, {k: v for k, v in result.items() if isinstance(v, (int, float))})
+        self._snapshot()
 
     # ---- state: Tune calls save/restore with the experiment checkpoint ---------------------
     def get_state(self) -> dict:
