@@ -31,6 +31,11 @@ REPORTED_METRICS = (
 )
 
 
+#: hyperparameters the trial reads from its config (dlops.search.trainable.train_transfer)
+TRIAL_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "batch_size", "hidden", "policy", "magnitude",
+                         "backbone_lr_mult", "unfreeze_epoch")
+
+
 class ConfigError(ValueError):
     """A bad project file or override. The message names the file, the key and the value."""
 
@@ -98,6 +103,10 @@ class DataConfig(_Model):
                 bad = [c for c in getattr(self, k) if not 0 <= c <= 9]
                 if bad:
                     raise ValueError(f"{k}: digits classes are 0..9, got {bad}")
+            for k in ("source_classes", "target_classes"):
+                v = getattr(self, k)
+                if len(set(v)) != len(v):
+                    raise ValueError(f"{k}: a class appears twice in {v}")
             both = set(self.source_classes) & set(self.target_classes)
             if both:
                 raise ValueError(f"source_classes and target_classes overlap: {sorted(both)}")
@@ -229,7 +238,7 @@ class ProjectConfig(_Model):
     """The whole project file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(default=0, strict=True)
     task: Literal["classification", "multilabel"] = "classification"  # multilabel: one sigmoid per label
     human_level_error: float = Field(default=0.0, ge=0, le=1)  # fraction, not percent
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -263,15 +272,26 @@ class ProjectConfig(_Model):
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested mappings; a numeric part indexes a list (``search.stages.0.trials``)."""
     keys = dotted.split(".")
     cur: Any = d
-    for i, k in enumerate(keys[:-1]):
-        if not isinstance(cur, dict):
-            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is not a mapping")
-        cur = cur.setdefault(k, {})
-    if not isinstance(cur, dict):
-        raise ConfigError(f"--set {dotted}: {'.'.join(keys[:-1])} is not a mapping")
-    cur[keys[-1]] = value
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        where = ".".join(keys[:i]) or "(top level)"
+        if isinstance(cur, list):
+            if not k.isdigit() or int(k) >= len(cur):
+                raise ConfigError(f"--set {dotted}: {where} is a list of {len(cur)}; {k!r} is not an index in it")
+            if last:
+                cur[int(k)] = value
+            else:
+                cur = cur[int(k)]
+        elif isinstance(cur, dict):
+            if last:
+                cur[k] = value
+            else:
+                cur = cur.setdefault(k, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {where} is not a mapping")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -354,6 +374,35 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
     if cfg.task == "multilabel" and cfg.data.source != "list":
         raise ConfigError(f"{path}: task: multilabel needs data.source: list (a CSV with a 'labels' column), "
                           f"got {cfg.data.source!r}")
+    unknown = sorted(set(s.space) - set(TRIAL_HYPERPARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: search.space.{unknown[0]}: not a hyperparameter that trials read; "
+            f"known: {list(TRIAL_HYPERPARAMETERS)}"
+        )
+    from dlops.models.freeze import parse_freeze_policy
+
+    try:
+        fp = parse_freeze_policy(cfg.model.freeze)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: model.freeze: {exc}") from None
+    if fp.block is not None:  # until:<block> must name a block of this architecture
+        from dlops.models import available_models as _names
+
+        if cfg.model.name in _names():
+            from dlops.models.backbones import create_model
+            from dlops.models.freeze import apply_freeze
+
+            try:
+                apply_freeze(create_model(cfg.model.name, 2, in_channels=cfg.data.channels
+                                          if cfg.data.source != "digits" else 1), fp)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: model.freeze: {exc}") from None
+    w = cfg.model.weights
+    if w and w != "pretrain" and not w.startswith("models:/") and not (w.replace("_", "").isalnum() and w.upper() == w):
+        if not Path(w).is_file():
+            raise ConfigError(f"{path}: model.weights: no such file {w!r} (a state_dict saved with torch.save, "
+                              "models:/NAME@ALIAS, a torchvision weights name such as DEFAULT, pretrain or null)")
     from dlops.models import available_models
 
     models = available_models()

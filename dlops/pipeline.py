@@ -237,6 +237,26 @@ def _active_run(run_id: str) -> Iterator[Any]:
         client.set_terminated(run_id, before)
 
 
+def check_registered_model(client: Any, uri_or_alias: str, tracking_uri: str) -> None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` must exist before anything starts.
+
+    Raises:
+        DataError: naming the model, the alias or version, and the store.
+    """
+    ref = uri_or_alias[len("models:/"):]
+    if client is None:
+        raise DataError(f"model.weights: {uri_or_alias!r}: the store {tracking_uri} does not exist yet")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.rsplit("/", 1)
+            client.get_model_version(name, version)
+    except Exception:
+        raise DataError(f"model.weights: no registered model version {uri_or_alias!r} in {tracking_uri}") from None
+
+
 def make_spec(cfg: ProjectConfig, data: Any) -> dict[str, Any]:
     """The model spec of the project: architecture, head size, input size and normalisation.
 
@@ -371,6 +391,15 @@ def run_project(
                                     cfg.ray.num_cpus, cfg.ray.num_gpus)
     try:
         check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
+        missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+        if resume and missing_store:
+            from dlops.search.resume import NothingToResumeError
+
+            raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
+                                       "run without --resume to start a new search")
+        w = cfg.model.weights or ""
+        if w.startswith("models:/"):
+            check_registered_model(MlflowClient(uri) if not missing_store else None, w, uri)
         mlflow.set_tracking_uri(uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
         client = MlflowClient(uri)
@@ -618,12 +647,15 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
             emetrics = {"dev/error": ens["dev"].error, "test/error": ens["test"].error}
             epromo = register_and_promote(client, einfo.model_uri, cfg.ensemble_name, emetrics, cfg.search.metric,
                                           cfg.search.mode, (), tags={"dlops.search_run_id": parent_id,
-                                                                     "dlops.members": json.dumps([t.trial_id for t in top])})
+                                                                     "dlops.members": json.dumps([t.trial_id for t in top])},
+                                          baseline={cfg.search.metric: metrics[cfg.search.metric]}
+                                          if cfg.search.metric in metrics else None)
             client.set_terminated(erid, "FINISHED")
             summary.ensemble_uri = f"models:/{epromo.name}@{CHAMPION_OR(epromo)}"
             summary.ensemble_test_error = ens["test"].error
             summary.ensemble_members = [t.trial_id for t in top]
-            out(f"  ensemble of {len(top)}: test error {ens['test'].error:.4f} vs best single {metrics['test/error']:.4f}")
+            out(f"  ensemble of {len(top)}: test error {ens['test'].error:.4f} vs best single {metrics['test/error']:.4f}; "
+                f"registered {epromo.name} version {epromo.version} with aliases {list(epromo.aliases)} ({epromo.reason})")
         else:
             out(f"  ensemble skipped ({'disabled' if not cfg.ensemble.enabled else 'fewer than 2 feasible trials'})")
 
@@ -642,7 +674,7 @@ def format_summary(s: RunSummary) -> str:
     from dlops.tracking.store import is_local_store
 
     lines = ["", "== dlops run: summary =="]
-    cfg = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in s.best_config.items()}
+    cfg = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_config.items())
     lines.append(f"best trial     {s.best_trial_id}  {cfg}")
     m = s.best_metrics
     if m:
@@ -660,7 +692,12 @@ def format_summary(s: RunSummary) -> str:
     for w in s.warnings:
         lines.append(f"warning        {w}")
     if is_local_store(s.tracking_uri):
-        lines.append(f"MLflow UI      mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1")
+        import shutil
+        import sys
+
+        exe = Path(sys.executable).parent / "mlflow"
+        mlflow_cmd = "mlflow" if shutil.which("mlflow") == str(exe) or not exe.exists() else str(exe)
+        lines.append(f"MLflow UI      {mlflow_cmd} ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1")
     else:
         lines.append(f"MLflow UI      {s.tracking_uri}")
     return "\n".join(lines)

@@ -28,7 +28,9 @@ def test_example_is_valid():
 
 
 def test_set_overrides_any_key():
-    cfg = load_config(EXAMPLE, ["search.space.lr.low=1e-5", "ensemble.top_k=5", "tracking.uri=sqlite:///x.db"])
+    cfg = load_config(EXAMPLE, ["search.space.lr.low=1e-5", "ensemble.top_k=5", "tracking.uri=sqlite:///x.db",
+                                "search.stages.1.trials=3"])
+    assert cfg.search.stages[1].trials == 3
     assert cfg.search.space["lr"].low == pytest.approx(1e-5)
     assert cfg.ensemble.top_k == 5
     assert cfg.tracking.uri == "sqlite:///x.db"
@@ -47,6 +49,12 @@ def test_set_overrides_any_key():
         ("augmentation.policy=sparkles", "augmentation.policy", "sparkles"),
         ("search.space.momentum.high=1.5", "search.space.momentum", "1.5"),
         ("search.stages=[]", "search.stages", "at least one stage"),
+        ("search.space.wd={scale: log, low: 1.0e-6, high: 0.01}", "search.space.wd", "weight_decay"),
+        ("model.freeze=sometimes", "model.freeze", "sometimes"),
+        ("model.freeze=until:layer2", "model.freeze", "layer2"),
+        ("model.weights=/no/such/weights.pt", "model.weights", "/no/such/weights.pt"),
+        ("data.target_classes=[5, 5, 6]", "target_classes", "twice"),
+        ("seed=true", "seed", "True"),
     ],
 )
 def test_bad_file_exit_2_names_key_and_nothing_logged(tmp_path: Path, override: str, key: str, value: str):
@@ -94,3 +102,18 @@ def test_bad_data_exit_2_names_folder_and_nothing_logged(tmp_path: Path):
     assert r.returncode == 2, r.stderr
     assert str(data / "bird") in r.stderr and "Traceback" not in r.stderr
     assert list(work.iterdir()) == []
+
+
+def test_missing_registered_source_model_exit_2_and_no_store(tmp_path: Path):
+    r = _dlops(["run", str(EXAMPLE), "--set", "model.weights=models:/nope@champion",
+                "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "models:/nope@champion" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_with_no_store_exit_2_and_no_store(tmp_path: Path):
+    r = _dlops(["run", str(EXAMPLE), "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "--resume" in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -68,7 +68,7 @@ def find_resumable(client: Any, experiment_id: str, storage_path: str, project_n
         d = experiment_dir(storage_path, project_name, sid)
         return ResumePoint(r.info.run_id, sid, r.info.status, d, can_restore(d), int(r.info.start_time or 0))
     raise NothingToResumeError(
-        f"--resume: experiment {experiment_id} has no unfinished search run (tag {TAG_KIND}=search, "
+        f"--resume: experiment {project_name!r} has no unfinished search run (tag {TAG_KIND}=search, "
         "status not FINISHED); run without --resume to start a new search"
     )
 

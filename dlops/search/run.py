@@ -240,7 +240,7 @@ def run_search(
             client.set_tag(rid, "dlops.zoom",
                            json.dumps({"selected": entry["selected"], "reason": entry["reason"]})[:5000])
         for msg in entry["edges"]:
-            warnings.warn(f"stage {k}: {msg}", stacklevel=2)
+            out(f"  warning: stage {k}: {msg}")
             outcome.warnings.append(f"stage {k}: {msg}")
             if rid:
                 client.set_tag(rid, "dlops.edge_warning", msg[:5000])

@@ -88,8 +88,12 @@ def register_and_promote(
     constraints: Sequence[Constraint] = (),
     tags: Optional[Mapping[str, str]] = None,
     description: Optional[str] = None,
+    baseline: Optional[Mapping[str, float]] = None,
 ) -> Promotion:
     """Register ``model_uri`` as a new version of ``name``, tag it, alias it, gate it.
+
+    ``baseline``: metrics the challenger must also beat to become champion (an ensemble must beat
+    the best single model it is made of: otherwise serving one model is cheaper and better).
 
     Nothing is half-written: if tagging or aliasing fails, the new version is deleted again and
     the error re-raised (the champion alias is moved last, in one call).
@@ -117,6 +121,10 @@ def register_and_promote(
         except Exception:  # no champion alias yet
             champ = None
         promote, reason = gate(metrics, champ_metrics, metric, mode, constraints)
+        if promote and baseline is not None:
+            beats, why = gate(metrics, baseline, metric, mode, constraints)
+            if not beats:
+                promote, reason = False, f"{why.replace('champion', 'best single model')}"
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         aliases = [CHALLENGER]
         if promote:
