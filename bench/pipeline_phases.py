@@ -1,5 +1,7 @@
 """Benchmark: the default example end to end, time per phase and the share that is not training.
 
+Phases: ray_start (a local Ray), setup, pretrain, search, register, report, ensemble.
+
 Runs ``examples/digits-transfer.yaml`` (the exact file ``make demo`` runs) in a temp directory
 with a fresh SQLite store, once or ``--repeat`` times, and prints per phase (setup, pretrain,
 search, register, report, ensemble) the wall time in seconds, the share of the wall time spent
@@ -60,7 +62,7 @@ def main() -> int:
     for k, v in phases.items():
         print(f"{k:<10} {v:>8.2f} {v / wall:>7.1%}")
     other = wall - sum(phases.values())
-    print(f"{'other':<10} {other:>8.2f} {other / wall:>7.1%}   (MLflow store start-up, Ray shutdown)")
+    print(f"{'other':<10} {other:>8.2f} {other / wall:>7.1%}   (MLflow store start-up, Ray shutdown, imports)")
     print(f"{'wall':<10} {wall:>8.2f}")
     not_training = (wall - train) / wall
     print(f"time outside training loops (pretrain + Tuner.fit): {not_training:.1%} of the wall time")

@@ -35,7 +35,7 @@ class DataError(ValueError):
     """The data cannot be used (CLI exit code 2); the message names the file or folder."""
 
 
-PHASES = ("setup", "pretrain", "search", "register", "report", "ensemble")
+PHASES = ("ray_start", "setup", "pretrain", "search", "register", "report", "ensemble")
 
 
 @dataclass
@@ -387,8 +387,10 @@ def run_project(
         raise DataError(f"data: {exc}") from None
     # Ray and the resource check come before the store is touched: a request the cluster cannot
     # meet leaves no run (and no new store)
+    t_ray = time.perf_counter()
     state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
                                     cfg.ray.num_cpus, cfg.ray.num_gpus)
+    t_ray = time.perf_counter() - t_ray
     try:
         check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
         missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
@@ -423,6 +425,7 @@ def run_project(
             ray.shutdown()
         raise
     summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
+    summary.phase_s["ray_start"] = t_ray
     open_runs: list[str] = [parent_id]
     try:
         _run(cfg, data, client, exp_id, parent_id, search_id, summary, open_runs, out, state)

@@ -128,7 +128,9 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
         policy_obj = getattr(t_train, "policy", None)
         if policy_obj is not None and hasattr(policy_obj, "reseed"):
             policy_obj.reseed(seed + epoch)  # a resumed trial repeats the uninterrupted sequence
-        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch, num_workers=workers)
+        pre = ev["train"][0] if getattr(t_train, "batch", None) is not None else None  # no augmentation
+        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch, num_workers=workers,
+                             pretransformed=pre)
         train_loss = fit_epoch(model, loader, opt, device, loss_fn=loss_fn)
         metrics: dict[str, Any] = {"train/loss": train_loss, "epoch": epoch + 1}
         for split, (x, y) in ev.items():

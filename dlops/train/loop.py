@@ -38,7 +38,12 @@ class ImageDataset(Dataset):
 
 def stack_eval(x: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
     """Apply the evaluation transform to every image: (N, H, W, C) -> (N, C, H', W') float32."""
-    return torch.stack([transform(im) for im in x]) if len(x) else torch.empty(0)
+    if not len(x):
+        return torch.empty(0)
+    batched = getattr(transform, "batch", None)
+    if batched is not None:
+        return batched(np.asarray(x))
+    return torch.stack([transform(im) for im in x])
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -182,34 +187,68 @@ class BatchedImageDataset(Dataset):
     to ``x[indices]`` in one go, (B, C, H', W'), and returns the labels as the default collate
     would (int64 class indices, or float32 (B, L) multi-label targets)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_transform: Callable[[np.ndarray], torch.Tensor]) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_transform: Callable[[np.ndarray], torch.Tensor],
+                 pretransformed: torch.Tensor | None = None) -> None:
         self.x, self.y, self.batch_transform = x, y, batch_transform
+        self.pre = pretransformed
+        y_a = np.asarray(y)
+        self.yt = torch.as_tensor(y_a, dtype=torch.int64 if y_a.ndim == 1 else torch.float32)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx_a = np.asarray(idx, dtype=np.int64)
-        y = np.asarray(self.y)[idx_a]
-        yb = torch.as_tensor(y, dtype=torch.int64 if y.ndim == 1 else torch.float32)
-        return self.batch_transform(self.x[idx_a]), yb
+        it = torch.as_tensor(idx, dtype=torch.int64)
+        if self.pre is not None:  # the images went through this very transform once already
+            return self.pre[it], self.yt[it]
+        return self.batch_transform(self.x[it.numpy()]), self.yt[it]
+
+
+class PretransformedBatches:
+    """Batches of an already transformed tensor, in exactly the order a ``DataLoader`` with
+    ``shuffle=True, generator=g`` would give them (it draws its base seed from ``g``, then
+    ``randperm(n, generator=g)``), without the DataLoader's per-batch machinery.
+
+    Yields ``(x (B, C, H, W) float32, y (B,) int64 or (B, L) float32)``.
+    """
+
+    def __init__(self, xt: torch.Tensor, y: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator):
+        y_a = np.asarray(y)
+        self.xt, self.bs, self.shuffle, self.g = xt, int(batch_size), shuffle, generator
+        self.yt = torch.as_tensor(y_a, dtype=torch.int64 if y_a.ndim == 1 else torch.float32)
+
+    def __len__(self) -> int:
+        return (len(self.yt) + self.bs - 1) // self.bs
+
+    def __iter__(self):
+        n = len(self.yt)
+        torch.empty((), dtype=torch.int64).random_(generator=self.g)  # the DataLoader's base-seed draw
+        perm = torch.randperm(n, generator=self.g) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.bs):
+            idx = perm[i : i + self.bs]
+            yield self.xt[idx], self.yt[idx]
 
 
 def make_loader(x: np.ndarray, y: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor], batch_size: int,
-                shuffle: bool, seed: int, num_workers: int = 0, worker_init_fn: Any = None) -> DataLoader:
+                shuffle: bool, seed: int, num_workers: int = 0, worker_init_fn: Any = None,
+                pretransformed: torch.Tensor | None = None) -> DataLoader:
     """A DataLoader over images; deterministic shuffling for ``seed``.
 
     A transform without per-image augmentation (``transform.batch`` set, see
     :func:`dlops.data.transforms.build_transform`) is applied a batch at a time: the same batches,
-    in the same order, as the per-image path, without its per-image overhead.
+    in the same order, as the per-image path, without its per-image overhead. ``pretransformed``
+    (N, C, H', W'): ``transform`` already applied to every image (a trial computes it once, not
+    once per epoch); used only on that augmentation-free path.
     """
     from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
     g = torch.Generator()
     g.manual_seed(seed)
     batched = getattr(transform, "batch", None)
+    if batched is not None and pretransformed is not None and num_workers == 0:
+        return PretransformedBatches(pretransformed, y, batch_size, shuffle, g)  # type: ignore[return-value]
     if batched is not None:
-        ds = BatchedImageDataset(x, y, batched)
+        ds = BatchedImageDataset(x, y, batched, pretransformed)
         sampler = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
         # batch_size=None: each sampler item (a list of indices) is one fetch; the loader draws its
         # base seed from ``g`` before the permutation, as the per-image loader does
