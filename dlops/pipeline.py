@@ -348,6 +348,36 @@ def log_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any, run_
         client.log_dict(run_id, desc, f"augment/{name}.json")
 
 
+def log_trial_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any, plan: Any,
+                           trial_runs: dict[str, str]) -> None:
+    """Each trial run gets param ``augment.pipeline``: the exact pipeline its policy and magnitude
+    ran (albumentations serialisation, <= 6,000 characters)."""
+    from mlflow.entities import Param
+
+    try:
+        from dlops_plugins.augment.common import describe_policy, policy_param
+    except ImportError:
+        return
+    cache: dict[tuple[str, float], str] = {}
+    for tid, conf in plan.suggested.items():
+        rid = trial_runs.get(tid)
+        if rid is None:
+            continue
+        key = (str(conf.get("policy", cfg.augmentation.policy)), float(conf.get("magnitude", cfg.augmentation.magnitude)))
+        if key[0] == "none":
+            continue
+        if key not in cache:
+            try:
+                cache[key] = policy_param(describe_policy(key[0], key[1], spec.get("image_size"),
+                                                          channels=int(spec.get("in_channels", 3))))
+            except Exception as exc:  # a third-party policy may not describe itself
+                cache[key] = f"not describable: {exc}"[:6000]
+        try:
+            client.log_batch(rid, params=[Param("augment.pipeline", cache[key])])
+        except Exception:  # already logged with this value (resume): nothing to do
+            pass
+
+
 def run_project(
     cfg: ProjectConfig,
     tracking_uri: Optional[str] = None,
@@ -527,6 +557,7 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
         for tid, ck in ckpts.items():  # `dlops report RUN_ID` finds a trial's weights through this tag
             if tid in cb.trial_runs:
                 client.set_tag(cb.trial_runs[tid], "dlops.checkpoint", ck.path)
+        log_trial_augmentation(cfg, spec, client, plan, cb.trial_runs)
         best = plan.best()
         reg.manager.hook.dlops_after_search(config=cfg, parent_run_id=parent_id, best=best)
         if best is None:

@@ -222,6 +222,14 @@ def test_search_chooses_among_policies(policy_search_run):
     # every policy the search may use is described on the parent run (none is the identity)
     (parent,) = kinds["search"]
     assert {"augment.flip", "augment.standard"} <= set(parent.data.params)
+    # and each trial run carries the exact pipeline it ran (none: no pipeline param)
+    for t in kinds["trial"]:
+        pol = t.data.params["policy"]
+        if pol == "none":
+            assert "augment.pipeline" not in t.data.params
+        else:
+            desc = json.loads(t.data.params["augment.pipeline"])
+            assert desc["policy"] == pol and desc["backend"] == "albumentations"
 
 
 # ------------------------------------------------------------------------------------------------
