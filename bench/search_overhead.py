@@ -2,12 +2,14 @@
 
 dlops: ``run_search`` (StagedSearcher, two stages, MlflowTreeCallback writing the run tree to a
 SQLite store, failure-budget stopper) vs plain Ray Tune (BasicVariantGenerator random search, no
-callback), same trainable, same number of trials, same resources, same ``reuse_actors``. Two
-workloads: no-op trials and 1 s trials. Runs alternate (plain, dlops, plain, dlops) and the
-median wall time of each is compared; target ratio <= 1.10. Also the MLflow logging cost per
+callback), same trainable, same number of trials, same resources, same ``reuse_actors``; also
+plain Tune with the same 2-stage barrier (no tracking), and plain Tune random search with Ray's
+own ``MLflowLoggerCallback`` on a SQLite store (the hand-glued alternative). Two workloads: no-op
+trials and 1 s trials. Runs alternate and the median wall time of each is compared; the target
+ratio <= 1.10 is judged on dlops / plain (no tracking, no barrier); every ratio is printed. Also the MLflow logging cost per
 reported result (ms), timed on the callback itself against the SQLite store.
 
-The LAST line printed is one JSON object with the headline figures. About 2 minutes on 2 cores.
+The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores.
 Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py
 """
 
@@ -68,9 +70,19 @@ def _barrier_searcher(n: int, n_stages: int):
     return Barrier()
 
 
-def plain(tmp: Path, n: int, sleep: float, stages: int = 1) -> tuple[float, int]:
-    """Plain Ray Tune; ``stages > 1``: the same with a stage barrier. Returns (wall s, actors)."""
+def plain(tmp: Path, n: int, sleep: float, stages: int = 1, mlflow: bool = False) -> tuple[float, int]:
+    """Plain Ray Tune; ``stages > 1``: the same with a stage barrier; ``mlflow``: with Ray's own
+    ``MLflowLoggerCallback`` (flat runs, one per trial) on a SQLite store in ``tmp``, experiment
+    name set: what an engineer would otherwise glue by hand. Returns (wall s, actors)."""
     from ray import tune
+
+    callbacks = []
+    if mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        # it writes synchronously in Tune's driver loop; its time ends when fit returns (all landed)
+        callbacks = [MLflowLoggerCallback(tracking_uri=f"sqlite:///{tmp / 'ray_mlflow.db'}",
+                                          experiment_name="bench-ray-mlflow")]
 
     fn = tune.with_resources(tune.with_parameters(trainable, payload={"sleep": sleep}), {"cpu": 1})
     alg = _barrier_searcher(n, stages) if stages > 1 else None
@@ -82,7 +94,7 @@ def plain(tmp: Path, n: int, sleep: float, stages: int = 1) -> tuple[float, int]
                      tune_config=tune.TuneConfig(metric="dev/error", mode="min", num_samples=n, reuse_actors=True,
                                                  search_alg=alg, trial_dirname_creator=lambda t: f"t-{t.trial_id}"),
                      run_config=tune.RunConfig(name=f"plain-{time.time_ns()}", storage_path=str(tmp / "ray"),
-                                               verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
+                                               verbose=0, callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
     wall = time.perf_counter() - t0
     os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
     return wall, len({r.metrics.get("pid") for r in res})
@@ -170,12 +182,14 @@ def main() -> None:
         tmp = Path(td)
         for label, n, sleep in (("noop", N_NOOP, 0.0), ("sleep1s", N_SLEEP, 1.0)):
             plain(tmp, 2, sleep)  # warm-up (worker start)
+            plain(tmp, 2, sleep, mlflow=True)  # warm-up (its SQLite store's schema is created here)
             dlops(tmp, 2, sleep)
-            w: dict[str, list[float]] = {"plain": [], "plain_staged": [], "dlops": []}
+            w: dict[str, list[float]] = {"plain": [], "plain_staged": [], "plain_mlflow": [], "dlops": []}
             actors: dict[str, int] = {}
             for rep in range(REPS):  # interleaved, so drift hits every variant alike
                 for v in w:
-                    wall, a = dlops(tmp, n, sleep) if v == "dlops" else plain(tmp, n, sleep, 2 if v == "plain_staged" else 1)
+                    wall, a = dlops(tmp, n, sleep) if v == "dlops" else plain(
+                        tmp, n, sleep, 2 if v == "plain_staged" else 1, mlflow=v == "plain_mlflow")
                     w[v].append(wall)
                     actors[v] = a
                 print(f"{label} rep {rep}: " + "  ".join(f"{v} {w[v][-1]:.2f} s" for v in w), flush=True)
@@ -185,10 +199,16 @@ def main() -> None:
                 out[f"{label}_{v}_actors"] = actors[v]
             out[f"{label}_ratio"] = round(m["dlops"] / m["plain"], 3)
             out[f"{label}_ratio_vs_staged"] = round(m["dlops"] / m["plain_staged"], 3)
+            out[f"{label}_ratio_vs_ray_mlflow"] = round(m["dlops"] / m["plain_mlflow"], 3)
             out[f"{label}_barrier_s"] = round(m["plain_staged"] - m["plain"], 3)
-            print(f"{label}: {n} trials, dlops/plain = {out[f'{label}_ratio']:.3f} (unstaged plain Tune), "
-                  f"dlops/plain_staged = {out[f'{label}_ratio_vs_staged']:.3f} (plain Tune with the same 2-stage "
-                  f"barrier); the barrier itself costs {out[f'{label}_barrier_s']:.2f} s; target <= 1.10")
+            r = out[f"{label}_ratio"]
+            print(f"{label}: {n} trials; medians: " + ", ".join(f"{v} {m[v]:.2f} s" for v in w))
+            print(f"  dlops/plain        = {r:.3f}  baseline: plain Ray Tune, random search, no tracking, no "
+                  f"barrier -> TARGET <= 1.10 is judged on this one: {'met' if r <= 1.10 else 'MISSED'}")
+            print(f"  dlops/plain_staged = {out[f'{label}_ratio_vs_staged']:.3f}  baseline: plain Ray Tune with the "
+                  f"same 2-stage barrier, no tracking (the barrier alone costs {out[f'{label}_barrier_s']:.2f} s)")
+            print(f"  dlops/plain_mlflow = {out[f'{label}_ratio_vs_ray_mlflow']:.3f}  baseline: plain Ray Tune random "
+                  f"search + Ray's MLflowLoggerCallback on SQLite (flat runs, no barrier): the hand-glued alternative")
         blocked, write = logging_cost(tmp)
         out["mlflow_ms_per_result_blocking"] = round(blocked, 2)
         out["mlflow_ms_per_result_write"] = round(write, 2)
@@ -196,6 +216,8 @@ def main() -> None:
               f"(queued), the write itself takes {write:.2f} ms on the writer thread")
     ray.shutdown()
     out["target_ratio"] = 1.10
+    out["target_judged_on"] = "noop_ratio, sleep1s_ratio (dlops / plain Ray Tune without tracking or barrier)"
+    out["target_met"] = all(out[f"{k}_ratio"] <= 1.10 for k in ("noop", "sleep1s"))
     print(json.dumps(out))
 
 

@@ -22,9 +22,12 @@ search meant it to, and its last result is what the zoom used. It is tagged
 ``dlops.early_stopped = true`` and ``dlops.last_epoch`` (the epochs it ran).
 
 Writes are off Tune's driver loop: every MLflow call of the callback runs on one background
-writer thread, in order (so the store still has one writer). Per-epoch metrics, tags and run
-ends are queued and the Tune hook returns at once; creating a run and reading the store wait for
-the queue (order is kept). :meth:`MlflowTreeCallback.flush` waits for every queued write and
+writer thread, in order (so the store still has one writer). Creating a trial's (and a stage's)
+run, its params, per-epoch metrics, tags and run ends are all queued and the Tune hook returns at
+once: a queued write finds the run id its creation stored (``trial_runs`` / ``stage_runs`` fill
+in on the writer thread; read them after a flush). Per trial that is four store calls: create
+(with its tags), params, one ``log_batch`` per epoch (metrics and tags together), end. Only the
+resume path reads the store from the hook (and waits for the queue). :meth:`MlflowTreeCallback.flush` waits for every queued write and
 re-raises the first failed one; :func:`dlops.search.run.run_search` calls it before it returns
 or raises (Ctrl-C and failure budget included), and :meth:`open_run_ids`, :meth:`reconcile` and
 :meth:`end_stages` flush first.
@@ -87,6 +90,9 @@ class MlflowTreeCallback(Callback):
         self._first_after_resume: set[str] = set()
         self._already_finished: set[str] = set()
         self._placed: set[str] = set()
+        self._queued: set[str] = set()  # trial ids whose new run this callback has queued
+        self._ended: set[str] = set()  # trial ids whose run end this callback has queued
+        self._stage_ready: set[int] = set()  # stages whose run is created / running again (queued)
         self._writer: Optional[ThreadPoolExecutor] = None
         self._futures: list[Future] = []
         self._lock = threading.Lock()
@@ -151,59 +157,90 @@ class MlflowTreeCallback(Callback):
                 if r.info.status == "FAILED":
                     self.n_failed += 1
 
-    def _stage_run(self, k: int) -> str:
-        if k in self.stage_runs:
+    def _rid(self, tid: str) -> str:
+        """The run id of trial ``tid``; on the writer thread, after its queued creation."""
+        return self.trial_runs[tid]
+
+    def _queue_stage_run(self, k: int) -> None:
+        """Make sure stage k has a RUNNING run; queued on the writer thread (the driver does not wait)."""
+        if k in self._stage_ready:
+            return
+        self._stage_ready.add(k)
+        if k in self.stage_runs:  # a run from before a resume: running again
             rid = self.stage_runs[k]
-            if self._call(self.client.get_run, rid).info.status != "RUNNING":
-                self._submit(self.client.update_run, rid, status="RUNNING")
-            return rid
+
+            def reopen() -> None:
+                if self.client.get_run(rid).info.status != "RUNNING":
+                    self.client.update_run(rid, status="RUNNING")
+
+            self._submit(reopen)
+            return
         from mlflow.entities import Param, RunTag
 
         info = self.stage_info(k) if self.stage_info else {}
-        run = self._call(
-            self.client.create_run,
-            self.experiment_id,
-            run_name=f"stage-{k}",
-            tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id, TAG_STAGE: str(k)},
-        )
-        rid = run.info.run_id
         params = [Param(key, _param_value(v)) for key, v in info.get("params", {}).items()]
         tags = [RunTag(key, str(v)[:5000]) for key, v in info.get("tags", {}).items()]
-        self._submit(self.client.log_batch, rid, params=params, tags=tags)
-        self.stage_runs[k] = rid
-        return rid
 
-    def trial_run(self, trial: Any) -> str:
+        def create() -> None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"stage-{k}",
+                tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id,
+                      TAG_STAGE: str(k)})
+            rid = run.info.run_id
+            self.stage_runs[k] = rid
+            if params or tags:
+                self.client.log_batch(rid, params=params, tags=tags)
+
+        self._submit(create)
+
+    def _stage_run(self, k: int) -> str:
+        """Stage k's run id (waits for the writer queue)."""
+        self._queue_stage_run(k)
+        self._call(lambda: None)
+        return self.stage_runs[k]
+
+    def _queue_trial_run(self, trial: Any) -> str:
+        """Make sure the trial has a run, without waiting: a new run is created on the writer
+        thread (run, tags and params: two calls); writes queued after it find its id with
+        :meth:`_rid`. Returns the trial id."""
         tid = trial.trial_id
-        if tid in self.trial_runs:
-            rid = self.trial_runs[tid]
+        if tid in self.resumed or tid in self._queued:
             if tid not in self._seen:
                 # a run from before a resume: log the params again (same values: a no-op for MLflow)
                 self._seen.add(tid)
-                self._log_params(rid, trial.config)
-            return rid
-        k = int(trial.config.get(STAGE_KEY, 0))
-        srid = self._stage_run(k)
-        run = self._call(
-            self.client.create_run,
-            self.experiment_id,
-            run_name=f"stage{k}-{tid}",
-            tags={TAG_PARENT: srid, TAG_KIND: "trial", TAG_SEARCH: self.search_id, TAG_STAGE: str(k),
-                  TAG_TRIAL: tid},
-        )
-        rid = run.info.run_id
-        self.trial_runs[tid] = rid
+                self._log_params(tid, trial.config)
+            return tid
+        self._queued.add(tid)
         self._seen.add(tid)
-        self._log_params(rid, trial.config)
-        return rid
+        k = int(trial.config.get(STAGE_KEY, 0))
+        self._queue_stage_run(k)
 
-    def _log_params(self, rid: str, config: dict[str, Any]) -> None:
+        def create() -> None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"stage{k}-{tid}",
+                tags={TAG_PARENT: self.stage_runs[k], TAG_KIND: "trial", TAG_SEARCH: self.search_id,
+                      TAG_STAGE: str(k), TAG_TRIAL: tid})
+            self.trial_runs[tid] = run.info.run_id
+
+        self._submit(create)
+        self._log_params(tid, trial.config)
+        return tid
+
+    def trial_run(self, trial: Any) -> str:
+        """The trial's run id, created if needed (waits for the writer queue)."""
+        tid = self._queue_trial_run(trial)
+        if tid not in self.trial_runs:
+            self._call(lambda: None)
+        return self.trial_runs[tid]
+
+    def _log_params(self, tid: str, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
         params = [Param(key, _param_value(v)) for key, v in sorted(config.items())]
 
         def write() -> None:
+            rid = self._rid(tid)
             try:
                 self.client.log_batch(rid, params=params)
             except MlflowException as exc:  # a value changed since the first run: keep the first, say so
@@ -213,17 +250,18 @@ class MlflowTreeCallback(Callback):
 
     # ---- Tune hooks ---------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        rid = self.trial_run(trial)
-        if trial.trial_id not in self.resumed:
-            return  # a run this callback just created: RUNNING, nothing logged yet
+        tid = self._queue_trial_run(trial)
+        if tid not in self.resumed:
+            return  # a run this callback creates (queued): RUNNING, nothing logged yet
+        rid = self.trial_runs[tid]
         status = self._call(self.client.get_run, rid).info.status
-        if trial.trial_id in self.resumed and status == "FINISHED":
+        if status == "FINISHED":
             # finished before the driver died, after Tune's last snapshot: Tune starts it again
             # from its last checkpoint (no epoch left to run); the run stays as it was
-            self._already_finished.add(trial.trial_id)
+            self._already_finished.add(tid)
         elif status != "RUNNING":  # resumed trial: same run again
             self._submit(self.client.update_run, rid, status="RUNNING")
-        if trial.trial_id in self.resumed and rid not in self._step_floor:
+        if rid not in self._step_floor:
             self._step_floor[rid] = self._call(self._last_step, rid)
             self._submit(self.client.set_tag, rid, "dlops.resumed", "true")
 
@@ -236,73 +274,83 @@ class MlflowTreeCallback(Callback):
         return max((int(m.step) for m in self.client.get_metric_history(rid, keys[0])), default=0)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
-        rid = self.trial_run(trial)
+        tid = self._queue_trial_run(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        floor = self._step_floor.get(rid)
+        tags: list[Any] = []
+        floor = self._step_floor.get(self.trial_runs[tid]) if tid in self.resumed else None
         if floor is not None:
-            if trial.trial_id not in self._first_after_resume:
+            if tid not in self._first_after_resume:
                 # the first epoch a resumed trial reports: > 1 when it continued from a checkpoint
-                self._first_after_resume.add(trial.trial_id)
-                self._submit(self.client.set_tag, rid, "dlops.resumed_first_epoch", str(step))
+                self._first_after_resume.add(tid)
+                tags.append(RunTag("dlops.resumed_first_epoch", str(step)))
             if step <= floor:  # re-run after a resume from an older checkpoint: already logged
+                if tags:
+                    self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
                 return
-        if trial.trial_id not in self._placed:
+        if tid not in self._placed:
             # where the trial ran: Ray node id (reported by the trainable), host and pid (Tune's)
-            self._placed.add(trial.trial_id)
-            where = {f"dlops.{k}": str(result[k]) for k in ("node_id", "hostname", "pid") if k in result}
-            if where:
-                from mlflow.entities import RunTag
-
-                self._submit(self.client.log_batch, rid, tags=[RunTag(k, v[:5000]) for k, v in where.items()])
+            self._placed.add(tid)
+            tags += [RunTag(f"dlops.{k}", str(result[k])[:5000]) for k in ("node_id", "hostname", "pid") if k in result]
         ts = int(time.time() * 1000)
         metrics = []
         for k, v in result.items():
             if is_logged_metric(k) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 metrics.append(Metric(k, float(v), ts, step))
-        if metrics:
-            self._submit(self.client.log_batch, rid, metrics=metrics)
+        if metrics or tags:  # one call: this epoch's metrics and the tags that came with it
+            self._submit(lambda: self.client.log_batch(self._rid(tid), metrics=metrics, tags=tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        rid = self.trial_run(trial)
+        tid = self._queue_trial_run(trial)
         r = trial.last_result or {}
-        if trial.trial_id in self._already_finished:
+        if tid in self._already_finished:
             self.n_done += 1
+            self._ended.add(tid)
             return
         if self.metric and self.metric in r and not finite(r[self.metric]):
-            self._fail(trial, rid, f"trial reported a non-finite {self.metric}: {r[self.metric]!r}")
+            self._fail(trial, tid, f"trial reported a non-finite {self.metric}: {r[self.metric]!r}")
             return
-        if self.stopping_reason and self._call(self.client.get_run, rid).info.status == "RUNNING" \
-                and not _completed(trial, r):
-            self._submit(self.client.set_tag, rid, "dlops.stopped", self.stopping_reason[:5000])
-            self._submit(self.client.set_terminated, rid, status="KILLED")
+        if self.stopping_reason and not _completed(trial, r):
+            reason = self.stopping_reason[:5000]
+
+            def end_stopped() -> None:  # stopped by the search while it ran: KILLED
+                rid = self._rid(tid)
+                if self.client.get_run(rid).info.status == "RUNNING":
+                    self.client.set_tag(rid, "dlops.stopped", reason)
+                    self.client.set_terminated(rid, status="KILLED")
+                else:
+                    self.client.set_terminated(rid, status="FINISHED")
+
+            self._submit(end_stopped)
         else:
             epochs = trial.config.get(EPOCHS_KEY)
             if epochs is not None and "epoch" in r and int(r["epoch"]) < int(epochs):
                 # stopped by the scheduler (ASHA) inside its stage: it ended as the search meant
                 from mlflow.entities import RunTag
 
-                self._submit(self.client.log_batch, rid, tags=[RunTag("dlops.early_stopped", "true"),
-                                                               RunTag("dlops.last_epoch", str(int(r["epoch"])))])
-            self._submit(self.client.set_terminated, rid, status="FINISHED")
+                tags = [RunTag("dlops.early_stopped", "true"), RunTag("dlops.last_epoch", str(int(r["epoch"])))]
+                self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
+            self._submit(lambda: self.client.set_terminated(self._rid(tid), status="FINISHED"))
+        self._ended.add(tid)
         self.n_done += 1
         if self.progress:
             shown = {k: r.get(k) for k in ("dev/error", "train/error", "latency_ms") if k in r}
             vals = " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
-            self.progress(f"  trial {trial.trial_id} (stage {trial.config.get(STAGE_KEY)}) done: {vals}")
+            self.progress(f"  trial {tid} (stage {trial.config.get(STAGE_KEY)}) done: {vals}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        rid = self.trial_run(trial)
-        self._fail(trial, rid, _error_text(trial, info.get("error")))
+        tid = self._queue_trial_run(trial)
+        self._fail(trial, tid, _error_text(trial, info.get("error")))
 
-    def _fail(self, trial: Any, rid: str, text: str) -> None:
+    def _fail(self, trial: Any, tid: str, text: str) -> None:
         # the exception line (last of a traceback) first: a tag holds 5000 characters at most
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else text
         tag = last if len(text) <= len(last) + 1 else f"{last}\n--- traceback (tail) ---\n{text[-4000:]}"
 
         def write() -> None:
+            rid = self._rid(tid)
             self.client.set_tag(rid, "dlops.error", tag[:5000])
             try:
                 self.client.log_text(rid, text, "error.txt")
@@ -311,6 +359,7 @@ class MlflowTreeCallback(Callback):
             self.client.set_terminated(rid, status="FAILED")
 
         self._submit(write)
+        self._ended.add(tid)
         self.n_done += 1
         self.n_failed += 1
         if self.progress:
@@ -333,6 +382,8 @@ class MlflowTreeCallback(Callback):
             if tid:
                 by_trial[tid] = r.error is None
         for tid, rid in self.trial_runs.items():
+            if tid in self._ended:  # this callback ended it (and the write landed: flush raises otherwise)
+                continue
             if self.client.get_run(rid).info.status != "RUNNING":
                 continue
             status = ("FINISHED" if by_trial[tid] else "FAILED") if tid in by_trial else "KILLED"
