@@ -181,6 +181,8 @@ class StagedPlan:
             res = zoom(tuned, old, self.original, trials, self.metric, self.mode, self.constraints, self.rule)
             intervals = {**old.intervals, **res.box.intervals}
             choices = {**old.choices, **res.box.choices}
+            if self.rule.keep_choices and k + 2 < len(self.stages):
+                choices = dict(old.choices)  # not the last stage yet: every choice stays open
             anchor = {**old.anchor, **res.box.anchor}
             self.boxes.append(Box(intervals, choices, anchor))
             self.zoom_log.append(
@@ -207,7 +209,7 @@ class StagedPlan:
         """The best feasible trial over all stages, or None."""
         from dlops.search.space import select_top
 
-        top = select_top(self.outcomes(), self.metric, self.mode, self.constraints, k=1)
+        top = select_top(self.outcomes(), self.metric, self.mode, self.constraints, k=1, tie_break=self.rule.tie_break)
         return top[0] if top else None
 
     # ---- state ----------------------------------------------------------------------------

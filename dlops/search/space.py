@@ -346,12 +346,22 @@ def select_top(
     constraints: Sequence[Constraint] = (),
     k: int | None = None,
     fraction: float | None = None,
+    tie_break: str | None = None,
+    tie_tolerance: float = 0.0,
 ) -> list[TrialOutcome]:
     """The best feasible trials, best first.
 
     Trials with a NaN/inf/missing optimizing metric or a broken constraint are never selected.
-    Ties keep the order of ``trials`` (stable sort). With ``fraction``, the count is
-    ``ceil(fraction * n_feasible)``; with neither, all feasible trials are returned.
+    Ties keep the order of ``trials`` (stable sort). With ``tie_break`` (a secondary metric,
+    optimised in the same ``mode``; e.g. the dev loss behind a quantised dev error), equal
+    optimizing values are ordered by it first (a trial without a finite ``tie_break`` value
+    ranks after those with one), then by the order of ``trials``. The optimizing metric alone
+    still decides feasibility. With ``tie_tolerance > 0`` (and ``tie_break``), values within
+    ``tie_tolerance`` of the best remaining one count as equal: the trials are picked one at a
+    time, each the best by ``tie_break`` among the remaining trials whose optimizing value is
+    within ``tie_tolerance`` of the remaining best (for a noisy, quantised metric such as a dev
+    error, a difference of one or two dev examples is not evidence). With ``fraction``, the count is ``ceil(fraction * n_feasible)``;
+    with neither, all feasible trials are returned.
 
     Raises:
         ValueError: ``mode`` is not ``min``/``max``, ``k < 1`` or ``fraction`` not in (0, 1].
@@ -364,7 +374,27 @@ def select_top(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     ok = [t for t in trials if is_feasible(t, metric, constraints)]
     sign = 1.0 if mode == "min" else -1.0
-    ok.sort(key=lambda t: sign * float(t.metrics[metric]))
+    if tie_break is None:
+        ok.sort(key=lambda t: sign * float(t.metrics[metric]))
+    else:
+
+        def key(t: TrialOutcome) -> tuple[float, int, float]:
+            tb = t.metrics.get(tie_break)
+            has = _is_finite_number(tb)
+            return sign * float(t.metrics[metric]), 0 if has else 1, sign * float(tb) if has else 0.0
+
+        ok.sort(key=key)
+        if tie_tolerance > 0 and ok:
+            # pick greedily: the best tie-break value among those within the tolerance of the best left
+            rest, picked = list(ok), []
+            want = len(ok) if fraction is not None or k is None else min(k, len(ok))
+            while rest and len(picked) < want:
+                lim = sign * float(rest[0].metrics[metric]) + tie_tolerance
+                near = [t for t in rest if sign * float(t.metrics[metric]) <= lim + 1e-12]
+                t = min(near, key=lambda t: key(t)[1:])
+                picked.append(t)
+                rest.remove(t)
+            ok = picked + rest
     if fraction is not None:
         return ok[: max(1, math.ceil(fraction * len(ok)))] if ok else []
     return ok[:k] if k is not None else ok
@@ -401,6 +431,15 @@ class ZoomRule:
             last stage's; so a stage that found nothing better does not move the box onto a
             worse point. Applied by :class:`dlops.search.plan.StagedPlan`, which decides which
             trials it passes to :func:`zoom`.
+        tie_break: a secondary metric (same ``mode``) that orders trials whose optimizing
+            metric is equal, e.g. ``dev/loss`` behind a quantised ``dev/error``; None: ties keep
+            the order the trials ran in. Used by :func:`zoom` and (exact ties only)
+            :meth:`StagedPlan.best`.
+        tie_tolerance: in :func:`zoom` only, optimizing values within this absolute distance
+            of the best count as tied (see :func:`select_top`); 0: exact ties only.
+        keep_choices: categorical parameters keep all their choices in every zoom stage but
+            the last one (then: the choices of the top trials). With few trials per choice,
+            dropping a choice after one stage is often decided by noise.
     """
 
     kind: Literal["shrink", "box", "adaptive"] = "shrink"
@@ -411,6 +450,9 @@ class ZoomRule:
     min_width: float = 0.05
     edge_tolerance: float = 0.02
     use_history: bool = True
+    tie_break: str | None = None
+    tie_tolerance: float = 0.0
+    keep_choices: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("shrink", "box", "adaptive"):
@@ -423,6 +465,8 @@ class ZoomRule:
             raise ValueError(f"search.zoom.margin must be >= 0, got {self.margin}")
         if not (0 <= self.min_width <= 1):
             raise ValueError(f"search.zoom.min_width must be in [0, 1], got {self.min_width}")
+        if not (self.tie_tolerance >= 0 and math.isfinite(self.tie_tolerance)):
+            raise ValueError(f"search.zoom.tie_tolerance must be a finite number >= 0, got {self.tie_tolerance}")
         if self.top_k < 1:
             raise ValueError(f"search.zoom.top_k must be >= 1, got {self.top_k}")
 
@@ -495,7 +539,10 @@ def zoom(
     unchanged (``reason`` says why); fewer feasible trials than ``top_k`` uses those there are;
     a single distinct value gives an interval of the minimum width around it.
     """
-    top = select_top(trials, metric, mode, constraints, k=rule.top_k, fraction=rule.top_fraction)
+    top = select_top(
+        trials, metric, mode, constraints, k=rule.top_k, fraction=rule.top_fraction, tie_break=rule.tie_break,
+        tie_tolerance=rule.tie_tolerance,
+    )
     if not top:
         return ZoomResult(old, (), (), f"no feasible trial (finite {metric!r}, constraints met): box kept")
     intervals: dict[str, tuple[float, float]] = {}
