@@ -178,6 +178,9 @@ class ZoomConfig(_Model):
     shrink: float = Field(default=0.5, gt=0, le=1)
     min_width: float = Field(default=0.05, ge=0, le=1)
     use_history: bool = True  # centre on the best trial of all stages so far (inside the box)
+    tie_break: Optional[str] = None  # a second metric ordering trials whose optimizing values tie (e.g. dev/loss)
+    tie_tolerance: float = Field(default=0.0, ge=0)  # optimizing values this close count as tied (zoom only)
+    keep_choices: bool = False  # categorical choices stay open until the last stage
 
 
 class ConstraintConfig(_Model):
@@ -357,6 +360,9 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
         raise ConfigError(
             f"{path}: search.metric: no trial reports {s.metric!r}; trials report {sorted(known)}"
         )
+    if s.zoom.tie_break is not None and s.zoom.tie_break not in known:
+        raise ConfigError(f"{path}: search.zoom.tie_break: no trial reports {s.zoom.tie_break!r}; "
+                          f"trials report {sorted(known)}")
     for i, c in enumerate(s.constraints):
         if c.metric not in known:
             raise ConfigError(

@@ -164,7 +164,8 @@ def build_plan(cfg: ProjectConfig) -> Any:
         s.mode,
         [Constraint(c.metric, c.op, c.threshold) for c in s.constraints],
         ZoomRule(kind=s.zoom.kind, top_k=s.zoom.top_k, top_fraction=s.zoom.top_fraction, margin=s.zoom.margin,
-                 shrink=s.zoom.shrink, min_width=s.zoom.min_width, use_history=s.zoom.use_history),
+                 shrink=s.zoom.shrink, min_width=s.zoom.min_width, use_history=s.zoom.use_history,
+                 tie_break=s.zoom.tie_break, tie_tolerance=s.zoom.tie_tolerance, keep_choices=s.zoom.keep_choices),
         seed=cfg.seed,
     )
 
