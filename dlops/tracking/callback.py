@@ -86,6 +86,7 @@ class MlflowTreeCallback(Callback):
         self.stopping_reason: Optional[str] = None  # set when the search is stopped (failure budget)
         self.resumed: set[str] = set()  # trial ids whose run existed before this callback
         self._step_floor: dict[str, int] = {}  # run id -> last step logged (resumed runs)
+        self._logged_step: dict[str, int] = {}  # trial id -> highest step this callback logged
         self._seen: set[str] = set()  # trial ids seen by this callback (params re-logged once)
         self._first_after_resume: set[str] = set()
         self._already_finished: set[str] = set()
@@ -271,7 +272,8 @@ class MlflowTreeCallback(Callback):
         keys = [k for k in run.data.metrics if is_logged_metric(k)]
         if not keys:
             return 0
-        return max((int(m.step) for m in self.client.get_metric_history(rid, keys[0])), default=0)
+        # over every key: a driver killed in the middle of a write may have left part of an epoch
+        return max((int(m.step) for k in keys for m in self.client.get_metric_history(rid, k)), default=0)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric, RunTag
@@ -289,6 +291,10 @@ class MlflowTreeCallback(Callback):
                 if tags:
                     self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
                 return
+        # one value per step and run, whatever Tune replays (a trial restored twice, say)
+        if step <= self._logged_step.get(tid, 0):
+            return
+        self._logged_step[tid] = step
         if tid not in self._placed:
             # where the trial ran: Ray node id (reported by the trainable), host and pid (Tune's)
             self._placed.add(tid)
