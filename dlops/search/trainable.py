@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 CHECKPOINT_FILE = "state.pt"
 SPEC_FILE = "spec.json"
+HISTORY_FILE = "history.json"  # the metrics of every epoch so far
+REPLAY_KEY = "dlops_replay"  # result key: JSON list of the epochs before a restore
 
 
 def trial_spec(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,9 +96,16 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
     unfreeze_epoch = config.get("unfreeze_epoch", payload.get("unfreeze_epoch"))
     start = 0
     ckpt = tune.get_checkpoint()
+    history: list[dict[str, float]] = []  # every epoch's metrics, kept in the checkpoint
+    replay = False
     if ckpt is not None:
         with ckpt.as_directory() as d:
             st = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
+            hp = os.path.join(d, HISTORY_FILE)
+            if os.path.exists(hp):
+                with open(hp) as f:
+                    history = json.load(f)
+                replay = True
         start = int(st["epoch"])
         if unfreeze_epoch is not None and start >= int(unfreeze_epoch):
             unfreeze_at_epoch(model, int(unfreeze_epoch), {int(unfreeze_epoch): "none"})
@@ -142,12 +151,20 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
                 metrics["dev/f1"] = e.f1
         metrics["latency_ms"] = latency_ms(model, ev["dev"][0][:1], device=device)
         metrics["size_mb"] = size_mb(model)
+        if replay:
+            # the first report after a restore carries the epochs before it: a driver killed with
+            # results still queued for MLflow loses none of them (the callback logs what is missing)
+            metrics[REPLAY_KEY] = json.dumps(history)
+            replay = False
+        history.append({k: float(v) for k, v in metrics.items() if k != REPLAY_KEY and isinstance(v, (int, float))})
         metrics["node_id"] = node_id  # which Ray node ran it (a tag in MLflow)
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1},
                        os.path.join(d, CHECKPOINT_FILE))
             with open(os.path.join(d, SPEC_FILE), "w") as f:
                 json.dump(spec, f)
+            with open(os.path.join(d, HISTORY_FILE), "w") as f:
+                json.dump(history, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 

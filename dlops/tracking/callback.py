@@ -35,6 +35,7 @@ or raises (Ctrl-C and failure budget included), and :meth:`open_run_ids`, :meth:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -85,7 +86,7 @@ class MlflowTreeCallback(Callback):
         self.n_failed = 0  # FAILED trial runs of this search, those of a run before a resume included
         self.stopping_reason: Optional[str] = None  # set when the search is stopped (failure budget)
         self.resumed: set[str] = set()  # trial ids whose run existed before this callback
-        self._step_floor: dict[str, int] = {}  # run id -> last step logged (resumed runs)
+        self._step_floor: dict[str, dict[str, int]] = {}  # run id -> {metric: last step logged} (resumed runs)
         self._logged_step: dict[str, int] = {}  # trial id -> highest step this callback logged
         self._seen: set[str] = set()  # trial ids seen by this callback (params re-logged once)
         self._first_after_resume: set[str] = set()
@@ -266,14 +267,13 @@ class MlflowTreeCallback(Callback):
             self._step_floor[rid] = self._call(self._last_step, rid)
             self._submit(self.client.set_tag, rid, "dlops.resumed", "true")
 
-    def _last_step(self, rid: str) -> int:
-        """Highest step logged to ``rid`` (0 when none): results at or below it are not logged again."""
+    def _last_step(self, rid: str) -> dict[str, int]:
+        """Highest step logged to ``rid`` per metric key: a resumed trial logs a (key, step) only
+        above it. Per key, because a driver killed in the middle of a write can leave part of an
+        epoch's metrics in the store: the resumed trial fills in the rest, and nothing twice."""
         run = self.client.get_run(rid)
         keys = [k for k in run.data.metrics if is_logged_metric(k)]
-        if not keys:
-            return 0
-        # over every key: a driver killed in the middle of a write may have left part of an epoch
-        return max((int(m.step) for k in keys for m in self.client.get_metric_history(rid, k)), default=0)
+        return {k: max((int(m.step) for m in self.client.get_metric_history(rid, k)), default=0) for k in keys}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric, RunTag
@@ -281,18 +281,15 @@ class MlflowTreeCallback(Callback):
         tid = self._queue_trial_run(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         tags: list[Any] = []
-        floor = self._step_floor.get(self.trial_runs[tid]) if tid in self.resumed else None
-        if floor is not None:
-            if tid not in self._first_after_resume:
-                # the first epoch a resumed trial reports: > 1 when it continued from a checkpoint
-                self._first_after_resume.add(tid)
-                tags.append(RunTag("dlops.resumed_first_epoch", str(step)))
-            if step <= floor:  # re-run after a resume from an older checkpoint: already logged
-                if tags:
-                    self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
-                return
-        # one value per step and run, whatever Tune replays (a trial restored twice, say)
+        floors = self._step_floor.get(self.trial_runs[tid]) if tid in self.resumed else None
+        if floors is not None and tid not in self._first_after_resume:
+            # the first epoch a resumed trial reports: > 1 when it continued from a checkpoint
+            self._first_after_resume.add(tid)
+            tags.append(RunTag("dlops.resumed_first_epoch", str(step)))
+        # one value per (key, step) and run, whatever Tune replays (a trial restored twice, say)
         if step <= self._logged_step.get(tid, 0):
+            if tags:
+                self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
             return
         self._logged_step[tid] = step
         if tid not in self._placed:
@@ -303,9 +300,27 @@ class MlflowTreeCallback(Callback):
         metrics = []
         for k, v in result.items():
             if is_logged_metric(k) and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if floors is not None and step <= floors.get(k, 0):
+                    continue  # logged before the driver died (re-run from an older checkpoint)
                 metrics.append(Metric(k, float(v), ts, step))
+        replay = result.get("dlops_replay")
+        if isinstance(replay, str):
+            # epochs before a restore (from the trial's checkpoint): log whatever the store lacks,
+            # e.g. results a killed driver still had queued
+            done = self._done_steps(tid, floors)
+            for entry in json.loads(replay):
+                e = int(entry.get("epoch", 0))
+                for k, v in entry.items():
+                    if is_logged_metric(k) and e > done.get(k, 0) and e < step:
+                        metrics.append(Metric(k, float(v), ts, e))
         if metrics or tags:  # one call: this epoch's metrics and the tags that came with it
             self._submit(lambda: self.client.log_batch(self._rid(tid), metrics=metrics, tags=tags))
+
+    def _done_steps(self, tid: str, floors: Optional[dict[str, int]]) -> dict[str, int]:
+        """Per metric, the highest step already in the store for this trial's run."""
+        if floors is not None:
+            return floors
+        return self._call(self._last_step, self.trial_runs[tid])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._queue_trial_run(trial)

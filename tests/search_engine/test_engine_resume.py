@@ -121,4 +121,7 @@ def test_kill_9_in_stage_2_then_resume_continues_the_same_search(project_file: P
         if tid in unfinished and unfinished[tid] >= 2:
             # continued from its checkpoint, not from epoch 1
             first = int(r.data.tags["dlops.resumed_first_epoch"])
-            assert 1 < first <= unfinished[tid] + 1, (tid, first, unfinished[tid])
+            # the checkpoint may be a few epochs ahead of what the killed driver had written to
+            # MLflow (its writes are queued): those epochs are replayed from the checkpoint's
+            # history, and the steps above are 1..N exactly once either way
+            assert 1 < first <= STAGE1_EPOCHS, (tid, first, unfinished[tid])
