@@ -64,20 +64,10 @@ def project(seed: int) -> Any:
 
 
 def pretrain_source(cfg: Any, data: Any, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The source network on the source task, step for step as ``dlops.pipeline.pretrain``."""
-    from dlops.data.transforms import build_transform
-    from dlops.models.transfer import build_model
-    from dlops.train.loop import fit_epoch, make_loader, seed_everything
+    """The source network on the source task, exactly as the main job trains it (no MLflow)."""
+    from dlops.pipeline import train_source_network
 
-    p = cfg.pretrain
-    src_spec = dict(spec, num_classes=len(data.source_classes), class_names=[str(c) for c in data.source_classes])
-    seed_everything(cfg.seed)
-    model = build_model(src_spec)
-    t = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
-    loader = make_loader(data.source.x, data.source.y, t, p.batch_size, shuffle=True, seed=cfg.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
-    for _ in range(p.epochs):
-        fit_epoch(model, loader, opt)
+    model, _ = train_source_network(cfg, data, spec)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

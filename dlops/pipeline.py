@@ -176,16 +176,16 @@ def _constraints(cfg: ProjectConfig) -> list[Any]:
     return [Constraint(c.metric, c.op, c.threshold) for c in cfg.search.constraints]
 
 
-def pretrain(cfg: ProjectConfig, data: Any, spec: dict[str, Any], client: Any, experiment_id: str,
-             out: Callable[[str], None]) -> tuple[dict[str, Any], str]:
-    """Train the source network on the source task; log it as run ``pretrain`` with its model.
+def train_source_network(cfg: ProjectConfig, data: Any, spec: dict[str, Any],
+                         on_epoch: Optional[Callable[[int, float, float], None]] = None) -> tuple[Any, dict[str, Any]]:
+    """Train the source network on the source task (``data.source``), with ``cfg.pretrain``'s
+    SGD settings; no MLflow. ``on_epoch(epoch, train_loss, train_error)`` is called after each
+    epoch (errors as fractions).
 
     Returns:
-        (state_dict of the source network, run id).
+        (the network in eval mode, its model spec).
     """
-    import mlflow
     import torch
-    from mlflow.entities import Metric, Param
 
     from dlops.data.transforms import build_transform
     from dlops.models.transfer import build_model
@@ -197,26 +197,47 @@ def pretrain(cfg: ProjectConfig, data: Any, spec: dict[str, Any], client: Any, e
     model = build_model(src_spec)
     t = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
     loader = make_loader(data.source.x, data.source.y, t, p.batch_size, shuffle=True, seed=cfg.seed)
-    xs = stack_eval(data.source.x, t)
+    xs = stack_eval(data.source.x, t) if on_epoch is not None else None
+    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
+    for epoch in range(p.epochs):
+        loss = fit_epoch(model, loader, opt)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss, evaluate_proba(predict_proba(model, xs), data.source.y).error)
+    model.eval()
+    return model, src_spec
+
+
+def pretrain(cfg: ProjectConfig, data: Any, spec: dict[str, Any], client: Any, experiment_id: str,
+             out: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """Train the source network on the source task; log it as run ``pretrain`` with its model.
+
+    Returns:
+        (state_dict of the source network, run id).
+    """
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    p = cfg.pretrain
     run = client.create_run(experiment_id, run_name="pretrain", tags={TAG_KIND: "pretrain"})
     rid = run.info.run_id
+    last: dict[str, float] = {}
+
+    def log_epoch(epoch: int, loss: float, error: float) -> None:
+        ts = int(time.time() * 1000)
+        client.log_batch(rid, metrics=[Metric("source/train/loss", loss, ts, epoch),
+                                       Metric("source/train/error", error, ts, epoch)])
+        last["error"] = error
+
     try:
         client.log_batch(rid, params=[Param("source_classes", json.dumps(data.source_classes)),
                                       Param("epochs", str(p.epochs)), Param("lr", str(p.lr)),
                                       Param("momentum", str(p.momentum)), Param("batch_size", str(p.batch_size)),
                                       Param("model", spec["name"])])
-        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
-        for epoch in range(p.epochs):
-            loss = fit_epoch(model, loader, opt)
-            e = evaluate_proba(predict_proba(model, xs), data.source.y)
-            ts = int(time.time() * 1000)
-            client.log_batch(rid, metrics=[Metric("source/train/loss", loss, ts, epoch + 1),
-                                           Metric("source/train/error", e.error, ts, epoch + 1)])
-        out(f"  source task {data.source_classes}: train error {e.error:.4f} after {p.epochs} epochs")
-        model.eval()
+        model, src_spec = train_source_network(cfg, data, spec, log_epoch)
+        out(f"  source task {data.source_classes}: train error {last['error']:.4f} after {p.epochs} epochs")
         with _active_run(rid):
-            mlflow.pytorch.log_model(model, name="model", pip_requirements=_pip_requirements(), serialization_format="pickle",
-                                     metadata={"model_spec": src_spec})
+            mlflow.pytorch.log_model(model, name="model", pip_requirements=_pip_requirements(),
+                                     serialization_format="pickle", metadata={"model_spec": src_spec})
         client.set_terminated(rid, "FINISHED")
     except BaseException as exc:
         client.set_terminated(rid, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

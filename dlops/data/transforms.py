@@ -87,13 +87,19 @@ def build_transform(
         raise ValueError(f"mean and std must have the same length (or length 1); got {mean_a.size} and {std_a.size}")
     mean_t = std_t = None  # torch tensors, built on first call (torch imported lazily)
 
-    def transform(image: np.ndarray):
+    def norm_tensors():
         nonlocal mean_t, std_t
         import torch
 
         if mean_t is None:
             mean_t = torch.from_numpy(np.broadcast_to(mean_a, (n_norm,)).copy()).view(-1, 1, 1)
             std_t = torch.from_numpy(np.broadcast_to(std_a, (n_norm,)).copy()).view(-1, 1, 1)
+        return mean_t, std_t
+
+    def transform(image: np.ndarray):
+        import torch
+
+        mean_t, std_t = norm_tensors()
         img = np.asarray(image)
         if img.ndim == 2:
             img = img[:, :, None]
@@ -122,12 +128,9 @@ def build_transform(
     def batch(images: np.ndarray):
         """(B, H, W, C) images -> (B, C, S, S): the same tensor as stacking ``transform`` of each
         image (same ops, batched). Only for transforms without an augmentation policy."""
-        nonlocal mean_t, std_t
         import torch
 
-        if mean_t is None:
-            mean_t = torch.from_numpy(np.broadcast_to(mean_a, (n_norm,)).copy()).view(-1, 1, 1)
-            std_t = torch.from_numpy(np.broadcast_to(std_a, (n_norm,)).copy()).view(-1, 1, 1)
+        mean_t, std_t = norm_tensors()
         img = np.asarray(images)
         if img.ndim == 3:
             img = img[..., None]
