@@ -28,7 +28,13 @@ repeats alternate (dlops, bare, dlops, ...) and the median of each is kept. Targ
 One thread (``torch.set_num_threads(1)``), CPU. The last line printed is one JSON object with the
 headline figures.
 
-Usage: ``python bench/transfer_vs_scratch.py [--seeds 5] [--epochs 30] [--repeats 15]``
+Options for the sensitivity runs recorded in ``bench/README.md`` (the defaults are the headline):
+``--lr`` (all variants), ``--schedule cosine`` (cosine decay of every group's lr over the budget,
+per epoch), ``--train-per-class`` (labelled target examples per class; default the
+``DataConfig`` default, 30).
+
+Usage: ``python bench/transfer_vs_scratch.py [--seeds 5] [--epochs 30] [--repeats 15]
+[--lr 0.05] [--schedule constant|cosine] [--train-per-class 30] [--no-throughput]``
 """
 
 from __future__ import annotations
@@ -52,14 +58,17 @@ VARIANTS = ("scratch", "frozen", "finetune")
 EPOCHS_PER_REPEAT = 3  # epochs timed per throughput repeat
 
 
-def project(seed: int) -> Any:
+def project(seed: int, train_per_class: int | None = None) -> Any:
     """The default example's project (pretrain and model sections) with ``seed``; its data
-    section is the default ``DataConfig``."""
+    section is the default ``DataConfig`` (with ``train_per_class`` labelled target examples per
+    class when given)."""
     from dlops.config import DataConfig, load_config
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "examples" / "digits-transfer.yaml", [f"seed={seed}"])
-    assert cfg.data == DataConfig(), "the example's data section must be the default DataConfig"
+    sets = [f"seed={seed}"] + ([f"data.train_per_class={train_per_class}"] if train_per_class else [])
+    cfg = load_config(root / "examples" / "digits-transfer.yaml", sets)
+    assert cfg.data == DataConfig(**({"train_per_class": train_per_class} if train_per_class else {})), \
+        "the example's data section must be the default DataConfig"
     return cfg
 
 
@@ -72,8 +81,11 @@ def pretrain_source(cfg: Any, data: Any, spec: dict[str, Any]) -> dict[str, torc
 
 
 def train_variant(variant: str, cfg: Any, data: Any, spec: dict[str, Any], source: dict[str, torch.Tensor],
-                  epochs: int) -> tuple[list[float], list[float]]:
-    """Dev error after each epoch and cumulative training seconds after each epoch."""
+                  epochs: int, lr: float = LR, schedule: str = "constant") -> tuple[list[float], list[float]]:
+    """Dev error after each epoch and cumulative training seconds after each epoch.
+
+    ``schedule``: ``constant`` lr, or ``cosine`` (lr * (1 + cos(pi * epoch / epochs)) / 2 at the
+    start of each epoch; Loshchilov & Hutter 2017, SGDR, without restarts)."""
     from dlops.data.transforms import build_transform
     from dlops.models.freeze import param_groups
     from dlops.models.transfer import apply_freeze, build_model, transfer_features
@@ -85,12 +97,16 @@ def train_variant(variant: str, cfg: Any, data: Any, spec: dict[str, Any], sourc
     if variant != "scratch":
         transfer_features(model, source)
     apply_freeze(model, "backbone" if variant == "frozen" else "none")
-    opt = torch.optim.SGD(param_groups(model, LR, 1.0), lr=LR, momentum=MOMENTUM)
+    opt = torch.optim.SGD(param_groups(model, lr, 1.0), lr=lr, momentum=MOMENTUM)
+    base = [g["lr"] for g in opt.param_groups]
     t_train = build_transform("none", 0.0, spec["image_size"], spec["mean"], spec["std"], train=True)
     t_eval = build_transform("none", 0.0, spec["image_size"], spec["mean"], spec["std"], train=False)
     xdev = stack_eval(data.dev.x, t_eval)
     errs, secs, total = [], [], 0.0
     for epoch in range(epochs):
+        if schedule == "cosine":
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
         t0 = time.perf_counter()
         loader = make_loader(data.train.x, data.train.y, t_train, BATCH, shuffle=True, seed=seed + epoch)
         fit_epoch(model, loader, opt)
@@ -107,19 +123,20 @@ def first_reach(errs: list[float], target: float) -> int | None:
     return None
 
 
-def part_transfer(seeds: int, epochs: int) -> dict[str, Any]:
+def part_transfer(seeds: int, epochs: int, lr: float = LR, schedule: str = "constant",
+                  train_per_class: int | None = None) -> dict[str, Any]:
     from dlops.data.sources import load_task
     from dlops.pipeline import make_spec
 
     rows = []
     for s in range(seeds):
-        cfg = project(s)
+        cfg = project(s, train_per_class)
         data = load_task(cfg.data, cfg.seed, cfg.task)
         spec = make_spec(cfg, data)
         t0 = time.perf_counter()
         source = pretrain_source(cfg, data, spec)
         pre_s = time.perf_counter() - t0
-        curves = {v: train_variant(v, cfg, data, spec, source, epochs) for v in VARIANTS}
+        curves = {v: train_variant(v, cfg, data, spec, source, epochs, lr, schedule) for v in VARIANTS}
         target = curves["scratch"][0][-1]
         row: dict[str, Any] = {"seed": s, "target": target, "pretrain_s": pre_s}
         for v in VARIANTS:
@@ -230,18 +247,24 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--train-per-class", type=int, default=None)
+    ap.add_argument("--no-throughput", action="store_true", help="skip part 2")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    tr = part_transfer(args.seeds, args.epochs)
-    tp = part_throughput(args.repeats)
+    tr = part_transfer(args.seeds, args.epochs, args.lr, args.schedule, args.train_per_class)
+    tp = part_throughput(args.repeats) if not args.no_throughput else {"ratio": math.nan, "images_per_s_dlops": math.nan,
+                                                                       "images_per_s_bare": math.nan}
     scratch_ep = tr["scratch"]["epochs"]
     best_transfer = min(tr["frozen"]["epochs"], tr["finetune"]["epochs"])
     # the target read two ways: a third of scratch's budget, and a third of the epochs scratch
     # itself needed to first reach its final error
     out = {
         "bench": "transfer_vs_scratch", "seeds": args.seeds, "budget_epochs": args.epochs,
-        "lr": LR, "momentum": MOMENTUM, "batch_size": BATCH,
+        "lr": args.lr, "schedule": args.schedule, "momentum": MOMENTUM, "batch_size": BATCH,
+        "train_per_class": args.train_per_class or 30,
         "target_dev_error": round(tr["target_dev_error"], 4),
         "epochs_to_target": {v: tr[v]["epochs"] for v in VARIANTS},
         "train_s_to_target": {v: round(tr[v]["seconds"], 4) for v in VARIANTS},
@@ -250,9 +273,10 @@ def main() -> int:
         "transfer_epochs_over_budget": {v: round(tr[v]["epochs"] / args.epochs, 3) for v in ("frozen", "finetune")},
         "transfer_within_third_of_budget": bool(best_transfer <= args.epochs / 3),
         "transfer_within_third_of_scratch_epochs": bool(best_transfer <= scratch_ep / 3),
-        "throughput_ratio": round(tp["ratio"], 3),
-        "images_per_s": {"dlops": round(tp["images_per_s_dlops"]), "bare": round(tp["images_per_s_bare"])},
-        "target_throughput_ratio_0_9": bool(tp["ratio"] >= 0.9),
+        "throughput_ratio": round(tp["ratio"], 3) if not args.no_throughput else None,
+        "images_per_s": ({"dlops": round(tp["images_per_s_dlops"]), "bare": round(tp["images_per_s_bare"])}
+                         if not args.no_throughput else None),
+        "target_throughput_ratio_0_9": bool(tp["ratio"] >= 0.9) if not args.no_throughput else None,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(out))
