@@ -229,8 +229,14 @@ class RegistryConfig(_Model):
 
 
 class EnsembleConfig(_Model):
+    """The ensemble of the ``top_k`` best feasible trials (probabilities averaged), with optional
+    test-time augmentation: ``tta`` one of ``none``, ``flip``, ``five_crop``, ``ten_crop`` (see
+    ``dlops_plugins.ensemble.tta``), ``crop_fraction`` the crop side over the image side."""
+
     enabled: bool = True
     top_k: int = Field(default=3, ge=1, le=15)
+    tta: Literal["none", "flip", "five_crop", "ten_crop"] = "none"
+    crop_fraction: float = Field(default=0.875, gt=0, le=1)
 
 
 class ReportConfig(_Model):

@@ -675,10 +675,13 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
         top = select_top(plan.outcomes(), cfg.search.metric, cfg.search.mode, _constraints(cfg), k=k)
         if cfg.ensemble.enabled and len(top) >= 2:
             from dlops_plugins.ensemble.average import average_probabilities
+            from dlops_plugins.ensemble.tta import predict_tta
 
             builder = get_registry().get("ensemble_servers", "average")
             members = [load_member(t.trial_id) for t in top]
-            member_probs = {s: np.stack([predict_proba(m, xs[s], task=task) for m, _, _ in members])
+            tta = {"tta": cfg.ensemble.tta, "crop_fraction": cfg.ensemble.crop_fraction}
+            member_probs = {s: np.stack([predict_tta(lambda v, m=m: predict_proba(m, v, task=task), xs[s],
+                                                     tta["tta"], tta["crop_fraction"]) for m, _, _ in members])
                             for s in ("dev", "test")}
             ens = {s: evaluate_task(average_probabilities(member_probs[s]), splits[s].y, task) for s in ("dev", "test")}
             erun = client.create_run(exp_id, run_name="ensemble",
@@ -687,7 +690,8 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
             open_runs.append(erid)
             ts = int(time.time() * 1000)
             client.log_batch(erid, params=[Param("members", json.dumps([t.trial_id for t in top])),
-                                           Param("top_k", str(k)), Param("combine", "mean of class probabilities")],
+                                           Param("top_k", str(k)), Param("combine", "mean of class probabilities"),
+                                           Param("tta", tta["tta"]), Param("crop_fraction", str(tta["crop_fraction"]))],
                              metrics=[Metric("dev/error", ens["dev"].error, ts, 0),
                                       Metric("test/error", ens["test"].error, ts, 0),
                                       Metric("single_best/test/error", metrics["test/error"], ts, 0)])
@@ -696,9 +700,9 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
                 einfo = mlflow.pyfunc.log_model(
                     name="ensemble", python_model=builder.python_model(),
                     artifacts={f"member_{i}": p for i, (_, _, p) in enumerate(members)},
-                    signature=ens_sig, pip_requirements=_pip_requirements(),
+                    signature=ens_sig, pip_requirements=_pip_requirements(), model_config=tta,
                     metadata={"model_spec": mspec, "class_index": class_index,
-                              "members": [t.trial_id for t in top]},
+                              "members": [t.trial_id for t in top], **tta},
                 )
             emetrics = {"dev/error": ens["dev"].error, "test/error": ens["test"].error}
             epromo = register_and_promote(client, einfo.model_uri, cfg.ensemble_name, emetrics, cfg.search.metric,
@@ -710,7 +714,8 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
             summary.ensemble_uri = f"models:/{epromo.name}@{CHAMPION_OR(epromo)}"
             summary.ensemble_test_error = ens["test"].error
             summary.ensemble_members = [t.trial_id for t in top]
-            out(f"  ensemble of {len(top)}: test error {ens['test'].error:.4f} vs best single {metrics['test/error']:.4f}; "
+            with_tta = "" if tta["tta"] == "none" else f" with {tta['tta']} TTA"
+            out(f"  ensemble of {len(top)}{with_tta}: test error {ens['test'].error:.4f} vs best single {metrics['test/error']:.4f}; "
                 f"registered {epromo.name} version {epromo.version} with aliases {list(epromo.aliases)} ({epromo.reason})")
         else:
             out(f"  ensemble skipped ({'disabled' if not cfg.ensemble.enabled else 'fewer than 2 feasible trials'})")

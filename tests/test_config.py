@@ -55,6 +55,8 @@ def test_set_overrides_any_key():
         ("model.weights=/no/such/weights.pt", "model.weights", "/no/such/weights.pt"),
         ("data.target_classes=[5, 5, 6]", "target_classes", "twice"),
         ("seed=true", "seed", "True"),
+        ("ensemble.tta=mirror", "ensemble.tta", "mirror"),
+        ("ensemble.crop_fraction=0", "ensemble.crop_fraction", "0"),
     ],
 )
 def test_bad_file_exit_2_names_key_and_nothing_logged(tmp_path: Path, override: str, key: str, value: str):

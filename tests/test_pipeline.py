@@ -227,6 +227,7 @@ def test_ensemble_registered_as_pyfunc_and_averages(job):
             if r.data.tags["mlflow.parentRunId"] == s.search_run_id][0]
     assert erun.data.metrics["test/error"] == pytest.approx(s.ensemble_test_error)
     assert json.loads(erun.data.params["members"]) == s.ensemble_members
+    assert erun.data.params["tta"] == "none"  # the default: no test-time augmentation
 
 
 def test_second_run_is_challenger_and_gate_decides_champion(job):

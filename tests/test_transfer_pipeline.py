@@ -90,7 +90,8 @@ def folder_job(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     sets = [f"data.target_dir={target}", "data.source_dir=null", "data.target_train_share=0.5", "data.dev_share=0.25",
             "data.image_size=16", f"model.weights={weights}", "model.freeze=backbone", STAGES,
-            f"ray.storage_path={d}/ray_results", "ray.num_cpus=2", "report.reporters=[bias_variance]"]
+            f"ray.storage_path={d}/ray_results", "ray.num_cpus=2", "report.reporters=[bias_variance]",
+            "ensemble.tta=ten_crop", "ensemble.crop_fraction=0.75"]
     cmd = [sys.executable, "-m", "dlops.cli", "run", str(REPO / "examples" / "imagefolder-transfer.yaml"),
            "--tracking-uri", uri]
     for s in sets:
@@ -148,6 +149,29 @@ def test_image_folder_with_broken_files_trains_and_names_them(folder_job):
     pyf = mlflow.pyfunc.load_model(uri)
     p = np.asarray(pyf.predict(np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)))
     assert p.shape == (2, 5)
+
+
+def test_ensemble_with_ten_crop_tta_is_registered_with_its_config(folder_job):
+    """An image-folder run with ``ensemble.tta=ten_crop``: the ensemble run records the TTA
+    settings, the registered pyfunc carries them, and its output is the mean over 10 views
+    (differs from the same members without TTA)."""
+    import mlflow
+
+    assert folder_job["proc"].returncode == 0, folder_job["proc"].stderr[-3000:]
+    assert "with ten_crop TTA" in folder_job["proc"].stderr  # the progress lines
+    c = folder_job["client"]
+    erun = c.search_runs([c.get_experiment_by_name(folder_job["name"]).experiment_id],
+                         "tags.`dlops.kind` = 'ensemble'")[0]
+    assert erun.data.params["tta"] == "ten_crop" and erun.data.params["crop_fraction"] == "0.75"
+    mlflow.set_tracking_uri(folder_job["uri"])
+    uri = "models:/imagefolder-transfer-ensemble@challenger"
+    assert mlflow.models.get_model_info(uri).metadata["tta"] == "ten_crop"
+    x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    p = np.asarray(mlflow.pyfunc.load_model(uri).predict(x))
+    plain = np.asarray(mlflow.pyfunc.load_model(uri, model_config={"tta": "none"}).predict(x))
+    assert p.shape == plain.shape == (3, 5)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert not np.allclose(p, plain)
 
 
 def test_frozen_backbone_is_bitwise_unchanged_after_training(folder_job):

@@ -1,0 +1,92 @@
+"""Test-time augmentation (TTA): predict on several views of each image and average.
+
+Practice: Krizhevsky et al. 2012 (AlexNet) averaged the softmax of 10 patches per test image:
+the four corner crops and the centre crop, and their horizontal mirrors; Ng, *Structuring ML
+Projects*, "Tips for doing well on benchmarks" (multi-crop at test time). Here the input is
+already preprocessed at the model's size, so each crop (``crop_fraction`` of the side) is resized
+back to that size (bilinear, antialiased), as multi-scale TTA implementations do.
+
+Modes (``TTA_MODES``), views per image:
+
+* ``none``: 1 (the image itself);
+* ``flip``: 2 (the image and its horizontal mirror);
+* ``five_crop``: 5 (4 corners + centre);
+* ``ten_crop``: 10 (the five crops of the image and of its mirror).
+
+Mirroring changes the meaning of some images (digits, text): use ``none`` or ``five_crop`` there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+TTA_MODES = ("none", "flip", "five_crop", "ten_crop")
+VIEWS = {"none": 1, "flip": 2, "five_crop": 5, "ten_crop": 10}
+
+
+def check_tta(mode: str, crop_fraction: float) -> None:
+    """Raises ValueError naming the bad value: ``mode`` not in :data:`TTA_MODES`, or
+    ``crop_fraction`` outside (0, 1]."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"ensemble.tta: unknown mode {mode!r}; supported: {', '.join(TTA_MODES)}")
+    if not 0.0 < float(crop_fraction) <= 1.0:
+        raise ValueError(f"ensemble.crop_fraction must be in (0, 1], got {crop_fraction}")
+
+
+def tta_views(x: Any, mode: str = "none", crop_fraction: float = 0.875) -> Any:
+    """The views of a batch.
+
+    Args:
+        x: torch tensor (N, C, H, W), preprocessed as in training.
+        mode: one of :data:`TTA_MODES`.
+        crop_fraction: crop side / image side for the crop modes (fraction, (0, 1]); the crop side
+            is ``max(1, round(fraction * side))`` per axis.
+
+    Returns:
+        Tensor (V, N, C, H, W), V = ``VIEWS[mode]``; view 0 is ``x`` itself for ``none`` and
+        ``flip``, the top-left crop for the crop modes (torchvision's ``five_crop`` order: top-left,
+        top-right, bottom-left, bottom-right, centre; ``ten_crop`` then the same five crops of the
+        mirrored image).
+
+    Raises:
+        ValueError: a bad ``mode`` or ``crop_fraction``, or ``x`` not 4-D.
+    """
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    check_tta(mode, crop_fraction)
+    if x.ndim != 4:
+        raise ValueError(f"tta_views: x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if mode == "none":
+        return x.unsqueeze(0)
+    if mode == "flip":
+        return torch.stack([x, F.horizontal_flip(x)])
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    size = [max(1, round(crop_fraction * h)), max(1, round(crop_fraction * w))]
+    crops = F.ten_crop(x, size) if mode == "ten_crop" else F.five_crop(x, size)
+    return torch.stack([F.resize(c, [h, w], antialias=True) if (c.shape[-2], c.shape[-1]) != (h, w) else c
+                        for c in crops])
+
+
+def predict_tta(predict: Callable[[Any], np.ndarray], x: Any, mode: str = "none",
+                crop_fraction: float = 0.875) -> np.ndarray:
+    """Mean of ``predict`` over the views of ``x``.
+
+    Args:
+        predict: maps a tensor (N, C, H, W) to probabilities (N, K) (softmax rows or per-label
+            sigmoids).
+        x: tensor (N, C, H, W).
+        mode, crop_fraction: see :func:`tta_views`.
+
+    Returns:
+        (N, K) float64 mean probabilities over the views (the mean of softmax rows still sums to 1).
+
+    Raises:
+        ValueError: as :func:`tta_views`.
+    """
+    from dlops_plugins.ensemble.average import average_probabilities
+
+    views = tta_views(x, mode, crop_fraction)
+    return average_probabilities(np.stack([np.asarray(predict(v)) for v in views]))
