@@ -99,6 +99,64 @@ def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Op
         _fail(str(exc))
 
 
+@main.command()
+@click.argument("model_uri")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI holding the registry (default: sqlite:///mlflow.db in the working directory).")
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
+              help="Ray cluster address (default: a local Ray on 127.0.0.1).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP proxy listens on. Ray has no authentication: keep 127.0.0.1 unless a "
+                   "reverse proxy with authentication is in front.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--route-prefix", default="/", show_default=True)
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--num-cpus", default=1.0, show_default=True, type=float, help="CPUs per replica.")
+@click.option("--tta", default=None, type=click.Choice(["none", "flip", "five_crop", "ten_crop"]),
+              help="Test-time augmentation (default: the ensemble's own setting; none for a single model).")
+@click.option("--crop-fraction", default=0.875, show_default=True, type=float)
+def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str], host: str, port: int,
+          route_prefix: str, replicas: int, num_cpus: float, tta: Optional[str], crop_fraction: float) -> None:
+    """Serve MODEL_URI (models:/NAME@ALIAS or models:/NAME/VERSION, a single model or an
+    ensemble) over HTTP with Ray Serve until Ctrl-C. GET describes the model; POST
+    {"inputs": (N, C, H, W)} returns probabilities and predictions."""
+    import time
+
+    from dlops.serving import ServeError, check_options, resolve_model
+    from dlops.tracking.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, None)
+    try:
+        check_options(replicas, num_cpus, tta, crop_fraction)
+        ref = resolve_model(model_uri, uri)
+    except ServeError as exc:
+        _fail(str(exc))
+    try:
+        from ray import serve as ray_serve
+    except ImportError as exc:
+        _fail(f"dlops serve needs Ray Serve: pip install 'dlops[serve]' ({exc})")
+
+    from dlops.pipeline import init_ray
+    from dlops.serving import start
+
+    init_ray(ray_address, None, None)
+    try:
+        start(ref, uri, host=host, port=port, route_prefix=route_prefix, replicas=replicas, num_cpus=num_cpus,
+              tta=tta, crop_fraction=crop_fraction, loopback=not ray_address)
+        click.echo(f"serving {ref.kind} model {ref.name} version {ref.version} ({model_uri}) at "
+                   f"http://{host}:{port}{route_prefix}  (Ctrl-C to stop)", err=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopping", err=True)
+        sys.exit(130)
+    finally:
+        try:
+            ray_serve.shutdown()
+        except Exception:  # noqa: BLE001  (Ray may already be down)
+            pass
+
+
 @main.group()
 def plugins() -> None:
     """Inspect plugins."""

@@ -1,0 +1,223 @@
+"""`dlops serve`: a registered model (the champion of a real dlops run) and its ensemble served by
+Ray Serve over HTTP, in a subprocess, as a user runs it. Real Ray, real Serve, real MLflow
+(SQLite). Checks: predictions equal the registered model's own, test-time augmentation of the
+ensemble, HTTP 400 naming the field for bad input, nothing listening beyond loopback, Ctrl-C
+exits 130 and closes the port; bad arguments exit 2 before anything starts and create nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlops_testing import EXAMPLE, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _dlops(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listeners() -> set[tuple[str, int]]:
+    """Every TCP socket in LISTEN state on this machine whose address is not loopback
+    (from /proc/net/tcp and tcp6; addresses as hex, as the kernel writes them)."""
+    out = set()
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state != "0A":  # LISTEN
+                continue
+            addr, port = local.split(":")
+            loopback = (addr == "0100007F"  # 127.0.0.1 (little-endian)
+                        or addr.endswith("7F")  # 127.x.y.z
+                        or addr == "00000000000000000000000001000000"  # ::1
+                        or (addr.startswith("0000000000000000FFFF0000") and addr.endswith("7F")))  # ::ffff:127.x
+            if not loopback:
+                out.add((addr, int(port, 16)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny dlops run: a champion model and an ensemble in a SQLite store."""
+    from dlops.config import load_config
+    from dlops.pipeline import run_project
+
+    d = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{d}/mlflow.db"
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        cfg = load_config(EXAMPLE, TINY + [f"tracking.uri={uri}", f"ray.storage_path={d}/ray_results",
+                                           "ray.num_cpus=2", "report.reporters=[bias_variance]"])
+        summary = run_project(cfg, out=lambda s: None)
+    finally:
+        os.chdir(old)
+    return {"dir": d, "uri": uri, "cfg": cfg, "summary": summary}
+
+
+def _digits(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Target-task digits (5-9), preprocessed as the small CNN's spec says (mean = std = 0.5)."""
+    from dlops.data.digits import load_digits_arrays
+
+    x, y = load_digits_arrays()
+    keep = np.isin(y, [5, 6, 7, 8, 9])
+    x, y = x[keep][:n], y[keep][:n]
+    xt = ((x.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(xt), y
+
+
+class Server:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = subprocess.Popen([sys.executable, "-m", "dlops.cli", "serve", *args, "--port", str(self.port)],
+                                     cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dlops serve exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        raise AssertionError("dlops serve did not answer in time")
+
+    def get(self) -> dict:
+        return json.loads(urllib.request.urlopen(self.url, timeout=30).read())
+
+    def post(self, body: object) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            r = urllib.request.urlopen(req, timeout=60)
+            return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def test_serve_champion_predicts_like_the_registered_model(store):
+    import mlflow
+    import torch
+
+    cfg = store["cfg"]
+    before = _listeners()
+    srv = Server([f"models:/{cfg.model_name}@champion", "--tracking-uri", store["uri"]], store["dir"])
+    try:
+        srv.wait_ready()
+        info = srv.get()
+        assert info["kind"] == "single" and info["name"] == cfg.model_name and info["version"] == "1"
+        assert info["classes"] == ["5", "6", "7", "8", "9"] and info["input_shape"] == [1, 8, 8]
+        x, y = _digits()
+        status, out = srv.post({"inputs": x.tolist()})
+        assert status == 200, out
+        # the registered version's own outputs, loaded here with MLflow
+        mlflow.set_tracking_uri(store["uri"])
+        model = mlflow.pytorch.load_model(f"models:/{cfg.model_name}/1").eval()
+        with torch.no_grad():
+            ref = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+        np.testing.assert_allclose(np.asarray(out["probabilities"]), ref, rtol=1e-4, atol=1e-6)
+        assert out["predictions"] == [str(5 + int(i)) for i in ref.argmax(1)]
+        assert np.mean(np.asarray(out["predictions"]).astype(int) == y) > 0.5  # a trained model, not chance
+        # bad input: 400 naming the field and the expected shape; the server keeps serving
+        status, err = srv.post({"inputs": [[1.0, 2.0]]})
+        assert status == 400 and "inputs" in err["error"] and "(N, 1, 8, 8)" in err["error"]
+        status, err = srv.post({"images": x.tolist()})
+        assert status == 400 and "inputs" in err["error"]
+        assert srv.post({"inputs": x[:1].tolist()})[0] == 200
+        # nothing new listens beyond loopback: the HTTP proxy, Ray and the replica's gRPC server
+        assert _listeners() - before == set()
+        assert srv.interrupt() == 130
+    finally:
+        srv.kill()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(srv.url, timeout=3)
+
+
+def test_serve_ensemble_with_ten_crop_tta(store):
+    import mlflow
+
+    cfg = store["cfg"]
+    srv = Server([f"models:/{cfg.ensemble_name}@challenger", "--tracking-uri", store["uri"], "--tta", "ten_crop",
+                  "--crop-fraction", "0.75"], store["dir"])
+    try:
+        srv.wait_ready()
+        info = srv.get()
+        assert info["kind"] == "ensemble" and info["tta"] == "ten_crop"
+        x, _ = _digits(6)
+        status, out = srv.post({"inputs": x.tolist()})
+        assert status == 200, out
+        mlflow.set_tracking_uri(store["uri"])
+        uri = f"models:/{cfg.ensemble_name}/1"
+        tta = mlflow.pyfunc.load_model(uri, model_config={"tta": "ten_crop", "crop_fraction": 0.75}).predict(x)
+        plain = mlflow.pyfunc.load_model(uri).predict(x)  # registered with tta none (the default)
+        p = np.asarray(out["probabilities"])
+        np.testing.assert_allclose(p, tta, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(p, plain)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    finally:
+        srv.kill()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["models:/nope@champion"], "nope@champion"),
+    (["runs:/abc/model"], "MODEL_URI"),
+    (["models:/x@champion", "--crop-fraction", "0"], "--crop-fraction"),
+    (["models:/x@champion", "--tta", "mirror"], "mirror"),
+    (["models:/x@champion", "--replicas", "0"], "--replicas"),
+])
+def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
+    r = _dlops(["serve", *args, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store created, no Ray started here
+
+
+def test_serve_unknown_model_in_an_existing_store_exits_2(store):
+    r = _dlops(["serve", "models:/digits-transfer@nosuchalias", "--tracking-uri", store["uri"]], store["dir"])
+    assert r.returncode == 2 and "nosuchalias" in r.stderr and store["uri"] in r.stderr
