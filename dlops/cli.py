@@ -100,6 +100,47 @@ def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Op
 
 
 @main.command()
+@click.argument("project_file", type=click.Path(dir_okay=False))
+@click.option("--address", envvar="RAY_JOBS_ADDRESS", required=True, metavar="URL",
+              help="The cluster's Ray Jobs API, e.g. http://head:8265 (env RAY_JOBS_ADDRESS).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="As for dlops run; repeatable.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="A tracking server the cluster reaches (an absolute sqlite:////path only for a cluster on "
+                   "this machine). Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI.")
+@click.option("--resume", is_flag=True, default=False, help="Pass --resume to the job.")
+@click.option("--no-wait", is_flag=True, default=False, help="Submit and return; do not follow the logs.")
+def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking_uri: Optional[str], resume: bool,
+           no_wait: bool) -> None:
+    """Submit the main job of PROJECT_FILE to a Ray cluster (Ray Jobs API) and follow its logs.
+
+    The project file's folder is the job's working dir (run outputs excluded). Exit code: the
+    job's (0 succeeded, 1 failed); 2 for a bad file or an unreachable tracking store, before
+    anything is submitted. Ctrl-C stops following; the job keeps running."""
+    from dlops.config import ConfigError, load_config
+    from dlops.submit import SubmitError, exit_code, submit as submit_job, wait
+    from dlops.tracking.store import resolve_tracking_uri
+
+    try:
+        cfg = load_config(project_file, list(overrides))
+        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+        sub = submit_job(project_file, list(overrides), address, uri, resume=resume)
+    except (ConfigError, SubmitError) as exc:
+        _fail(str(exc))
+    click.echo(f"submitted {sub.submission_id} to {address}: {sub.entrypoint}", err=True)
+    if no_wait:
+        click.echo(sub.submission_id)
+        return
+    try:
+        status = wait(sub, out=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"stopped following; the job keeps running (ray job stop --address {address} "
+                   f"{sub.submission_id})", err=True)
+        sys.exit(130)
+    click.echo(f"job {sub.submission_id}: {status}", err=True)
+    sys.exit(exit_code(status))
+
+
+@main.command()
 @click.argument("model_uri")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI holding the registry (default: sqlite:///mlflow.db in the working directory).")

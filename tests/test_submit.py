@@ -1,0 +1,156 @@
+"""`dlops submit`: the main job submitted through Ray's Jobs API to a real Ray head started with
+`ray start --head` on this machine (loopback, dashboard on 127.0.0.1), into a real MLflow store
+(SQLite). Bad input exits 2 before anything is submitted; the pure rules (tracking URI, outputs,
+entrypoint) are checked directly."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dlops.submit import (SubmitError, build_entrypoint, exit_code, is_loopback_address, job_tracking_uri,
+                          local_outputs, submission_id)
+from dlops_testing import EXAMPLE, TINY
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the head's python: this one
+    return env
+
+
+def _dlops(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loopback_addresses():
+    assert is_loopback_address("http://127.0.0.1:8265") and is_loopback_address("localhost:8265")
+    assert is_loopback_address("http://[::1]:8265")
+    assert not is_loopback_address("http://head.example:8265") and not is_loopback_address("http://10.0.0.5:8265")
+
+
+def test_tracking_uri_rules():
+    assert job_tracking_uri("http://mlflow:5000", "http://head:8265") == "http://mlflow:5000"
+    assert job_tracking_uri("sqlite:////abs/m.db", "http://127.0.0.1:8265") == "sqlite:////abs/m.db"
+    with pytest.raises(SubmitError, match="--tracking-uri.*cannot reach"):
+        job_tracking_uri("sqlite:////abs/m.db", "http://head:8265")
+    with pytest.raises(SubmitError, match="relative"):
+        job_tracking_uri("sqlite:///m.db", "http://127.0.0.1:8265")
+
+
+def test_entrypoint_quotes_overrides_and_ids_are_unique():
+    e = build_entrypoint("p.yaml", ["search.stages=[{trials: 2}]", "seed=1"], "http://m:5000", resume=True)
+    assert shlex.split(e) == ["python", "-m", "dlops.cli", "run", "p.yaml", "--set", "search.stages=[{trials: 2}]",
+                              "--set", "seed=1", "--tracking-uri", "http://m:5000", "--resume"]
+    a, b = submission_id("my project", 0.0), submission_id("my project", 0.0)
+    assert a.startswith("dlops-my-project-19700101-000000-") and a != b
+    assert [exit_code(s) for s in ("SUCCEEDED", "FAILED", "STOPPED")] == [0, 1, 130]
+
+
+def test_local_outputs_stay_in_the_working_directory(tmp_path):
+    from dlops.config import load_config
+
+    cfg = load_config(EXAMPLE, [])
+    got = local_outputs(cfg, "sqlite:////x/m.db", "http://127.0.0.1:8265", cwd=tmp_path)
+    assert got == [f"ray.storage_path={tmp_path / 'ray_results'}",
+                   f"tracking.artifact_location={(tmp_path / 'mlartifacts').as_uri()}"]
+    assert local_outputs(cfg, "http://m:5000", "http://head:8265", cwd=tmp_path) == []
+    cfg2 = load_config(EXAMPLE, ["ray.storage_path=s3://bucket/rr"])
+    assert local_outputs(cfg2, "http://m:5000", "http://127.0.0.1:8265", cwd=tmp_path) == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "search.spcae={}"], "search.spcae"),
+    (["--tracking-uri", "sqlite:////tmp/x.db", "--address", "http://head.example:8265"], "--tracking-uri"),
+    (["--address", "http://127.0.0.1:9"], "cannot reach"),
+])
+def test_bad_input_exits_2_and_submits_nothing(tmp_path, args, needle):
+    proj = tmp_path / "project.yaml"
+    shutil.copy(EXAMPLE, proj)
+    base = ["--address", "http://127.0.0.1:9", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    r = _dlops(["submit", str(proj), *base, *args], tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project.yaml"]
+
+
+@pytest.mark.slow
+def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
+    from mlflow import MlflowClient
+
+    proj = tmp_path / "project.yaml"
+    shutil.copy(EXAMPLE, proj)
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats", "--block"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        t0 = time.time()
+        while True:  # the Jobs API answers once the dashboard is up
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
+                break
+            except Exception:  # noqa: BLE001
+                assert head.poll() is None, head.stdout.read()[-3000:]
+                assert time.time() - t0 < 120, "the Ray head did not come up"
+                time.sleep(1)
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        sets = []
+        for s in TINY:
+            sets += ["--set", s]
+        r = _dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, *sets], tmp_path, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "SUCCEEDED" in r.stderr and "== dlops run: summary ==" in r.stdout  # the job's logs, followed
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        exp = c.get_experiment_by_name("digits-transfer")
+        runs = c.search_runs([exp.experiment_id])
+        assert runs and {x.info.status for x in runs} == {"FINISHED"}
+        assert c.get_model_version_by_alias("digits-transfer", "champion").version is not None
+        # outputs where `dlops run` would put them, not in the job's uploaded copy of the folder
+        assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
+        assert (tmp_path / "ray_results").is_dir() and (tmp_path / "mlartifacts").is_dir()
+        # --no-wait prints the submission id and returns at once
+        r2 = _dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, "--no-wait",
+                     "--set", "search.stages=[{trials: 1, epochs: 1}]", "--set", "ensemble.enabled=false"], tmp_path)
+        assert r2.returncode == 0, r2.stderr
+        sid = r2.stdout.strip().splitlines()[-1]
+        assert sid.startswith("dlops-digits-transfer-")
+        from dlops.submit import Submission, use_local_token, wait
+
+        use_local_token()
+        status = wait(Submission(sid, address, "", str(tmp_path)), out=lambda s: None, timeout_s=300)
+        assert status == "SUCCEEDED"
+    finally:
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)  # use_local_token() set it for this process
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
