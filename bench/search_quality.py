@@ -42,7 +42,7 @@ scale (``beta = 1 - 10**r``, ``r in [-3, -1]``), alternating; ``r`` is mapped li
 function's domain. So the methods search ``lr`` and ``beta`` and only a search in the right scale
 sees the functions' usual shape.
 
-Adding an objective (e.g. the real digits trainable, 3 seeds): build a :class:`Objective` with
+Adding an objective (e.g. the real digits trainable, 12 seeds): build a :class:`Objective` with
 ``params`` (a list of :class:`dlops.search.space.Param`) and ``evaluate(config, epochs, seed) ->
 float`` (the value to minimise after ``epochs`` epochs; a training run would train ``epochs``
 epochs and return ``dev/error``), optionally ``seeds`` (overrides ``--seeds``) and ``budgets``,
@@ -299,10 +299,15 @@ class DigitsTransfer:
         return {METRIC: float(ev.error), TIE_METRIC: loss if math.isfinite(loss) else math.inf}
 
 
+#: paired seeds of the digits objective: 12, so that ">= 75% of seeds" is 9 of 12 (the dev error
+#: is quantised and noisy; with 3 seeds one seed is a third of a rate)
+DIGITS_SEEDS = 12
+
+
 def digits_objective() -> Objective:
-    """The digits transfer objective (3 seeds, budgets 16, 32 and 64 trials of 9 epochs; dev loss as `TIE_METRIC`)."""
+    """The digits transfer objective (12 seeds, budgets 16, 32 and 64 trials of 9 epochs; dev loss as `TIE_METRIC`)."""
     fn = DigitsTransfer()
-    return Objective("digits", DIGITS_PARAMS, fn, seeds=3, budgets=(16, 32, 64), f_min=None,
+    return Objective("digits", DIGITS_PARAMS, fn, seeds=DIGITS_SEEDS, budgets=(16, 32, 64), f_min=None,
                      meta={"metric": "dev/error", "tie": "dev/loss", "data": "digits 0-4 -> 5-9, 30/class"},
                      evaluate_metrics=fn.metrics)
 
@@ -326,6 +331,19 @@ C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any]]] = {
         ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01),
         {"first": 0.25, "n_zoom": 3},
     ),
+    # as ``shrink-tie``, the categorical choices kept in a zoom are those of the top 5 (not 3)
+    # trials: with few trials per batch size, a choice is not dropped on one or two noisy values
+    "shrink-tie5": (
+        ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01, top_k=5),
+        {"first": 0.25, "n_zoom": 3},
+    ),
+    # noise-robust centres tried on digits (validation seeds 100-115), not better there:
+    # the box centred on the mean (in the sampling scale) of the top 3 trials
+    "mean3": (ZoomRule(kind="shrink", shrink=0.5, use_history=True, centre="mean", top_k=3),
+              {"first": 0.25, "n_zoom": 3}),
+    # centred on the trial with the best mean value over itself and its 3 nearest neighbours
+    "smooth3": (ZoomRule(kind="shrink", shrink=0.5, use_history=True, rank="smooth", smooth_k=3),
+                {"first": 0.25, "n_zoom": 3}),
     # as ``shrink-tie``; below 32 trials one zoom stage after a 50% first stage
     "shrink-tie-s2": (
         ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01),
@@ -501,8 +519,11 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
         v = {m: np.asarray(x) for m, x in cell["values"].items()}
         row: dict[str, Any] = {m: float(np.median(x)) for m, x in v.items()}
         if "c2f" in v and "random" in v:
+            # a win is strictly better: with a quantised metric (digits) a tie is not a win
             row["win_vs_random"] = float(np.mean(v["c2f"] < v["random"]))
+            row["tie_vs_random"] = float(np.mean(v["c2f"] == v["random"]))
         if "c2f" in v and "tpe" in v:
+            # "matches or beats": equal or better (a tie counts as a match)
             row["match_vs_tpe"] = float(np.mean(v["c2f"] <= v["tpe"] + 1e-12))
         if "c2f" in v and "asha" in v:
             row["win_vs_asha"] = float(np.mean(v["c2f"] < v["asha"]))
@@ -513,12 +534,13 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def print_table(rows: Mapping[str, Mapping[str, Any]], methods: Sequence[str]) -> None:
     head = f"{'objective@budget':<18}" + "".join(f"{'med ' + m:>12}" for m in methods)
-    head += f"{'c2f<random':>12}{'c2f<=tpe':>10}{'c2f<asha':>10}{'seeds':>7}"
+    head += f"{'c2f<random':>12}{'=random':>9}{'c2f<=tpe':>10}{'c2f<asha':>10}{'seeds':>7}"
     print(head)
     print("-" * len(head))
     for key, r in rows.items():
         line = f"{key:<18}" + "".join(f"{r[m]:>12.4g}" for m in methods)
-        line += f"{r.get('win_vs_random', float('nan')):>12.2f}{r.get('match_vs_tpe', float('nan')):>10.2f}"
+        line += f"{r.get('win_vs_random', float('nan')):>12.2f}{r.get('tie_vs_random', float('nan')):>9.2f}"
+        line += f"{r.get('match_vs_tpe', float('nan')):>10.2f}"
         line += f"{r.get('win_vs_asha', float('nan')):>10.2f}{r['n_seeds']:>7d}"
         print(line)
 
@@ -532,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rule", default=DEFAULT_RULE, choices=sorted(C2F_RULES), help="c2f zoom rule")
     ap.add_argument("--methods", default="c2f,random,tpe,asha")
     ap.add_argument("--seed0", type=int, default=0, help="first seed (seeds seed0 .. seed0+n-1)")
-    ap.add_argument("--digits-seeds", type=int, default=3, help="paired seeds of the digits objective (default 3)")
+    ap.add_argument("--digits-seeds", type=int, default=DIGITS_SEEDS,
+                    help=f"paired seeds of the digits objective (default {DIGITS_SEEDS})")
     ap.add_argument("--digits-budgets", default="16,32,64",
                     help="trial budgets of the digits objective (default 16,32,64; ~0.1 s per 9-epoch trial)")
     ap.add_argument("--no-digits", action="store_true", help="the synthetic objectives only (~15 s)")
@@ -551,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"search quality: median best value (lower is better), {MAX_EPOCHS} epochs/trial budget, "
           f"rule={args.rule}, tpe_backend=optuna (direct), asha_backend=simulated")
     print_table(rows, methods)
+    print("c2f<random: share of seeds where c2f is strictly better (a tie is not a win); =random: tied; "
+          "c2f<=tpe: equal or better (a tie counts as a match)")
     elapsed = time.perf_counter() - t0
     headline = {
         "bench": "search_quality",

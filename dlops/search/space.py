@@ -440,6 +440,17 @@ class ZoomRule:
         keep_choices: categorical parameters keep all their choices in every zoom stage but
             the last one (then: the choices of the top trials). With few trials per choice,
             dropping a choice after one stage is often decided by noise.
+        rank: how the "best" trials are ranked. ``value``: by the optimizing metric (and
+            ``tie_break``). ``smooth``: by a locally smoothed value, the mean of the optimizing
+            metric over the trial and its ``smooth_k`` nearest feasible neighbours (see
+            :func:`smoothed_values`); a noisy metric's lucky single point in a worse region then
+            ranks below a point whose neighbourhood is good. Ties keep the ``value`` order.
+        smooth_k: neighbours averaged by ``rank="smooth"`` (besides the trial itself), >= 1.
+        centre: where the ``shrink``/``adaptive`` box is centred, in the sampling scale.
+            ``best``: on the first selected trial. ``mean`` / ``median``: on the per-dimension
+            mean / median of the selected trials (``top_k``/``top_fraction``); robust to one
+            lucky point, and the mean of points along a ridge (e.g. ``lr / (1 - momentum)``
+            constant, a line in ``u``) stays on the ridge. Ignored by ``box``.
     """
 
     kind: Literal["shrink", "box", "adaptive"] = "shrink"
@@ -453,6 +464,9 @@ class ZoomRule:
     tie_break: str | None = None
     tie_tolerance: float = 0.0
     keep_choices: bool = False
+    rank: Literal["value", "smooth"] = "value"
+    smooth_k: int = 4
+    centre: Literal["best", "mean", "median"] = "best"
 
     def __post_init__(self) -> None:
         if self.kind not in ("shrink", "box", "adaptive"):
@@ -469,6 +483,12 @@ class ZoomRule:
             raise ValueError(f"search.zoom.tie_tolerance must be a finite number >= 0, got {self.tie_tolerance}")
         if self.top_k < 1:
             raise ValueError(f"search.zoom.top_k must be >= 1, got {self.top_k}")
+        if self.rank not in ("value", "smooth"):
+            raise ValueError(f"search.zoom.rank: unknown ranking {self.rank!r}; use 'value' or 'smooth'")
+        if self.smooth_k < 1:
+            raise ValueError(f"search.zoom.smooth_k must be >= 1, got {self.smooth_k}")
+        if self.centre not in ("best", "mean", "median"):
+            raise ValueError(f"search.zoom.centre: unknown centre {self.centre!r}; use 'best', 'mean' or 'median'")
 
 
 @dataclass(frozen=True)
@@ -476,9 +496,56 @@ class ZoomResult:
     """The next box and why it is what it is."""
 
     box: Box
-    selected: tuple[str, ...]  # trial ids, best first
+    selected: tuple[str, ...]  # trial ids, best first (by the rule's ranking)
     edges: tuple[str, ...]  # messages: best trials on the edge of the original range
     reason: str  # "zoomed", or why the box was kept as it was
+
+
+def smoothed_values(
+    params: Sequence[Param], box: Box, trials: Sequence[TrialOutcome], metric: str, k: int
+) -> list[float]:
+    """Locally smoothed values: each trial's ``metric`` averaged with its ``k`` nearest neighbours.
+
+    Distances are Euclidean in the sampling scale, each numeric dimension divided by its width in
+    ``box`` (dimensions of zero width are left out); a categorical parameter adds 1 (a whole
+    interval) when two trials' choices differ. With fewer than ``k + 1`` trials, each value is
+    the mean over all of them. Equal distances are broken by the order of ``trials``. The trials
+    must have a finite ``metric`` (e.g. the output of :func:`select_top`); a trial without a
+    parameter's value counts as differing from every other trial in it.
+
+    Returns:
+        one value per trial, in the order of ``trials`` (``[]`` for no trial).
+    """
+    n = len(trials)
+    if n == 0:
+        return []
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    vals = np.array([float(t.metrics[metric]) for t in trials])
+    d2 = np.zeros((n, n))
+    for p in params:
+        if p.is_numeric and p.name in box.intervals:
+            w = box.width(p.name)
+            if not w > 0:
+                continue
+            u = np.array([p.to_u(float(t.config[p.name])) / w if p.name in t.config else np.nan for t in trials])
+            diff = (u[:, None] - u[None, :]) ** 2
+            d2 += np.where(np.isnan(diff), 1.0, diff)
+        elif p.scale == "choice":
+            c = [repr(t.config[p.name]) if p.name in t.config else None for t in trials]
+            d2 += np.array([[0.0 if (a is not None and a == b) else 1.0 for b in c] for a in c])
+    np.fill_diagonal(d2, -1.0)  # the trial itself comes first
+    m = min(k + 1, n)
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, :m]
+    return [float(np.mean(vals[row])) for row in nearest]
+
+
+def _centre(us: Sequence[float], how: str) -> float:
+    if how == "mean":
+        return float(np.mean(us))
+    if how == "median":
+        return float(np.median(us))
+    return float(us[0])
 
 
 def _fit_interval(
@@ -532,8 +599,11 @@ def zoom(
     """Fit the next stage's box around the best trials of this stage.
 
     Guarantees (property-tested): the new box lies inside ``old``; it contains every selected
-    trial (``box`` rule) or the best one (``shrink`` rule); no interval grows; a categorical
-    parameter keeps the choices that appear among the selected trials, never none.
+    trial (``box`` rule) or the centre (``shrink``/``adaptive``: the first selected trial with
+    ``centre="best"``, else the mean/median of the selected trials, which lies between their
+    smallest and largest value in every dimension; the centre is ``anchor``); no interval grows;
+    a categorical parameter keeps the choices that appear among the selected trials, never none.
+    With ``rank="smooth"`` the selected trials are the best by :func:`smoothed_values`.
 
     Degenerate cases: no feasible trial (all failed, NaN/inf, constraints broken) keeps ``old``
     unchanged (``reason`` says why); fewer feasible trials than ``top_k`` uses those there are;
@@ -543,6 +613,13 @@ def zoom(
         trials, metric, mode, constraints, k=rule.top_k, fraction=rule.top_fraction, tie_break=rule.tie_break,
         tie_tolerance=rule.tie_tolerance,
     )
+    if rule.rank == "smooth" and top:
+        ok = select_top(trials, metric, mode, constraints, tie_break=rule.tie_break, tie_tolerance=rule.tie_tolerance)
+        sm = smoothed_values(params, old, ok, metric, rule.smooth_k)
+        sign = 1.0 if mode == "min" else -1.0
+        ranked = [ok[i] for i in sorted(range(len(ok)), key=lambda i: (sign * sm[i], i))]
+        n_top = max(1, math.ceil(rule.top_fraction * len(ok))) if rule.top_fraction is not None else rule.top_k
+        top = ranked[:n_top]
     if not top:
         return ZoomResult(old, (), (), f"no feasible trial (finite {metric!r}, constraints met): box kept")
     intervals: dict[str, tuple[float, float]] = {}
@@ -557,10 +634,11 @@ def zoom(
                 intervals[p.name] = old.intervals[p.name]
                 continue
             best_u = us[0]
-            fit_us = us if rule.kind in ("box", "adaptive") else [best_u]
-            intervals[p.name] = _fit_interval(fit_us, best_u, old.intervals[p.name], original.intervals[p.name], rule)
+            centre_u = _centre(us, rule.centre)
+            fit_us = us if rule.kind in ("box", "adaptive") else [centre_u]
+            intervals[p.name] = _fit_interval(fit_us, centre_u, old.intervals[p.name], original.intervals[p.name], rule)
             lo, hi = intervals[p.name]
-            anchor[p.name] = min(hi, max(lo, best_u))
+            anchor[p.name] = min(hi, max(lo, centre_u if rule.kind != "box" else best_u))
             olo, ohi = original.intervals[p.name]
             tol = rule.edge_tolerance * (ohi - olo)
             if ohi > olo and (best_u - olo <= tol or ohi - best_u <= tol):
