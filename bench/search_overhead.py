@@ -7,7 +7,8 @@ plain Tune with the same 2-stage barrier (no tracking), and plain Tune random se
 own ``MLflowLoggerCallback`` on a SQLite store (the hand-glued alternative). Two workloads: no-op
 trials and 1 s trials. Runs alternate and the median wall time of each is compared; the target
 ratio <= 1.10 is judged on dlops / plain (no tracking, no barrier); every ratio is printed. Also the MLflow logging cost per
-reported result (ms), timed on the callback itself against the SQLite store.
+reported result (ms), timed on the callback itself against the SQLite store, and how many trial
+actors (worker pids) ran the stage after the barrier (``*_stage2_actors``, per repetition).
 
 The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores.
 Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py
@@ -21,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -53,6 +55,7 @@ def _barrier_searcher(n: int, n_stages: int):
             super().__init__(metric="dev/error", mode="min")
             self.rng = random.Random(0)
             self.issued, self.done, self.stage = 0, 0, 0
+            self.stage_of: dict[str, int] = {}
 
         def suggest(self, trial_id: str):
             if self.issued >= n:
@@ -62,6 +65,7 @@ def _barrier_searcher(n: int, n_stages: int):
                     return None  # barrier
                 self.stage += 1
             self.issued += 1
+            self.stage_of[trial_id] = self.stage
             return {"x": self.rng.random()}
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
@@ -70,10 +74,21 @@ def _barrier_searcher(n: int, n_stages: int):
     return Barrier()
 
 
-def plain(tmp: Path, n: int, sleep: float, stages: int = 1, mlflow: bool = False) -> tuple[float, int]:
+def _actors(results, last_stage: Optional[Callable[[Any], bool]] = None) -> tuple[int, Optional[int]]:
+    """(trial actors: distinct worker pids over all trials, distinct pids over the last stage's
+    trials; None when unstaged). A staged search that keeps its actors across the barrier runs
+    its last stage on as many actors as the first (2 here when the trials are long enough)."""
+    pids = {r.metrics.get("pid") for r in results}
+    if last_stage is None:
+        return len(pids), None
+    return len(pids), len({r.metrics.get("pid") for r in results if last_stage(r)})
+
+
+def plain(tmp: Path, n: int, sleep: float, stages: int = 1, mlflow: bool = False) -> tuple[float, int, Optional[int]]:
     """Plain Ray Tune; ``stages > 1``: the same with a stage barrier; ``mlflow``: with Ray's own
     ``MLflowLoggerCallback`` (flat runs, one per trial) on a SQLite store in ``tmp``, experiment
-    name set: what an engineer would otherwise glue by hand. Returns (wall s, actors)."""
+    name set: what an engineer would otherwise glue by hand. Returns (wall s, actors, actors of
+    the last stage)."""
     from ray import tune
 
     callbacks = []
@@ -97,10 +112,12 @@ def plain(tmp: Path, n: int, sleep: float, stages: int = 1, mlflow: bool = False
                                                verbose=0, callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
     wall = time.perf_counter() - t0
     os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
-    return wall, len({r.metrics.get("pid") for r in res})
+    if alg is None:
+        return (wall, *_actors(res))
+    return (wall, *_actors(res, lambda r: alg.stage_of.get(r.metrics.get("trial_id")) == stages - 1))
 
 
-def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int]:
+def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int, Optional[int]]:
     import uuid
 
     from mlflow import MlflowClient
@@ -127,13 +144,13 @@ def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int]:
     client.set_terminated(parent, "FINISHED")
     statuses = {r.info.status for r in client.search_runs([exp_id], f"tags.`dlops.search_id` = '{sid}'")}
     assert statuses == {"FINISHED"}, statuses  # nothing left RUNNING, nothing lost
-    return wall, len({r.metrics.get("pid") for r in out.results})
+    return (wall, *_actors(out.results, lambda r: r.config.get("stage") == 1))
 
 
 def logging_cost(tmp: Path, n_results: int = 300) -> tuple[float, float]:
     """ms per reported result of MlflowTreeCallback.on_trial_result on a SQLite store: (time the
-    Tune hook blocks the driver now that writes are queued, time of the write itself, i.e. what
-    the hook cost when it wrote synchronously)."""
+    Tune hook blocks the driver now that writes are queued, writer time per result until every
+    write landed: the writer merges the queued results of a run into one ``log_batch``)."""
     import uuid
     from types import SimpleNamespace
 
@@ -186,23 +203,30 @@ def main() -> None:
             dlops(tmp, 2, sleep)
             w: dict[str, list[float]] = {"plain": [], "plain_staged": [], "plain_mlflow": [], "dlops": []}
             actors: dict[str, int] = {}
+            last: dict[str, list[int]] = {"plain_staged": [], "dlops": []}
             for rep in range(REPS):  # interleaved, so drift hits every variant alike
                 for v in w:
-                    wall, a = dlops(tmp, n, sleep) if v == "dlops" else plain(
+                    wall, a, a_last = dlops(tmp, n, sleep) if v == "dlops" else plain(
                         tmp, n, sleep, 2 if v == "plain_staged" else 1, mlflow=v == "plain_mlflow")
                     w[v].append(wall)
                     actors[v] = a
+                    if a_last is not None:
+                        last[v].append(a_last)
                 print(f"{label} rep {rep}: " + "  ".join(f"{v} {w[v][-1]:.2f} s" for v in w), flush=True)
             m = {v: _median(x) for v, x in w.items()}
             for v in w:
                 out[f"{label}_{v}_s"] = m[v]
                 out[f"{label}_{v}_actors"] = actors[v]
+            for v, xs in last.items():  # per repetition: actors that ran the stage after the barrier
+                out[f"{label}_{v}_stage2_actors"] = xs
             out[f"{label}_ratio"] = round(m["dlops"] / m["plain"], 3)
             out[f"{label}_ratio_vs_staged"] = round(m["dlops"] / m["plain_staged"], 3)
             out[f"{label}_ratio_vs_ray_mlflow"] = round(m["dlops"] / m["plain_mlflow"], 3)
             out[f"{label}_barrier_s"] = round(m["plain_staged"] - m["plain"], 3)
             r = out[f"{label}_ratio"]
             print(f"{label}: {n} trials; medians: " + ", ".join(f"{v} {m[v]:.2f} s" for v in w))
+            print(f"  actors that ran stage 2 (per repetition): plain_staged {last['plain_staged']}, "
+                  f"dlops {last['dlops']} (stage 1 ran on {actors['dlops']} actor(s) in dlops' last repetition)")
             print(f"  dlops/plain        = {r:.3f}  baseline: plain Ray Tune, random search, no tracking, no "
                   f"barrier -> TARGET <= 1.10 is judged on this one: {'met' if r <= 1.10 else 'MISSED'}")
             print(f"  dlops/plain_staged = {out[f'{label}_ratio_vs_staged']:.3f}  baseline: plain Ray Tune with the "
@@ -213,7 +237,7 @@ def main() -> None:
         out["mlflow_ms_per_result_blocking"] = round(blocked, 2)
         out["mlflow_ms_per_result_write"] = round(write, 2)
         print(f"MLflow per reported result (9 metrics, SQLite): the Tune hook blocks {blocked:.2f} ms "
-              f"(queued), the write itself takes {write:.2f} ms on the writer thread")
+              f"(queued), the writer thread spends {write:.2f} ms (a run's queued results merged)")
     ray.shutdown()
     out["target_ratio"] = 1.10
     out["target_judged_on"] = "noop_ratio, sleep1s_ratio (dlops / plain Ray Tune without tracking or barrier)"

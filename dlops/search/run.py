@@ -16,6 +16,12 @@
 * Trial directories are ``t-<trial_id>``: short and unique whatever the hyperparameters.
 * MLflow writes run on the callback's writer thread, off Tune's driver loop; they are all flushed
   before this returns or raises (see :mod:`dlops.tracking.callback`).
+* Actors survive a stage barrier (``reuse_actors``): Tune keeps a finished trial's actor only
+  for a trial it already has pending, and at a barrier none is (the searcher waits for the stage
+  to end), so it would stop all but one and the next stage would start new worker processes.
+  :class:`ActorKeeper` asks Tune's actor cache to hold one actor per slot while the searcher is
+  at a barrier; it reaches the cache through the scheduler (the one object Tune hands its
+  controller to: :class:`dlops.search.searcher.KeepActorsFIFO` / ``KeepActorsASHA``).
 """
 
 from __future__ import annotations
@@ -87,6 +93,60 @@ def _as_stopper(budget: FailureBudget) -> Any:
     return _Budget()
 
 
+class ActorKeeper:
+    """Keeps up to ``slots`` trial actors cached while ``searcher`` is at a stage barrier.
+
+    Tune's actor cache (``TuneController._actor_cache``, a private ``_ObjectCache``) holds as
+    many finished actors per resource request as it expects to need (``increase_max`` per staged
+    trial), plus one. At a barrier no trial is staged, so every other actor is stopped and the
+    next stage starts new ones (a new worker process and its imports each: seconds). While the
+    searcher is at a barrier the keeper raises the expected count by ``slots`` for the trials'
+    resource request, and lowers it again as soon as the searcher hands out the next stage's
+    trials (before Tune stages them, so they take the kept actors).
+
+    This is the one place dlops touches a private part of Tune; if a Ray version lays it out
+    differently, the keeper warns once and does nothing (the search runs, barriers are slower).
+    """
+
+    def __init__(self, searcher: Any, slots: int) -> None:
+        self.searcher = searcher
+        self.slots = max(0, int(slots))
+        self.extra = 0  # what the keeper added to the cache's expected count
+        self.key: Any = None  # the trials' resource request (the cache's key)
+        self.disabled = False
+
+    def see_trial(self, trial: Any) -> None:
+        if self.key is None:
+            self.key = getattr(trial, "placement_group_factory", None)
+
+    def sync(self, controller: Any) -> None:
+        """Match the cache's extra expected count to the searcher's state (every Tune step)."""
+        if self.disabled or self.key is None:
+            return
+        want = self.slots if getattr(self.searcher, "at_barrier", False) else 0
+        if want == self.extra:
+            return
+        cache = getattr(controller, "_actor_cache", None)
+        if not (callable(getattr(cache, "increase_max", None)) and callable(getattr(cache, "decrease_max", None))):
+            self._give_up("the Tune controller has no _actor_cache with increase_max/decrease_max")
+            return
+        try:
+            if want > self.extra:
+                cache.increase_max(self.key, want - self.extra)
+            else:
+                cache.decrease_max(self.key, self.extra - want)
+        except Exception as exc:  # noqa: BLE001 - a changed private API must not fail the search
+            self._give_up(f"{type(exc).__name__}: {exc}")
+            return
+        self.extra = want
+
+    def _give_up(self, why: str) -> None:
+        self.disabled = True
+        warnings.warn(f"dlops: cannot keep trial actors across stage barriers with this Ray version ({why}); "
+                      "each stage after the first starts new trial actors (slower, same results)",
+                      RuntimeWarning, stacklevel=2)
+
+
 def short_trial_dirname(trial: Any) -> str:
     """Trial directory names: short and unique whatever the hyperparameters (``t-<trial_id>``)."""
     return f"t-{trial.trial_id}"
@@ -142,7 +202,7 @@ def run_search(
     from ray import tune
 
     from dlops.search.resources import trial_resources
-    from dlops.search.searcher import StagedSearcher
+    from dlops.search.searcher import KeepActorsASHA, KeepActorsFIFO, StagedSearcher
     from dlops.tracking.callback import MlflowTreeCallback
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -154,13 +214,16 @@ def run_search(
         on_callback(cb)
     budget = FailureBudget(cb, search.max_failures)
     stopper = _as_stopper(budget)
-    scheduler = None
-    if search.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        max_t = max(st.epochs or search.default_epochs for st in search.stages)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=1)
     res = search.resources
+    slots = _concurrent_slots(res.cpu, res.gpu, search.max_concurrent)
+    keeper = ActorKeeper(searcher, slots)
+    scheduler: Any
+    if search.scheduler == "asha":
+        max_t = max(st.epochs or search.default_epochs for st in search.stages)
+        scheduler = KeepActorsASHA(time_attr="epoch", max_t=max_t, grace_period=1)
+    else:
+        scheduler = KeepActorsFIFO()  # Tune's default scheduler
+    scheduler.keeper = keeper
     storage = str(Path(ray_cfg.storage_path).resolve())
     name = f"{experiment_name}-{search_id}"
     exp_dir = str(Path(storage) / name)
@@ -179,7 +242,7 @@ def run_search(
         placeholders = fill_missing_checkpoints(exp_dir)
         tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
-        _use_fresh_objects(tuner, searcher, cb, stopper)
+        _use_fresh_objects(tuner, searcher, cb, stopper, keeper)
         out(f"  resuming {exp_dir}: {len(cb.trial_runs)} trial runs already in MLflow "
             f"({cb.n_failed} failed); MLflow parent run {parent_run_id}")
     else:
@@ -199,7 +262,7 @@ def run_search(
         # Tune allows 1 pending trial at a time for a custom searcher (its default; 16+ for its
         # own random search), which starts the trials of a stage one by one and leaves slots idle;
         # allow as many as run at once
-        os.environ[pending_env] = str(_concurrent_slots(res.cpu, res.gpu, search.max_concurrent))
+        os.environ[pending_env] = str(slots)
     try:
         results = tuner.fit()
     except BaseException:
@@ -301,10 +364,11 @@ def fill_missing_checkpoints(exp_dir: str) -> list[str]:
     return created
 
 
-def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any) -> None:
+def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any, keeper: Any = None) -> None:
     """After ``Tuner.restore``: run with this session's searcher (wrapping the caller's plan, into
     which Tune loads the saved plan state), MLflow callback and stopper instead of the copies
-    pickled in ``tuner.pkl`` (whose MLflow client and plan belong to the dead driver).
+    pickled in ``tuner.pkl`` (whose MLflow client and plan belong to the dead driver); the
+    restored scheduler gets this session's :class:`ActorKeeper` (if it is a dlops scheduler).
 
     Ray 2.x keeps them on the Tuner's internal ``TuneConfig`` / ``RunConfig``.
 
@@ -317,5 +381,7 @@ def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any) -
     if tc is None or rc is None:
         raise RuntimeError("resume: cannot reach the restored Tuner's configs in this Ray version")
     tc.search_alg = searcher
+    if keeper is not None and hasattr(tc.scheduler, "keeper"):
+        tc.scheduler.keeper = keeper
     rc.callbacks = [callback] + [c for c in (rc.callbacks or []) if type(c).__name__ != type(callback).__name__]
     rc.stop = stopper

@@ -5,6 +5,10 @@ One ``Tuner`` runs every stage: :class:`StagedSearcher` returns ``None`` at a st
 :class:`~dlops.search.plan.StagedPlan` state with the experiment, so ``Tuner.restore`` resumes
 across stages. A scheduler such as ASHA still applies inside a stage: a trial it stops early
 ends with its last result, which is what the zoom sees.
+
+:attr:`StagedSearcher.at_barrier` tells whether the last answer was a barrier (``None``):
+:func:`dlops.search.run.run_search` keeps the trial actors alive while it is set, so the next
+stage reuses them instead of starting new worker processes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from dlops.search.plan import FINISHED, StagedPlan
@@ -28,6 +33,7 @@ class StagedSearcher(Searcher):
         super().__init__(metric=plan.metric, mode=plan.mode)
         self.plan = plan
         self.snapshot_path = snapshot_path
+        self.at_barrier = False  # the last suggest answered None: waiting for a stage to end
 
     def _snapshot(self) -> None:
         """Write the plan state atomically to ``snapshot_path`` (write, then rename) after every
@@ -53,6 +59,7 @@ class StagedSearcher(Searcher):
     def suggest(self, trial_id: str) -> Optional[dict]:
         known = trial_id in self.plan.suggested
         cfg = self.plan.suggest(trial_id)
+        self.at_barrier = cfg is None
         if cfg == FINISHED:
             return Searcher.FINISHED
         if cfg is not None and not known:
@@ -83,3 +90,36 @@ class StagedSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.set_state(json.load(f))
+
+
+class _KeepActors:
+    """Scheduler mixin: hands Tune's controller to ``keeper`` (a
+    :class:`dlops.search.run.ActorKeeper`, or None: a plain scheduler). ``choose_trial_to_run``
+    runs once per Tune step, after the searcher was asked for trials and before Tune stages them;
+    ``on_trial_add`` shows the keeper the trials' resource request. The keeper is not pickled
+    with the Tuner (a restored search attaches a new one)."""
+
+    keeper: Any = None
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.see_trial(trial)
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        if self.keeper is not None:
+            self.keeper.sync(tune_controller)
+        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("keeper", None)
+        return d
+
+
+class KeepActorsFIFO(_KeepActors, FIFOScheduler):
+    """Tune's FIFO scheduler (its default) that keeps trial actors across stage barriers."""
+
+
+class KeepActorsASHA(_KeepActors, ASHAScheduler):
+    """Tune's ASHA scheduler that keeps trial actors across stage barriers."""

@@ -22,15 +22,21 @@ search meant it to, and its last result is what the zoom used. It is tagged
 ``dlops.early_stopped = true`` and ``dlops.last_epoch`` (the epochs it ran).
 
 Writes are off Tune's driver loop: every MLflow call of the callback runs on one background
-writer thread, in order (so the store still has one writer). Creating a trial's (and a stage's)
-run, its params, per-epoch metrics, tags and run ends are all queued and the Tune hook returns at
-once: a queued write finds the run id its creation stored (``trial_runs`` / ``stage_runs`` fill
-in on the writer thread; read them after a flush). Per trial that is four store calls: create
-(with its tags), params, one ``log_batch`` per epoch (metrics and tags together), end. Only the
-resume path reads the store from the hook (and waits for the queue). :meth:`MlflowTreeCallback.flush` waits for every queued write and
-re-raises the first failed one; :func:`dlops.search.run.run_search` calls it before it returns
-or raises (Ctrl-C and failure budget included), and :meth:`open_run_ids`, :meth:`reconcile` and
-:meth:`end_stages` flush first.
+writer thread (so the store still has one writer). Creating a trial's (and a stage's) run, its
+params, per-epoch metrics, tags and run ends are all queued and the Tune hook returns at once: a
+queued write finds the run id its creation stored (``trial_runs`` / ``stage_runs`` fill in on the
+writer thread; read them after a flush). The writer takes everything queued at once and merges a
+run's consecutive batches (params, metrics, tags) into one ``log_batch`` within MLflow's per-call
+limits (1000 metrics, 100 params, 100 tags): per trial that is three store calls when the writer
+is behind (create with its tags; params and epochs' metrics and tags; end), at most one more per
+epoch when it keeps up. A run's own writes land in the order they were queued; writes of different
+runs may land in another order, except around a queued function (``_submit``), which keeps its
+place. Only the resume path reads the store from the hook (and waits for the queue). A fresh
+search's stage-0 run is created when Tune sets the experiment up (while the first trial actors
+start). :meth:`MlflowTreeCallback.flush` waits for every queued write and re-raises the first
+failed one; :func:`dlops.search.run.run_search` calls it before it returns or raises (Ctrl-C and
+failure budget included), and :meth:`open_run_ids`, :meth:`reconcile` and :meth:`end_stages`
+flush first.
 """
 
 from __future__ import annotations
@@ -50,6 +56,47 @@ from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH, TAG_STAGE, TA
 #: result keys that are logged as MLflow metrics (everything else is Tune bookkeeping)
 def is_logged_metric(key: str) -> bool:
     return "/" in key or key in ("latency_ms", "size_mb")
+
+
+try:  # MLflow's per-call limits of log_batch (its client splits bigger batches into several calls)
+    from mlflow.utils.validation import (MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH,
+                                         MAX_PARAMS_TAGS_PER_BATCH)
+except ImportError:  # pragma: no cover - older / newer layouts
+    MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH = 1000, 1000, 100
+
+
+class _Op:
+    """One queued MLflow write: ``call`` (any function; keeps its place in the queue), or, for the
+    run keyed ``run`` (``("trial", tid)`` / ``("stage", k)``), its ``create`` (function), a
+    ``batch`` (metrics, params, tags) or its ``end`` (``status``)."""
+
+    __slots__ = ("kind", "run", "fn", "metrics", "params", "tags", "status", "future")
+
+    def __init__(self, kind: str, run: Any = None, fn: Optional[Callable[[], Any]] = None, metrics: Any = (),
+                 params: Any = (), tags: Any = (), status: Optional[str] = None) -> None:
+        self.kind, self.run, self.fn, self.status = kind, run, fn, status
+        self.metrics, self.params, self.tags = metrics, params, tags
+        self.future: Future = Future()
+
+
+def _settle(op: _Op, fn: Callable[[], Any]) -> None:
+    try:
+        result = fn()
+    except BaseException as exc:  # noqa: BLE001 - the caller's flush re-raises it
+        op.future.set_exception(exc)
+    else:
+        op.future.set_result(result)
+
+
+def _fits(batch: list[_Op], op: _Op) -> bool:
+    """Whether ``op`` joins ``batch`` in one ``log_batch`` call (an empty batch takes any op)."""
+    if not batch:
+        return True
+    m = sum(len(b.metrics) for b in batch) + len(op.metrics)
+    p = sum(len(b.params) for b in batch) + len(op.params)
+    t = sum(len(b.tags) for b in batch) + len(op.tags)
+    return (m <= MAX_METRICS_PER_BATCH and p <= MAX_PARAMS_TAGS_PER_BATCH and t <= MAX_PARAMS_TAGS_PER_BATCH
+            and m + p + t <= MAX_ENTITIES_PER_BATCH)
 
 
 def _param_value(v: Any) -> str:
@@ -97,6 +144,8 @@ class MlflowTreeCallback(Callback):
         self._stage_ready: set[int] = set()  # stages whose run is created / running again (queued)
         self._writer: Optional[ThreadPoolExecutor] = None
         self._futures: list[Future] = []
+        self._ops: list[_Op] = []  # queued, not yet taken by the writer
+        self._draining = False  # a drain of _ops is scheduled or running on the writer
         self._lock = threading.Lock()
         self._find_existing()
 
@@ -105,23 +154,129 @@ class MlflowTreeCallback(Callback):
         # Tune pickles the callbacks with the experiment (tuner.pkl); the writer is not picklable
         self.flush()
         d = dict(self.__dict__)
-        d["_writer"], d["_futures"], d["_lock"] = None, [], None
+        d["_writer"], d["_futures"], d["_lock"], d["_ops"], d["_draining"] = None, [], None, [], False
         return d
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
         self._lock = threading.Lock()
 
-    def _submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """Queue one MLflow call on the writer thread (in order); returns its future."""
+    def _enqueue(self, op: "_Op") -> Future:
+        """Queue one write for the writer thread; returns its future."""
         with self._lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlops-mlflow")
-            f = self._writer.submit(fn, *args, **kwargs)
-            self._futures.append(f)
+            self._ops.append(op)
+            self._futures.append(op.future)
             if len(self._futures) > 256:
                 self._futures = [x for x in self._futures if not x.done() or x.exception() is not None]
-        return f
+            if not self._draining:
+                self._draining = True
+                self._writer.submit(self._drain)
+        return op.future
+
+    def _submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Queue one MLflow call (any function) on the writer thread, in order; returns its future.
+        Writes queued before it land before it, writes queued after it land after it."""
+        return self._enqueue(_Op("call", fn=lambda: fn(*args, **kwargs)))
+
+    def _queue_batch(self, run: tuple[str, Any], metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        """Queue metrics / params / tags for ``run`` (``("trial", tid)`` or ``("stage", k)``);
+        merged on the writer with the run's neighbouring queued batches into one ``log_batch``."""
+        if metrics or params or tags:
+            self._enqueue(_Op("batch", run=run, metrics=list(metrics), params=list(params), tags=list(tags)))
+
+    def _queue_end(self, run: tuple[str, Any], status: str) -> None:
+        self._enqueue(_Op("end", run=run, status=status))
+
+    def _run_id(self, run: tuple[str, Any]) -> str:
+        """The run id behind a queued write's run key (on the writer thread, after its creation)."""
+        kind, key = run
+        return self.trial_runs[key] if kind == "trial" else self.stage_runs[key]
+
+    def _drain(self) -> None:
+        """Writer thread: take every queued write and land it; again until the queue is empty."""
+        while True:
+            with self._lock:
+                ops, self._ops = self._ops, []
+                if not ops:
+                    self._draining = False
+                    return
+            try:
+                self._write(ops)
+            except BaseException as exc:  # noqa: BLE001 - never leave a future unset
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+
+    def _write(self, ops: list["_Op"]) -> None:
+        """Land ``ops`` in their order, except that between two ``call`` ops (arbitrary functions,
+        which keep their place) each run's creation, batches and end are written run by run (in
+        the order the runs first appear; a run's own writes in their order) and the run's
+        consecutive batches are merged into one ``log_batch`` within MLflow's per-call limits."""
+        segment: list[_Op] = []
+        for op in ops:
+            if op.kind == "call":
+                self._write_runs(segment)
+                segment = []
+                _settle(op, op.fn)
+            else:
+                segment.append(op)
+        self._write_runs(segment)
+
+    def _write_runs(self, ops: list["_Op"]) -> None:
+        by_run: dict[tuple[str, Any], list[_Op]] = {}
+        for op in ops:
+            by_run.setdefault(op.run, []).append(op)
+        for run, run_ops in by_run.items():
+            batch: list[_Op] = []
+            for op in run_ops:
+                if op.kind == "batch" and _fits(batch, op):
+                    batch.append(op)
+                    continue
+                self._log_merged(run, batch)
+                batch = [op] if op.kind == "batch" else []
+                if op.kind == "create":
+                    _settle(op, op.fn)
+                elif op.kind == "end":
+                    _settle(op, lambda op=op: self.client.set_terminated(self._run_id(run), status=op.status))
+            self._log_merged(run, batch)
+
+    def _log_merged(self, run: tuple[str, Any], ops: list["_Op"]) -> None:
+        """One ``log_batch`` for the queued batches ``ops`` of ``run``. Params first: a param whose
+        value changed since the run's first attempt (resume) fails the call before anything is
+        written; then the params are logged on their own (kept as they were, tag
+        ``dlops.param_warning`` says so) and the metrics and tags after them."""
+        if not ops:
+            return
+        from mlflow.exceptions import MlflowException
+
+        metrics = [m for op in ops for m in op.metrics]
+        params = list({p.key: p for op in reversed(ops) for p in reversed(op.params)}.values())  # first wins
+        tags = list({t.key: t for op in ops for t in op.tags}.values())  # last wins, as set_tag would
+
+        def write() -> None:
+            rid = self._run_id(run)
+            try:
+                self.client.log_batch(rid, metrics=metrics, params=params, tags=tags)
+            except MlflowException:
+                if not params:
+                    raise
+                try:
+                    self.client.log_batch(rid, params=params)
+                except MlflowException as exc:  # a value changed since the first run: keep the first, say so
+                    self.client.set_tag(rid, "dlops.param_warning", str(exc)[:5000])
+                if metrics or tags:
+                    self.client.log_batch(rid, metrics=metrics, tags=tags)
+
+        try:
+            write()
+        except BaseException as exc:  # noqa: BLE001 - the caller's flush re-raises it
+            for op in ops:
+                op.future.set_exception(exc)
+        else:
+            for op in ops:
+                op.future.set_result(None)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one MLflow call on the writer thread after every queued one; return its result."""
@@ -188,12 +343,10 @@ class MlflowTreeCallback(Callback):
                 self.experiment_id, run_name=f"stage-{k}",
                 tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id,
                       TAG_STAGE: str(k)})
-            rid = run.info.run_id
-            self.stage_runs[k] = rid
-            if params or tags:
-                self.client.log_batch(rid, params=params, tags=tags)
+            self.stage_runs[k] = run.info.run_id
 
-        self._submit(create)
+        self._enqueue(_Op("create", run=("stage", k), fn=create))
+        self._queue_batch(("stage", k), params=params, tags=tags)
 
     def _stage_run(self, k: int) -> str:
         """Stage k's run id (waits for the writer queue)."""
@@ -202,9 +355,9 @@ class MlflowTreeCallback(Callback):
         return self.stage_runs[k]
 
     def _queue_trial_run(self, trial: Any) -> str:
-        """Make sure the trial has a run, without waiting: a new run is created on the writer
-        thread (run, tags and params: two calls); writes queued after it find its id with
-        :meth:`_rid`. Returns the trial id."""
+        """Make sure the trial has a run, without waiting: a new run (with its tags) is created on
+        the writer thread and its params are queued as a batch; writes queued after it find its
+        id. Returns the trial id."""
         tid = trial.trial_id
         if tid in self.resumed or tid in self._queued:
             if tid not in self._seen:
@@ -224,7 +377,7 @@ class MlflowTreeCallback(Callback):
                       TAG_STAGE: str(k), TAG_TRIAL: tid})
             self.trial_runs[tid] = run.info.run_id
 
-        self._submit(create)
+        self._enqueue(_Op("create", run=("trial", tid), fn=create))
         self._log_params(tid, trial.config)
         return tid
 
@@ -236,21 +389,19 @@ class MlflowTreeCallback(Callback):
         return self.trial_runs[tid]
 
     def _log_params(self, tid: str, config: dict[str, Any]) -> None:
+        """Queue the trial's hyperparameters (merged with its first metrics when the writer is
+        behind). A value that changed since the run's first attempt keeps the first value; tag
+        ``dlops.param_warning`` says so (see :meth:`_log_merged`)."""
         from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
 
-        params = [Param(key, _param_value(v)) for key, v in sorted(config.items())]
-
-        def write() -> None:
-            rid = self._rid(tid)
-            try:
-                self.client.log_batch(rid, params=params)
-            except MlflowException as exc:  # a value changed since the first run: keep the first, say so
-                self.client.set_tag(rid, "dlops.param_warning", str(exc)[:5000])
-
-        self._submit(write)
+        self._queue_batch(("trial", tid), params=[Param(key, _param_value(v)) for key, v in sorted(config.items())])
 
     # ---- Tune hooks ---------------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        if not self.stage_runs and not self.resumed:
+            # a fresh search: create stage 0's run now, while Tune starts the first trial actors
+            self._queue_stage_run(0)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._queue_trial_run(trial)
         if tid not in self.resumed:
@@ -288,8 +439,7 @@ class MlflowTreeCallback(Callback):
             tags.append(RunTag("dlops.resumed_first_epoch", str(step)))
         # one value per (key, step) and run, whatever Tune replays (a trial restored twice, say)
         if step <= self._logged_step.get(tid, 0):
-            if tags:
-                self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
+            self._queue_batch(("trial", tid), tags=tags)
             return
         self._logged_step[tid] = step
         if tid not in self._placed:
@@ -313,8 +463,9 @@ class MlflowTreeCallback(Callback):
                 for k, v in entry.items():
                     if is_logged_metric(k) and e > done.get(k, 0) and e < step:
                         metrics.append(Metric(k, float(v), ts, e))
-        if metrics or tags:  # one call: this epoch's metrics and the tags that came with it
-            self._submit(lambda: self.client.log_batch(self._rid(tid), metrics=metrics, tags=tags))
+        # this epoch's metrics and the tags that came with it (one log_batch with the run's other
+        # queued batches)
+        self._queue_batch(("trial", tid), metrics=metrics, tags=tags)
 
     def _done_steps(self, tid: str, floors: Optional[dict[str, int]]) -> dict[str, int]:
         """Per metric, the highest step already in the store for this trial's run."""
@@ -350,9 +501,9 @@ class MlflowTreeCallback(Callback):
                 # stopped by the scheduler (ASHA) inside its stage: it ended as the search meant
                 from mlflow.entities import RunTag
 
-                tags = [RunTag("dlops.early_stopped", "true"), RunTag("dlops.last_epoch", str(int(r["epoch"])))]
-                self._submit(lambda: self.client.log_batch(self._rid(tid), tags=tags))
-            self._submit(lambda: self.client.set_terminated(self._rid(tid), status="FINISHED"))
+                self._queue_batch(("trial", tid), tags=[RunTag("dlops.early_stopped", "true"),
+                                                        RunTag("dlops.last_epoch", str(int(r["epoch"])))])
+            self._queue_end(("trial", tid), "FINISHED")
         self._ended.add(tid)
         self.n_done += 1
         if self.progress:
