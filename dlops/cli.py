@@ -52,11 +52,12 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
     from dlops.pipeline import DataError, ResourceError, format_summary, run_project
     from dlops.plugins import PluginError
     from dlops.search.resume import NothingToResumeError
+    from dlops.tracking.store import TrackingError
 
     try:
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
                               out=lambda s: click.echo(s, err=True), resume=resume)
-    except (ResourceError, PluginError, NothingToResumeError, DataError) as exc:
+    except (ResourceError, PluginError, NothingToResumeError, DataError, TrackingError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
@@ -90,12 +91,13 @@ def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Op
     """Compute the reports again for TARGET (a run id or models:/NAME@ALIAS) and log them."""
     from dlops.plugins import PluginError
     from dlops.reporting import ReportTargetError, recompute_reports
-    from dlops.tracking.store import resolve_tracking_uri
+    from dlops.tracking.store import TrackingError, check_tracking_server, resolve_tracking_uri
 
     try:
-        recompute_reports(target, resolve_tracking_uri(tracking_uri, None), split, list(reporters) or None,
-                          out=click.echo)
-    except (ReportTargetError, PluginError) as exc:
+        uri = resolve_tracking_uri(tracking_uri, None)
+        check_tracking_server(uri)
+        recompute_reports(target, uri, split, list(reporters) or None, out=click.echo)
+    except (ReportTargetError, PluginError, TrackingError) as exc:
         _fail(str(exc))
 
 

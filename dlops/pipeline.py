@@ -425,10 +425,11 @@ def run_project(
     import mlflow
     from mlflow import MlflowClient
 
-    from dlops.tracking.store import end_open_runs, ensure_experiment, resolve_tracking_uri
+    from dlops.tracking.store import check_tracking_server, end_open_runs, ensure_experiment, resolve_tracking_uri
 
     quiet_libraries()
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+    check_tracking_server(uri)  # an unreachable server is bad input, found before anything starts
     state: dict[str, Any] = {"callback": None, "started_ray": False, "resume": resume}
     # bad data is bad input: it is found before Ray starts or any run is created
     from dlops.data.sources import load_task

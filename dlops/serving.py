@@ -60,6 +60,12 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
         path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else None
         if path is not None and not Path(path).exists():
             raise ServeError(f"--tracking-uri: the store {tracking_uri} does not exist (no {model_uri} to serve)")
+    from dlops.tracking.store import TrackingError, check_tracking_server
+
+    try:
+        check_tracking_server(tracking_uri)
+    except TrackingError as exc:
+        raise ServeError(str(exc)) from None
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     ref = model_uri[len("models:/"):]
     try:

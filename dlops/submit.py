@@ -149,6 +149,13 @@ def submit(project_file: str, overrides: list[str], address: str, tracking_uri: 
 
     cfg = load_config(project_file, overrides)
     uri = job_tracking_uri(tracking_uri, address)
+    if is_loopback_address(address):  # a remote cluster may reach a server that this machine cannot
+        from dlops.tracking.store import TrackingError, check_tracking_server
+
+        try:
+            check_tracking_server(uri)
+        except TrackingError as exc:
+            raise SubmitError(str(exc)) from None
     path = Path(project_file).resolve()
     entry = build_entrypoint(path.name, list(overrides) + local_outputs(cfg, uri, address), uri, resume)
     use_local_token()

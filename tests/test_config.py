@@ -119,3 +119,39 @@ def test_resume_with_no_store_exit_2_and_no_store(tmp_path: Path):
     assert r.returncode == 2, r.stderr
     assert "--resume" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_or_wrong_tracking_server_exits_2_at_once(tmp_path: Path):
+    """MLflow's client retries an unreachable server for minutes; dlops checks ``/health`` first
+    and exits 2 naming the URI, before Ray starts or anything is written."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    class NotMlflow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), NotMlflow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    other = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        for uri, needle in [(closed, "no MLflow tracking server answers"), (other, "HTTP 404")]:
+            for args in (["run", str(EXAMPLE)], ["report", "some-run-id"], ["serve", "models:/m@champion"]):
+                t0 = time.time()
+                r = _dlops([*args, "--tracking-uri", uri], tmp_path)
+                assert r.returncode == 2, (args, r.stderr)
+                assert uri in r.stderr and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+                assert time.time() - t0 < 60, "it must not wait for MLflow's retries"
+    finally:
+        srv.shutdown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

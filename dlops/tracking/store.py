@@ -29,6 +29,36 @@ def resolve_tracking_uri(cli_uri: Optional[str], file_uri: Optional[str]) -> str
     return uri
 
 
+class TrackingError(ValueError):
+    """The tracking store cannot be used (the CLI exits 2 before anything starts)."""
+
+
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI, check that an MLflow server answers its ``/health``
+    endpoint within ``timeout_s`` seconds (MLflow's own client would retry for minutes).
+
+    Raises:
+        TrackingError: naming the URI and the reason (refused, timed out, not MLflow).
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            if r.status != 200:
+                raise TrackingError(f"--tracking-uri: {url} answered HTTP {r.status}, not an MLflow server")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # a server behind authentication: MLflow's client has the credentials
+            return
+        raise TrackingError(f"--tracking-uri: {url} answered HTTP {exc.code}; is {uri} an MLflow server?") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"--tracking-uri: no MLflow tracking server answers at {uri} ({reason})") from None
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
