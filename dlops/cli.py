@@ -103,12 +103,13 @@ def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Op
 
 @main.command()
 @click.argument("project_file", type=click.Path(dir_okay=False))
-@click.option("--address", envvar="RAY_JOBS_ADDRESS", required=True, metavar="URL",
-              help="The cluster's Ray Jobs API, e.g. http://head:8265 (env RAY_JOBS_ADDRESS).")
+@click.option("--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], required=True, metavar="URL",
+              help="The cluster's Ray Jobs API, e.g. http://head:8265 (as `ray job submit`: "
+                   "$RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="As for dlops run; repeatable.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="A tracking server the cluster reaches (an absolute sqlite:////path only for a cluster on "
-                   "this machine). Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI.")
+              help="A tracking server the cluster reaches (a local store only for a cluster on this machine). "
+                   "Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--resume", is_flag=True, default=False, help="Pass --resume to the job.")
 @click.option("--no-wait", is_flag=True, default=False, help="Submit and return; do not follow the logs.")
 def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking_uri: Optional[str], resume: bool,
@@ -135,7 +136,7 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
     try:
         status = wait(sub, out=click.echo)
     except KeyboardInterrupt:
-        click.echo(f"stopped following; the job keeps running (ray job stop --address {address} "
+        click.echo(f"stopped following; the job keeps running (RAY_AUTH_MODE=token ray job stop --address {address} "
                    f"{sub.submission_id})", err=True)
         sys.exit(130)
     click.echo(f"job {sub.submission_id}: {status}", err=True)
@@ -165,13 +166,16 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
     {"inputs": (N, C, H, W)} returns probabilities and predictions."""
     import time
 
-    from dlops.serving import ServeError, check_options, resolve_model
+    import signal
+
+    from dlops.serving import ServeError, check_options, port_free, resolve_model
     from dlops.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, None)
     try:
         check_options(replicas, num_cpus, tta, crop_fraction)
         ref = resolve_model(model_uri, uri)
+        port_free(host, port)
     except ServeError as exc:
         _fail(str(exc))
     try:
@@ -182,7 +186,11 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
     from dlops.pipeline import init_ray
     from dlops.serving import start
 
-    init_ray(ray_address, None, None)
+    def on_sigterm(signum: int, frame: object) -> None:  # systemd, Kubernetes: stop as on Ctrl-C
+        raise SystemExit(143)
+
+    started = init_ray(ray_address, None, None)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         start(ref, uri, host=host, port=port, route_prefix=route_prefix, replicas=replicas, num_cpus=num_cpus,
               tta=tta, crop_fraction=crop_fraction, loopback=not ray_address)
@@ -194,10 +202,15 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
         click.echo("stopping", err=True)
         sys.exit(130)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             ray_serve.shutdown()
         except Exception:  # noqa: BLE001  (Ray may already be down)
             pass
+        if started and not ray_address:
+            import ray
+
+            ray.shutdown()  # the local Ray this command started, with its agents
 
 
 @main.group()

@@ -109,21 +109,42 @@ def check_inputs(body: Any, shape: tuple[int, int, int]) -> Any:
     """The request's ``inputs`` as float32 (N, C, H, W).
 
     Raises:
-        ServeError: no ``inputs`` key, not numeric, or a shape other than (N, *shape), N >= 1.
+        ServeError: no ``inputs`` key, anything but nested lists of numbers (strings, booleans and
+            nulls are refused), a shape other than (N, *shape) with N >= 1, NaN or inf.
     """
     import numpy as np
 
     if not isinstance(body, dict) or "inputs" not in body:
         raise ServeError('request body: expected a JSON object {"inputs": [...]} of shape (N, %d, %d, %d)' % shape)
+    def numbers_only(v: Any) -> bool:
+        if isinstance(v, list):
+            return all(numbers_only(e) for e in v)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not numbers_only(body["inputs"]):
+        raise ServeError("inputs: expected nested lists of numbers (no strings, booleans or nulls)")
     try:
         x = np.asarray(body["inputs"], dtype=np.float32)
     except (TypeError, ValueError):
-        raise ServeError("inputs: not a numeric array (ragged or non-numbers)") from None
+        raise ServeError("inputs: not a rectangular numeric array (ragged lists)") from None
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape) or x.shape[0] < 1:
         raise ServeError(f"inputs: expected shape (N, {shape[0]}, {shape[1]}, {shape[2]}), got {tuple(x.shape)}")
     if not np.isfinite(x).all():
         raise ServeError("inputs: NaN or inf values")
     return x
+
+
+def port_free(host: str, port: int) -> None:
+    """Raises ServeError naming ``--port`` when ``host:port`` cannot be bound (in use, or not an
+    address of this machine), before Ray starts."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise ServeError(f"--port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 class ModelServer:
@@ -149,6 +170,9 @@ class ModelServer:
         ci = meta.get("class_index") or {}
         self.classes = [ci[str(i)] for i in range(len(ci))] if ci else [str(c) for c in spec.get("class_names", [])]
         self.shape = (int(spec.get("in_channels", 3)), int(spec["image_size"]), int(spec["image_size"]))
+        self.preprocessing = {"layout": "NCHW", "dtype": "float32", "image_size": int(spec["image_size"]),
+                              "channels": self.shape[0], "mean": spec.get("mean"), "std": spec.get("std"),
+                              "formula": "(pixel / 255 - mean) / std, per channel"}
         self.crop_fraction = crop_fraction
         if ref.kind == "ensemble":
             cfg = {"tta": tta, "crop_fraction": crop_fraction} if tta else None
@@ -160,7 +184,8 @@ class ModelServer:
 
     def describe(self) -> dict[str, Any]:
         return {"model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version, "kind": self.ref.kind,
-                "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta}
+                "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
+                "preprocessing": self.preprocessing}
 
     def predict(self, x: Any) -> dict[str, Any]:
         """Probabilities (N, K) and decoded predictions for float32 inputs (N, C, H, W)."""
@@ -175,6 +200,9 @@ class ModelServer:
 
             prob = predict_tta(lambda v: predict_proba(self.model, v, task=self.task), torch.from_numpy(x),
                                self.tta, self.crop_fraction)
+        if not np.isfinite(prob).all():
+            raise ServeError("inputs: the model's outputs are not finite for these values (far outside the "
+                             "preprocessed range? see preprocessing in GET)")
         return {"probabilities": prob.tolist(), "predictions": decode(prob, self.task, self.classes)}
 
     async def __call__(self, request: Any) -> Any:
@@ -182,15 +210,17 @@ class ModelServer:
 
         if request.method == "GET":
             return JSONResponse(self.describe())
+        if request.method != "POST":
+            return JSONResponse({"error": f"method {request.method} not allowed: GET describes the model, POST "
+                                          "predicts"}, status_code=405, headers={"Allow": "GET, POST"})
         try:
             body = await request.json()
         except Exception:
             return JSONResponse({"error": "request body: not JSON"}, status_code=400)
         try:
-            x = check_inputs(body, self.shape)
+            return JSONResponse(self.predict(check_inputs(body, self.shape)))
         except ServeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(self.predict(x))
 
 
 def loopback_replica_grpc() -> None:

@@ -61,6 +61,8 @@ def job_tracking_uri(tracking_uri: str, address: str) -> str:
     if not is_loopback_address(address):
         raise SubmitError(f"--tracking-uri: {tracking_uri} is a store on this machine, which the cluster at {address} "
                           "cannot reach; pass a tracking server, e.g. --tracking-uri http://mlflow:5000")
+    if "://" not in tracking_uri and ":" not in tracking_uri.split("/")[0]:  # a plain path: a file store
+        return str(Path(tracking_uri).resolve())
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         raise SubmitError(f"--tracking-uri: {tracking_uri} is relative; the job runs in an uploaded copy of the "
                           "project folder, so give an absolute path (sqlite:////abs/path/mlflow.db)")
@@ -78,6 +80,37 @@ def build_entrypoint(project_name: str, overrides: list[str], tracking_uri: str,
     if resume:
         args.append("--resume")
     return " ".join(shlex.quote(a) for a in args)
+
+
+def input_paths(cfg: Any, project_dir: Path, address: str) -> list[str]:
+    """Overrides for the job's input files (data folders and CSVs, a local ``model.weights``).
+
+    ``load_config`` has made them absolute, taken from the project file's folder; in the job they
+    would be taken from the uploaded copy of that folder. For a cluster on this machine they are
+    passed as absolute paths. For another cluster a path inside the project folder is uploaded
+    with it (left as is); one outside it cannot reach the cluster.
+
+    Raises:
+        SubmitError: naming the key, for a path outside the project folder with a remote cluster.
+    """
+    from dlops.config import PATH_KEYS
+
+    found = [(f"{sec}.{key}", getattr(getattr(cfg, sec), key)) for sec, key in PATH_KEYS]
+    w = cfg.model.weights
+    if w and w != "pretrain" and "://" not in w and not w.startswith("models:/"):
+        found.append(("model.weights", w))
+    out = []
+    root = project_dir.resolve()
+    for key, value in found:
+        if not value or "://" in value:
+            continue
+        path = Path(value).resolve()
+        if is_loopback_address(address):
+            out.append(f"{key}={path}")
+        elif root != path and root not in path.parents:
+            raise SubmitError(f"{key}: {value} is outside the project folder {root}, which is all that is uploaded "
+                              f"to the cluster at {address}; move it inside, or give a path every node sees")
+    return out
 
 
 def local_outputs(cfg: Any, tracking_uri: str, address: str, cwd: Optional[Path] = None) -> list[str]:
@@ -157,7 +190,8 @@ def submit(project_file: str, overrides: list[str], address: str, tracking_uri: 
         except TrackingError as exc:
             raise SubmitError(str(exc)) from None
     path = Path(project_file).resolve()
-    entry = build_entrypoint(path.name, list(overrides) + local_outputs(cfg, uri, address), uri, resume)
+    extra = input_paths(cfg, path.parent, address) + local_outputs(cfg, uri, address)
+    entry = build_entrypoint(path.name, list(overrides) + extra, uri, resume)
     use_local_token()
     from ray.job_submission import JobSubmissionClient
 

@@ -170,6 +170,16 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         status, err = srv.post({"images": x.tolist()})
         assert status == 400 and "inputs" in err["error"]
         assert srv.post({"inputs": x[:1].tolist()})[0] == 200
+        # strings, booleans and nulls are not numbers; values that overflow the model are refused too
+        for bad in ([[[["1.0"] * 8] * 8]], [[[[True] * 8] * 8]], [[[[None] * 8] * 8]], [[[[3e38] * 8] * 8]]):
+            status, err = srv.post({"inputs": bad})
+            assert status == 400 and "inputs" in err["error"], (bad[0][0][0][:1], status, err)
+        put = urllib.request.Request(srv.url, data=b"{}", method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(put, timeout=30)
+        assert e.value.code == 405
+        pre = info["preprocessing"]
+        assert pre["layout"] == "NCHW" and pre["mean"] == [0.5] and pre["std"] == [0.5] and pre["image_size"] == 8
         # nothing new listens beyond loopback: the HTTP proxy, Ray and the replica's gRPC server
         assert _listeners() - before == set()
         assert srv.interrupt() == 130
@@ -200,8 +210,23 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         np.testing.assert_allclose(p, tta, rtol=1e-4, atol=1e-6)
         assert not np.allclose(p, plain)
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+        # SIGTERM (systemd, Kubernetes) stops it as Ctrl-C does: 143, the port closed
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=90) == 143, srv.proc.stderr.read()[-2000:]
     finally:
         srv.kill()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(srv.url, timeout=3)
+
+
+def test_serve_port_in_use_exits_2_before_ray(store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _dlops(["serve", f"models:/{store['cfg'].model_name}@champion", "--tracking-uri", store["uri"],
+                    "--port", str(port)], store["dir"])
+    assert r.returncode == 2 and "--port" in r.stderr and str(port) in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("args,needle", [

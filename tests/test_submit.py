@@ -79,6 +79,31 @@ def test_local_outputs_stay_in_the_working_directory(tmp_path):
     assert local_outputs(cfg2, "http://m:5000", "http://127.0.0.1:8265", cwd=tmp_path) == []
 
 
+def test_input_paths_absolute_for_a_local_head_refused_outside_for_a_remote_one(tmp_path):
+    from dlops.config import load_config
+    from dlops.submit import input_paths
+
+    proj = tmp_path / "cfg"
+    proj.mkdir()
+    (tmp_path / "images").mkdir()
+    (proj / "inside").mkdir()
+    f = proj / "project.yaml"
+    shutil.copy(EXAMPLE, f)
+    cfg = load_config(f, ["data.target_dir=../images"])
+    assert input_paths(cfg, proj, "http://127.0.0.1:8265") == [f"data.target_dir={tmp_path / 'images'}"]
+    with pytest.raises(SubmitError, match="data.target_dir.*outside the project folder"):
+        input_paths(cfg, proj, "http://head:8265")
+    inside = load_config(f, ["data.target_dir=inside"])
+    assert input_paths(inside, proj, "http://head:8265") == []  # uploaded with the folder
+
+
+def test_a_relative_file_store_is_made_absolute_for_a_local_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert job_tracking_uri("./mlruns", "http://127.0.0.1:8265") == str(tmp_path / "mlruns")
+    with pytest.raises(SubmitError, match="cannot reach"):
+        job_tracking_uri("./mlruns", "http://head:8265")
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--set", "search.spcae={}"], "search.spcae"),
     (["--tracking-uri", "sqlite:////tmp/x.db", "--address", "http://head.example:8265"], "--tracking-uri"),
