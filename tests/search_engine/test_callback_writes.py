@@ -61,8 +61,16 @@ def _report(cb, trial, epoch: int, extra: dict | None = None) -> None:
 
 
 def _held(cb) -> threading.Event:
-    gate = threading.Event()
-    cb._submit(gate.wait, 60)  # the writer waits here; what is queued after it piles up
+    """Block the writer thread until the returned event is set: returns once the writer is inside
+    the wait, so everything queued after this piles up and is drained together."""
+    gate, inside = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        inside.set()
+        gate.wait(60)
+
+    cb._submit(hold)
+    assert inside.wait(30), "the writer thread did not reach the hold"
     return gate
 
 
