@@ -265,17 +265,13 @@ def check_registered_model(client: Any, uri_or_alias: str, tracking_uri: str) ->
     Raises:
         DataError: naming the model, the alias or version, and the store.
     """
-    ref = uri_or_alias[len("models:/"):]
+    from dlops.tracking.registry import get_model_version
+
     if client is None:
         raise DataError(f"model.weights: {uri_or_alias!r}: the store {tracking_uri} does not exist yet")
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            client.get_model_version(name, version)
-    except Exception:
+        get_model_version(client, uri_or_alias)
+    except LookupError:
         raise DataError(f"model.weights: no registered model version {uri_or_alias!r} in {tracking_uri}") from None
 
 

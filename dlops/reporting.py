@@ -118,16 +118,12 @@ class ReportTargetError(ValueError):
 def _resolve_target(client: Any, target: str) -> tuple[str, str, str]:
     """(how to load the model, the run to log to, the search run holding project.json)."""
     if target.startswith("models:/"):
-        rest = target[len("models:/"):]
+        from dlops.tracking.registry import get_model_version
+
         try:
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, version = rest.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
-        except Exception as exc:
-            raise ReportTargetError(f"{target}: no such registered model version ({exc})") from None
+            mv = get_model_version(client, target)
+        except LookupError as exc:
+            raise ReportTargetError(f"{target}: {exc}") from None
         tags = mv.tags or {}
         run_id = mv.run_id or tags.get("dlops.run_id")
         search = tags.get("dlops.search_run_id")

@@ -67,15 +67,11 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
     except TrackingError as exc:
         raise ServeError(str(exc)) from None
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = model_uri[len("models:/"):]
+    from dlops.tracking.registry import get_model_version
+
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            mv = client.get_model_version(name, version)
-    except Exception:
+        mv = get_model_version(client, model_uri)
+    except LookupError:
         raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
     kind = "ensemble" if "dlops.members" in (mv.tags or {}) else "single"
     return ModelRef(model_uri, mv.name, str(mv.version), kind)

@@ -13,3 +13,34 @@ TINY = [
     "pretrain.epochs=2",
     "ensemble.top_k=3",
 ]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a `dlops` subprocess: Ray on 127.0.0.1, no inherited store or cluster,
+    this venv's scripts (``ray``) first on PATH."""
+    import os
+    import sys
+
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_dlops(args: list[str], cwd: Path, timeout: int = 300):
+    """``python -m dlops.cli ARGS`` in ``cwd``; returns the ``CompletedProcess`` (text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -20,27 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import EXAMPLE, TINY
+from dlops_testing import EXAMPLE, TINY, free_port, run_dlops, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _dlops(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listeners() -> set[tuple[str, int]]:
@@ -98,10 +80,10 @@ def _digits(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
 
 class Server:
     def __init__(self, args: list[str], cwd: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc = subprocess.Popen([sys.executable, "-m", "dlops.cli", "serve", *args, "--port", str(self.port)],
-                                     cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def wait_ready(self, timeout: float = 180) -> None:
         t0 = time.time()
@@ -224,7 +206,7 @@ def test_serve_port_in_use_exits_2_before_ray(store):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = _dlops(["serve", f"models:/{store['cfg'].model_name}@champion", "--tracking-uri", store["uri"],
+        r = run_dlops(["serve", f"models:/{store['cfg'].model_name}@champion", "--tracking-uri", store["uri"],
                     "--port", str(port)], store["dir"])
     assert r.returncode == 2 and "--port" in r.stderr and str(port) in r.stderr and "Traceback" not in r.stderr
 
@@ -237,12 +219,12 @@ def test_serve_port_in_use_exits_2_before_ray(store):
     (["models:/x@champion", "--replicas", "0"], "--replicas"),
 ])
 def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
-    r = _dlops(["serve", *args, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], tmp_path)
+    r = run_dlops(["serve", *args, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store created, no Ray started here
 
 
 def test_serve_unknown_model_in_an_existing_store_exits_2(store):
-    r = _dlops(["serve", "models:/digits-transfer@nosuchalias", "--tracking-uri", store["uri"]], store["dir"])
+    r = run_dlops(["serve", "models:/digits-transfer@nosuchalias", "--tracking-uri", store["uri"]], store["dir"])
     assert r.returncode == 2 and "nosuchalias" in r.stderr and store["uri"] in r.stderr

@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,26 +20,7 @@ import pytest
 
 from dlops.submit import (SubmitError, build_entrypoint, exit_code, is_loopback_address, job_tracking_uri,
                           local_outputs, submission_id)
-from dlops_testing import EXAMPLE, TINY
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the head's python: this one
-    return env
-
-
-def _dlops(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dlops.cli", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dlops_testing import EXAMPLE, TINY, free_port, run_dlops, subprocess_env
 
 
 def test_loopback_addresses():
@@ -113,7 +93,7 @@ def test_bad_input_exits_2_and_submits_nothing(tmp_path, args, needle):
     proj = tmp_path / "project.yaml"
     shutil.copy(EXAMPLE, proj)
     base = ["--address", "http://127.0.0.1:9", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
-    r = _dlops(["submit", str(proj), *base, *args], tmp_path, timeout=120)
+    r = run_dlops(["submit", str(proj), *base, *args], tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project.yaml"]
@@ -125,12 +105,12 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
 
     proj = tmp_path / "project.yaml"
     shutil.copy(EXAMPLE, proj)
-    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    gcs, dash, agent = free_port(), free_port(), free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats", "--block"],
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     auth_mode = os.environ.get("RAY_AUTH_MODE")
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -149,7 +129,7 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
         sets = []
         for s in TINY:
             sets += ["--set", s]
-        r = _dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, *sets], tmp_path, timeout=600)
+        r = run_dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, *sets], tmp_path, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "SUCCEEDED" in r.stderr and "== dlops run: summary ==" in r.stdout  # the job's logs, followed
         c = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -161,7 +141,7 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
         assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
         assert (tmp_path / "ray_results").is_dir() and (tmp_path / "mlartifacts").is_dir()
         # --no-wait prints the submission id and returns at once
-        r2 = _dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, "--no-wait",
+        r2 = run_dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, "--no-wait",
                      "--set", "search.stages=[{trials: 1, epochs: 1}]", "--set", "ensemble.enabled=false"], tmp_path)
         assert r2.returncode == 0, r2.stderr
         sid = r2.stdout.strip().splitlines()[-1]

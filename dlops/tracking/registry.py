@@ -23,6 +23,26 @@ CHAMPION = "champion"
 METRIC_TAG = "dlops.metric."
 
 
+def get_model_version(client: Any, uri: str) -> Any:
+    """The ``ModelVersion`` behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+
+    Raises:
+        LookupError: not such a URI, or no such model, alias or version in the client's registry
+            (the message names the URI and MLflow's reason).
+    """
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    if not rest or ("@" not in rest and "/" not in rest):
+        raise LookupError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, version = rest.rsplit("/", 1)
+        return client.get_model_version(name, version)
+    except Exception as exc:  # noqa: BLE001  (MlflowException, or a REST error)
+        raise LookupError(f"no registered model version {uri!r} ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Promotion:
     """What the gate decided."""
