@@ -17,6 +17,18 @@ EXAMPLE = REPO / "examples" / "digits-transfer.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 
+def pickled_by_value(module: Any):
+    """Generator for an autouse fixture: Ray's workers of a test cluster cannot import the test
+    folder, so trainables defined in ``module`` travel by value while the test runs."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
 def tiny_overrides(tmp: Path, stages: str = "[{trials: 2, epochs: 1}, {trials: 2, epochs: 1}]",
                    db: str = "m.db") -> list[str]:
     """Overrides that make the example a few-second project writing only under ``tmp``."""

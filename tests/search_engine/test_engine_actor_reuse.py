@@ -10,20 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import mlflow_search_run
+from engine_helpers import pickled_by_value, mlflow_search_run
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(autouse=True)
 def _by_value():
-    # the workers of the test cluster cannot import this test folder: ship the trainable by value
-    from ray import cloudpickle
-
-    mod = sys.modules[__name__]
-    cloudpickle.register_pickle_by_value(mod)
-    yield
-    cloudpickle.unregister_pickle_by_value(mod)
+    # the workers of the test cluster cannot import this test folder: ship the trainables by value
+    yield from pickled_by_value(sys.modules[__name__])
 
 
 def rendezvous_trainable(config: dict, payload: dict) -> None:

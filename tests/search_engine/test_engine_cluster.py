@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 
 import engine_helpers
-from engine_helpers import VENV_BIN, mlflow_search_run, runs_of, tiny_search, tiny_trainable, tiny_overrides
+from engine_helpers import pickled_by_value, VENV_BIN, mlflow_search_run, runs_of, tiny_search, tiny_trainable, tiny_overrides
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(autouse=True)
 def _by_value():
-    # the workers of the test cluster cannot import this test folder: ship the trainable by value
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(engine_helpers)
-    yield
-    cloudpickle.unregister_pickle_by_value(engine_helpers)
+    # the workers of the test cluster cannot import this test folder: ship the trainables by value
+    yield from pickled_by_value(engine_helpers)
 
 
 def _run(tmp: Path, plan, search, ray_cfg, payload, name="engine"):
