@@ -5,7 +5,8 @@ SQLite store, failure-budget stopper) vs plain Ray Tune (BasicVariantGenerator r
 callback), same trainable, same number of trials, same resources, same ``reuse_actors``; also
 plain Tune with the same 2-stage barrier (no tracking), and plain Tune random search with Ray's
 own ``MLflowLoggerCallback`` on a SQLite store (the hand-glued alternative). Two workloads: no-op
-trials and 1 s trials. Runs alternate and the median wall time of each is compared; the target
+trials and 1 s trials. Runs alternate and the median wall time of each is compared (15 repetitions of the no-op
+workload, 3 of the 1 s one; the order of the variants rotates and each run starts after a 1 s pause); the target
 ratio <= 1.10 is judged on dlops / plain (no tracking, no barrier); every ratio is printed. Also the MLflow logging cost per
 reported result (ms), timed on the callback itself against the SQLite store, and how many trial
 actors (worker pids) ran the stage after the barrier (``*_stage2_actors``, per repetition).
@@ -29,7 +30,9 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-N_NOOP, N_SLEEP, REPS = 16, 8, 3
+N_NOOP, N_SLEEP = 16, 8
+REPS = {"noop": 15, "sleep1s": 3}  # no-op walls vary by +-30% with when actors start: more repetitions
+SETTLE_S = 1.0  # pause before each timed run (not timed)
 CHECKPOINT_S = "1"  # what dlops sets for resume (TUNE_GLOBAL_CHECKPOINT_S); used by every variant
 
 
@@ -204,8 +207,13 @@ def main() -> None:
             w: dict[str, list[float]] = {"plain": [], "plain_staged": [], "plain_mlflow": [], "dlops": []}
             actors: dict[str, int] = {}
             last: dict[str, list[int]] = {"plain_staged": [], "dlops": []}
-            for rep in range(REPS):  # interleaved, so drift hits every variant alike
-                for v in w:
+            names = list(w)
+            for rep in range(REPS[label]):  # interleaved, so drift hits every variant alike
+                # the order rotates, so no variant always follows the same one (a run's actors are
+                # still exiting, and Ray starts replacement workers, as the next run starts), and
+                # each run starts after a settle pause
+                for v in names[rep % len(names):] + names[:rep % len(names)]:
+                    time.sleep(SETTLE_S)
                     wall, a, a_last = dlops(tmp, n, sleep) if v == "dlops" else plain(
                         tmp, n, sleep, 2 if v == "plain_staged" else 1, mlflow=v == "plain_mlflow")
                     w[v].append(wall)

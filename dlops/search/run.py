@@ -16,6 +16,10 @@
 * Trial directories are ``t-<trial_id>``: short and unique whatever the hyperparameters.
 * MLflow writes run on the callback's writer thread, off Tune's driver loop; they are all flushed
   before this returns or raises (see :mod:`dlops.tracking.callback`).
+* Pending trials: a whole stage may be pending at once (``TUNE_MAX_PENDING_TRIALS_PG``, unless
+  set), as in Tune's own random search: a stage's configurations are drawn up front.
+* At the end of the search, actors that Tune removed before they had started are killed rather
+  than waited for (:meth:`ActorKeeper.release_unstarted`).
 * Actors survive a stage barrier (``reuse_actors``): Tune keeps a finished trial's actor only
   for a trial it already has pending, and at a barrier none is (the searcher waits for the stage
   to end), so it would stop all but one and the next stage would start new worker processes.
@@ -80,21 +84,39 @@ class FailureBudget:
         return self.exceeded
 
 
-def _as_stopper(budget: FailureBudget) -> Any:
+_LIVE_BUDGETS: dict[str, FailureBudget] = {}  # search id -> this driver's budget (see budget_stopper)
+
+
+def budget_stopper(key: str) -> Any:
+    """A Tune ``Stopper`` that asks the :class:`FailureBudget` registered under ``key`` (the
+    search id) in ``_LIVE_BUDGETS``; with none registered it never stops.
+
+    Tune pickles the stopper into every experiment checkpoint (once a second) and, on
+    ``Tuner.restore``, puts the unpickled copy in place of the one it was given. So the stopper
+    pickles as its key alone: a checkpoint does not pickle the MLflow callback (whose pickling
+    waits for the writer thread, stalling Tune's loop), and after a resume the restored stopper
+    finds this session's budget and callback, not a stale copy whose failure count never moves.
+    """
     from ray.tune.stopper import Stopper
 
     class _Budget(Stopper):
         def __call__(self, trial_id: str, result: dict) -> bool:
-            return budget(trial_id, result)
+            budget = _LIVE_BUDGETS.get(key)
+            return budget(trial_id, result) if budget is not None else False
 
         def stop_all(self) -> bool:
-            return budget.stop_all()
+            budget = _LIVE_BUDGETS.get(key)
+            return budget.stop_all() if budget is not None else False
+
+        def __reduce__(self) -> tuple:
+            return (budget_stopper, (key,))
 
     return _Budget()
 
 
 class ActorKeeper:
-    """Keeps up to ``slots`` trial actors cached while ``searcher`` is at a stage barrier.
+    """Keeps up to ``slots`` trial actors cached while ``searcher`` is at a stage barrier, and
+    does not let the end of the search wait for actors Tune has already given up on.
 
     Tune's actor cache (``TuneController._actor_cache``, a private ``_ObjectCache``) holds as
     many finished actors per resource request as it expects to need (``increase_max`` per staged
@@ -114,6 +136,7 @@ class ActorKeeper:
         self.extra = 0  # what the keeper added to the cache's expected count
         self.key: Any = None  # the trials' resource request (the cache's key)
         self.disabled = False
+        self.released = 0  # never-started actors stopped at the end (release_unstarted)
 
     def see_trial(self, trial: Any) -> None:
         if self.key is None:
@@ -140,10 +163,61 @@ class ActorKeeper:
             return
         self.extra = want
 
+    def trial_ended(self, controller: Any, trial: Any) -> None:
+        """Called as ``trial`` ends (scheduler hook, before the searcher records it). When it is the
+        search's last trial, stop the actors Tune has already given up on (see
+        :meth:`release_unstarted`): Tune's final clean-up would otherwise wait for each to finish
+        starting (a worker process and its imports: up to a second or more) only to stop it."""
+        if self.disabled:
+            return
+        plan = getattr(self.searcher, "plan", None)
+        if plan is None:
+            return
+        tid = getattr(trial, "trial_id", None)
+        if len(plan.suggested) < plan.total_trials or any(
+                k not in plan.results for k in plan.suggested if k != tid):
+            return
+        self.release_unstarted(controller)
+
+    def release_unstarted(self, controller: Any) -> int:
+        """Kill the trial actors Tune removed before they had started, and return how many.
+
+        Tune requests an actor for each trial it stages; when a cached actor frees up first, it
+        reuses that one and removes the requested actor, which is then still starting. Tune
+        tracks it as stopping (``_stopping_actors``) and, at the end of the experiment, waits for
+        it to start and stop gracefully (up to 5 s). An actor that never started ran no trial
+        and holds no state, so it is killed (``ray.kill``, through Tune's actor manager, which
+        frees its resources). Actors that started (``_started_actors``) are left to stop
+        gracefully. Private Tune state: if it is laid out differently, the keeper warns once and
+        does nothing.
+        """
+        if self.disabled:
+            return 0
+        stopping = getattr(controller, "_stopping_actors", None)
+        started = getattr(controller, "_started_actors", None)
+        manager = getattr(controller, "_actor_manager", None)
+        if not isinstance(stopping, dict) or not isinstance(started, set) or not all(
+                callable(getattr(manager, m, None)) for m in ("remove_actor", "is_actor_started")):
+            self._give_up("the Tune controller has no _stopping_actors/_started_actors/_actor_manager")
+            return 0
+        killed = 0
+        for tracked in [a for a in stopping if a not in started]:
+            try:
+                if manager.is_actor_started(tracked):  # still alive in the manager: starting
+                    manager.remove_actor(tracked, kill=True)
+                    killed += 1
+            except Exception as exc:  # noqa: BLE001 - a changed private API must not fail the search
+                self._give_up(f"{type(exc).__name__}: {exc}")
+                return killed
+            stopping.pop(tracked, None)  # (an actor the manager no longer has is gone already)
+        self.released += killed
+        return killed
+
     def _give_up(self, why: str) -> None:
         self.disabled = True
-        warnings.warn(f"dlops: cannot keep trial actors across stage barriers with this Ray version ({why}); "
-                      "each stage after the first starts new trial actors (slower, same results)",
+        warnings.warn(f"dlops: cannot manage Tune's trial actors with this Ray version ({why}); each stage "
+                      "after the first starts new trial actors and the search's end waits for actors still "
+                      "starting (slower, same results)",
                       RuntimeWarning, stacklevel=2)
 
 
@@ -213,7 +287,7 @@ def run_search(
     if on_callback:
         on_callback(cb)
     budget = FailureBudget(cb, search.max_failures)
-    stopper = _as_stopper(budget)
+    stopper = budget_stopper(search_id)
     res = search.resources
     slots = _concurrent_slots(res.cpu, res.gpu, search.max_concurrent)
     keeper = ActorKeeper(searcher, slots)
@@ -259,10 +333,12 @@ def run_search(
     pending_env = "TUNE_MAX_PENDING_TRIALS_PG"
     pending_before = os.environ.get(pending_env)
     if pending_before is None:
-        # Tune allows 1 pending trial at a time for a custom searcher (its default; 16+ for its
-        # own random search), which starts the trials of a stage one by one and leaves slots idle;
-        # allow as many as run at once
-        os.environ[pending_env] = str(slots)
+        # Tune allows a custom searcher 1 pending trial at a time (its own random search: 200+).
+        # A stage's configurations are drawn before its first trial (nothing adaptive inside a
+        # stage), so the whole stage may be pending at once, as in Tune's random search: Tune
+        # then stages the next trial while one runs, and a freed actor takes it at once
+        os.environ[pending_env] = str(max(slots, max(st.n_trials for st in plan.stages)))
+    _LIVE_BUDGETS[search_id] = budget
     try:
         results = tuner.fit()
     except BaseException:
@@ -272,6 +348,7 @@ def run_search(
             pass
         raise
     finally:
+        _LIVE_BUDGETS.pop(search_id, None)
         if pending_before is None:
             os.environ.pop(pending_env, None)
     cb.flush()  # the callback writes from a background thread: wait for all of it

@@ -35,9 +35,10 @@ class StagedSearcher(Searcher):
         self.snapshot_path = snapshot_path
         self.at_barrier = False  # the last suggest answered None: waiting for a stage to end
 
-    def _snapshot(self) -> None:
-        """Write the plan state atomically to ``snapshot_path`` (write, then rename) after every
-        change: the fallback of ``--resume`` when a ``kill -9`` cut Tune's own copy short."""
+    def _snapshot(self, text: str) -> None:
+        """Write ``text`` (the plan state as JSON) atomically to ``snapshot_path`` (write, then
+        rename): the fallback of ``--resume`` when a ``kill -9`` cut Tune's copy of the searcher
+        state short (:func:`dlops.search.resume.repair_state_files`)."""
         if not self.snapshot_path:
             return
         import os
@@ -47,7 +48,7 @@ class StagedSearcher(Searcher):
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".dlops-plan-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump(self.get_state(), f)
+            f.write(text)
         os.replace(tmp, self.snapshot_path)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
@@ -57,13 +58,10 @@ class StagedSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> Optional[dict]:
-        known = trial_id in self.plan.suggested
         cfg = self.plan.suggest(trial_id)
         self.at_barrier = cfg is None
         if cfg == FINISHED:
             return Searcher.FINISHED
-        if cfg is not None and not known:
-            self._snapshot()
         return cfg  # a dict, or None at a stage barrier
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -74,7 +72,6 @@ class StagedSearcher(Searcher):
             self.plan.record(trial_id, {})
         else:
             self.plan.record(trial_id, {k: v for k, v in result.items() if isinstance(v, (int, float))})
-        self._snapshot()
 
     # ---- state: Tune calls save/restore with the experiment checkpoint ---------------------
     def get_state(self) -> dict:
@@ -84,8 +81,13 @@ class StagedSearcher(Searcher):
         self.plan.load_state_dict(state)
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune saves the searcher with every experiment checkpoint (``TUNE_GLOBAL_CHECKPOINT_S``)
+        and copies the file into the experiment folder afterwards; the same state is written
+        atomically to ``snapshot_path`` first, so a copy cut short has a whole twin of the same age."""
+        text = json.dumps(self.get_state())
+        self._snapshot(text)
         with open(checkpoint_path, "w") as f:
-            json.dump(self.get_state(), f)
+            f.write(text)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
@@ -96,7 +98,8 @@ class _KeepActors:
     """Scheduler mixin: hands Tune's controller to ``keeper`` (a
     :class:`dlops.search.run.ActorKeeper`, or None: a plain scheduler). ``choose_trial_to_run``
     runs once per Tune step, after the searcher was asked for trials and before Tune stages them;
-    ``on_trial_add`` shows the keeper the trials' resource request. The keeper is not pickled
+    ``on_trial_add`` shows the keeper the trials' resource request; ``on_trial_complete`` /
+``on_trial_error`` tell it when the last trial ends. The keeper is not pickled
     with the Tuner (a restored search attaches a new one)."""
 
     keeper: Any = None
@@ -110,6 +113,16 @@ class _KeepActors:
         if self.keeper is not None:
             self.keeper.sync(tune_controller)
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if self.keeper is not None:
+            self.keeper.trial_ended(tune_controller, trial)
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.trial_ended(tune_controller, trial)
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)

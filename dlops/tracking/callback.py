@@ -70,11 +70,12 @@ class _Op:
     run keyed ``run`` (``("trial", tid)`` / ``("stage", k)``), its ``create`` (function), a
     ``batch`` (metrics, params, tags) or its ``end`` (``status``)."""
 
-    __slots__ = ("kind", "run", "fn", "metrics", "params", "tags", "status", "future")
+    __slots__ = ("kind", "run", "fn", "metrics", "params", "tags", "status", "time_ms", "future")
 
     def __init__(self, kind: str, run: Any = None, fn: Optional[Callable[[], Any]] = None, metrics: Any = (),
-                 params: Any = (), tags: Any = (), status: Optional[str] = None) -> None:
-        self.kind, self.run, self.fn, self.status = kind, run, fn, status
+                 params: Any = (), tags: Any = (), status: Optional[str] = None,
+                 time_ms: Optional[int] = None) -> None:
+        self.kind, self.run, self.fn, self.status, self.time_ms = kind, run, fn, status, time_ms
         self.metrics, self.params, self.tags = metrics, params, tags
         self.future: Future = Future()
 
@@ -142,6 +143,8 @@ class MlflowTreeCallback(Callback):
         self._queued: set[str] = set()  # trial ids whose new run this callback has queued
         self._ended: set[str] = set()  # trial ids whose run end this callback has queued
         self._stage_ready: set[int] = set()  # stages whose run is created / running again (queued)
+        self._stage_size: dict[int, int] = {}  # stage -> its number of trials (from stage_info)
+        self._stage_ended: dict[int, set[str]] = {}  # stage -> trial ids this callback ended
         self._writer: Optional[ThreadPoolExecutor] = None
         self._futures: list[Future] = []
         self._ops: list[_Op] = []  # queued, not yet taken by the writer
@@ -187,7 +190,8 @@ class MlflowTreeCallback(Callback):
             self._enqueue(_Op("batch", run=run, metrics=list(metrics), params=list(params), tags=list(tags)))
 
     def _queue_end(self, run: tuple[str, Any], status: str) -> None:
-        self._enqueue(_Op("end", run=run, status=status))
+        """Queue the end of ``run``; its end time is now (when Tune ended it), not when the write lands."""
+        self._enqueue(_Op("end", run=run, status=status, time_ms=int(time.time() * 1000)))
 
     def _run_id(self, run: tuple[str, Any]) -> str:
         """The run id behind a queued write's run key (on the writer thread, after its creation)."""
@@ -239,7 +243,8 @@ class MlflowTreeCallback(Callback):
                 if op.kind == "create":
                     _settle(op, op.fn)
                 elif op.kind == "end":
-                    _settle(op, lambda op=op: self.client.set_terminated(self._run_id(run), status=op.status))
+                    _settle(op, lambda op=op: self.client.set_terminated(self._run_id(run), status=op.status,
+                                                                         end_time=op.time_ms))
             self._log_merged(run, batch)
 
     def _log_merged(self, run: tuple[str, Any], ops: list["_Op"]) -> None:
@@ -337,10 +342,13 @@ class MlflowTreeCallback(Callback):
         info = self.stage_info(k) if self.stage_info else {}
         params = [Param(key, _param_value(v)) for key, v in info.get("params", {}).items()]
         tags = [RunTag(key, str(v)[:5000]) for key, v in info.get("tags", {}).items()]
+        if isinstance(info.get("params", {}).get("trials"), int):
+            self._stage_size[k] = info["params"]["trials"]
+        start = int(time.time() * 1000)
 
         def create() -> None:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"stage-{k}",
+                self.experiment_id, start_time=start, run_name=f"stage-{k}",
                 tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id,
                       TAG_STAGE: str(k)})
             self.stage_runs[k] = run.info.run_id
@@ -370,9 +378,11 @@ class MlflowTreeCallback(Callback):
         k = int(trial.config.get(STAGE_KEY, 0))
         self._queue_stage_run(k)
 
+        start = int(time.time() * 1000)  # when Tune starts the trial, not when the write lands
+
         def create() -> None:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"stage{k}-{tid}",
+                self.experiment_id, start_time=start, run_name=f"stage{k}-{tid}",
                 tags={TAG_PARENT: self.stage_runs[k], TAG_KIND: "trial", TAG_SEARCH: self.search_id,
                       TAG_STAGE: str(k), TAG_TRIAL: tid})
             self.trial_runs[tid] = run.info.run_id
@@ -478,7 +488,7 @@ class MlflowTreeCallback(Callback):
         r = trial.last_result or {}
         if tid in self._already_finished:
             self.n_done += 1
-            self._ended.add(tid)
+            self._mark_ended(trial, tid)
             return
         if self.metric and self.metric in r and not finite(r[self.metric]):
             self._fail(trial, tid, f"trial reported a non-finite {self.metric}: {r[self.metric]!r}")
@@ -486,13 +496,15 @@ class MlflowTreeCallback(Callback):
         if self.stopping_reason and not _completed(trial, r):
             reason = self.stopping_reason[:5000]
 
+            end = int(time.time() * 1000)
+
             def end_stopped() -> None:  # stopped by the search while it ran: KILLED
                 rid = self._rid(tid)
                 if self.client.get_run(rid).info.status == "RUNNING":
                     self.client.set_tag(rid, "dlops.stopped", reason)
-                    self.client.set_terminated(rid, status="KILLED")
+                    self.client.set_terminated(rid, status="KILLED", end_time=end)
                 else:
-                    self.client.set_terminated(rid, status="FINISHED")
+                    self.client.set_terminated(rid, status="FINISHED", end_time=end)
 
             self._submit(end_stopped)
         else:
@@ -504,12 +516,23 @@ class MlflowTreeCallback(Callback):
                 self._queue_batch(("trial", tid), tags=[RunTag("dlops.early_stopped", "true"),
                                                         RunTag("dlops.last_epoch", str(int(r["epoch"])))])
             self._queue_end(("trial", tid), "FINISHED")
-        self._ended.add(tid)
+        self._mark_ended(trial, tid)
         self.n_done += 1
         if self.progress:
             shown = {k: r.get(k) for k in ("dev/error", "train/error", "latency_ms") if k in r}
             vals = " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
             self.progress(f"  trial {tid} (stage {trial.config.get(STAGE_KEY)}) done: {vals}")
+
+    def _mark_ended(self, trial: Any, tid: str) -> None:
+        """The trial's run end is queued; once every trial of its stage has ended in this session,
+        the stage's run ends too (FINISHED, at that time: stage runs compare by duration in the
+        MLflow UI). Stages with trials ended before a resume end with the search (:meth:`end_stages`)."""
+        self._ended.add(tid)
+        k = int(trial.config.get(STAGE_KEY, 0))
+        done = self._stage_ended.setdefault(k, set())
+        done.add(tid)
+        if k in self._stage_ready and len(done) == self._stage_size.get(k, -1):
+            self._queue_end(("stage", k), "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._queue_trial_run(trial)
@@ -521,6 +544,8 @@ class MlflowTreeCallback(Callback):
         last = lines[-1].strip() if lines else text
         tag = last if len(text) <= len(last) + 1 else f"{last}\n--- traceback (tail) ---\n{text[-4000:]}"
 
+        end = int(time.time() * 1000)
+
         def write() -> None:
             rid = self._rid(tid)
             self.client.set_tag(rid, "dlops.error", tag[:5000])
@@ -528,10 +553,10 @@ class MlflowTreeCallback(Callback):
                 self.client.log_text(rid, text, "error.txt")
             except Exception:
                 pass
-            self.client.set_terminated(rid, status="FAILED")
+            self.client.set_terminated(rid, status="FAILED", end_time=end)
 
         self._submit(write)
-        self._ended.add(tid)
+        self._mark_ended(trial, tid)
         self.n_done += 1
         self.n_failed += 1
         if self.progress:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,13 @@ def test_next_stage_runs_on_the_actors_of_the_last(ray_on_cluster, tmp_path: Pat
     plan = StagedPlan([Param(name="x", scale="linear", low=0.0, high=1.0)], [Stage(2, 1), Stage(2, 1)],
                       "dev/error", "min", seed=3)
     c, exp_id, parent, sid = mlflow_search_run(f"sqlite:///{tmp_path / 'm.db'}", "reuse")
-    out = run_search(rendezvous_trainable, {"dir": str(rv)}, plan, search,
-                     RayConfig(storage_path=str(tmp_path / "ray")), "reuse", c, exp_id, parent, sid,
-                     out=lambda s: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_search(rendezvous_trainable, {"dir": str(rv)}, plan, search,
+                         RayConfig(storage_path=str(tmp_path / "ray")), "reuse", c, exp_id, parent, sid,
+                         out=lambda s: None)
+    # the keeper reaches the parts of Tune it needs in this Ray version (it warns and turns itself off otherwise)
+    assert not [w for w in caught if "cannot manage Tune's trial actors" in str(w.message)]
     assert out.n_trials == 4 and out.n_failed == 0
     pids: dict[int, set] = {0: set(), 1: set()}
     for r in out.results:

@@ -164,3 +164,12 @@ def test_three_stages_nest_in_the_sampling_scale(ray_on_cluster, tmp_path: Path)
             lo, hi = boxes[k][p]
             assert lo - tol <= v <= hi + tol, (k, p, v, (lo, hi))
     assert per_stage == {0: sizes[0], 1: sizes[1], 2: sizes[2]}
+    # run times are Tune's: each stage's run ends when its last trial ends, before the next
+    # stage's trials start (stage runs compare by duration in the MLflow UI); a trial's run
+    # spans its trial, inside its stage's run
+    for k in (0, 1):
+        later = [r.info.start_time for r in trials if int(r.data.tags["dlops.stage"]) > k]
+        assert stages[k].info.end_time <= min(later), k
+    for r in trials:
+        st = stages[int(r.data.tags["dlops.stage"])].info
+        assert st.start_time <= r.info.start_time <= r.info.end_time <= st.end_time

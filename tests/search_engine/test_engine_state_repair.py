@@ -19,15 +19,18 @@ def _searcher(snapshot: Path) -> StagedSearcher:
     return StagedSearcher(plan, snapshot_path=str(snapshot))
 
 
-def test_snapshot_follows_every_change_atomically(tmp_path: Path):
+def test_snapshot_is_written_atomically_with_every_save(tmp_path: Path):
     snap = tmp_path / "exp" / PLAN_SNAPSHOT
     s = _searcher(snap)
     s.suggest("a")
+    s.save(str(tmp_path / "state-1"))  # what Tune does at each experiment checkpoint
     assert json.loads(snap.read_text())["suggested"].keys() == {"a"}
     s.suggest("b")
     s.on_trial_complete("a", {"dev/error": 0.3})
+    assert json.loads(snap.read_text())["suggested"].keys() == {"a"}  # not rewritten between saves
+    s.save(str(tmp_path / "state-2"))
     state = json.loads(snap.read_text())
-    assert state == json.loads(json.dumps(s.get_state()))
+    assert state == json.loads(json.dumps(s.get_state())) == json.loads((tmp_path / "state-2").read_text())
     assert state["results"] == {"a": {"dev/error": 0.3}}
     assert not [p for p in snap.parent.iterdir() if p.name.endswith(".tmp")]  # no temp file left
 
@@ -38,6 +41,7 @@ def test_damaged_searcher_state_is_rebuilt_from_the_snapshot(tmp_path: Path):
     for k in ("a", "b", "c"):
         s.suggest(k)
     s.on_trial_complete("a", {"dev/error": 0.3})
+    s.save(str(tmp_path / "local-state"))  # Tune's save; its copy into the experiment folder is then cut short
     (exp / "t-a").mkdir()
     (exp / "t-b").mkdir()  # b started; c was suggested but never started
     (exp / "searcher-state-2026.pkl").write_bytes(b"")  # cut short by kill -9
