@@ -92,7 +92,10 @@ def mlflow_search_run(uri: str, name: str = "engine"):
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else c.create_experiment(name)
+    # artifacts beside the SQLite file, not in ./mlruns of whatever folder the tests run from
+    where = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+    exp_id = exp.experiment_id if exp else c.create_experiment(
+        name, artifact_location=where.as_uri() if where else None)
     sid = uuid.uuid4().hex[:12]
     parent = c.create_run(exp_id, run_name="search", tags={"dlops.kind": "search", "dlops.search_id": sid})
     return c, exp_id, parent.info.run_id, sid
