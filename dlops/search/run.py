@@ -136,7 +136,6 @@ class ActorKeeper:
         self.extra = 0  # what the keeper added to the cache's expected count
         self.key: Any = None  # the trials' resource request (the cache's key)
         self.disabled = False
-        self.released = 0  # never-started actors stopped at the end (release_unstarted)
 
     def see_trial(self, trial: Any) -> None:
         if self.key is None:
@@ -174,8 +173,9 @@ class ActorKeeper:
         if plan is None:
             return
         tid = getattr(trial, "trial_id", None)
-        if len(plan.suggested) < plan.total_trials or any(
-                k not in plan.results for k in plan.suggested if k != tid):
+        # every trial suggested, and every one but this has its result (results are a subset)
+        if len(plan.suggested) < plan.total_trials or (
+                len(plan.results) - (tid in plan.results) < len(plan.suggested) - (tid in plan.suggested)):
             return
         self.release_unstarted(controller)
 
@@ -210,7 +210,6 @@ class ActorKeeper:
                 self._give_up(f"{type(exc).__name__}: {exc}")
                 return killed
             stopping.pop(tracked, None)  # (an actor the manager no longer has is gone already)
-        self.released += killed
         return killed
 
     def _give_up(self, why: str) -> None:
