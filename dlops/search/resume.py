@@ -118,13 +118,27 @@ def reuse_pretrain(client: Any, parent_run_id: str) -> Optional[tuple[dict[str, 
 PLAN_SNAPSHOT = "dlops-plan.json"
 
 
+def _tune_trial_ids(experiment_state: Optional[str]) -> set[str]:
+    """Trial ids in a Tune experiment state file (``trial_data``: [trial JSON, metadata] pairs);
+    empty when there is none or it cannot be read."""
+    if not experiment_state:
+        return set()
+    try:
+        with open(experiment_state) as f:
+            data = json.load(f)
+        return {str(json.loads(entry[0])["trial_id"]) for entry in data.get("trial_data", [])}
+    except Exception:
+        return set()
+
+
 def repair_state_files(exp_dir: str) -> list[str]:
     """Before ``Tuner.restore``: make sure the newest state files Tune will read are whole.
 
     A ``kill -9`` can cut a state file short while it is being copied into the experiment
     folder. Then: a damaged searcher state is rebuilt from the plan snapshot that
-    :class:`~dlops.search.searcher.StagedSearcher` writes atomically (trials it had suggested
-    that never started are dropped, so the stage barrier does not wait for them); a damaged
+    :class:`~dlops.search.searcher.StagedSearcher` writes atomically with each save (trials it
+    had suggested that Tune's experiment state does not hold and that never started are dropped,
+    so the stage barrier does not wait for them; those Tune restores stay); a damaged
     experiment or search-generator state is removed when an older one is there to fall back on.
 
     Returns:
@@ -151,6 +165,7 @@ def repair_state_files(exp_dir: str) -> list[str]:
         except Exception:
             return False
 
+    newest: dict[str, str] = {}
     for pattern, kind in (("experiment_state-*.json", "json"), ("search_gen_state-*.json", "pickle")):
         files = sorted(glob.glob(os.path.join(exp_dir, pattern)))
         while files and not readable(files[-1], kind):
@@ -160,6 +175,8 @@ def repair_state_files(exp_dir: str) -> list[str]:
                                            "start the search again without --resume")
             os.remove(bad)
             repaired.append(f"removed damaged {os.path.basename(bad)}")
+        if files:
+            newest[kind] = files[-1]
     states = sorted(glob.glob(os.path.join(exp_dir, "searcher-state-*.pkl")))
     if states and not readable(states[-1], "json"):
         snap = os.path.join(exp_dir, PLAN_SNAPSHOT)
@@ -168,8 +185,10 @@ def repair_state_files(exp_dir: str) -> list[str]:
                 state = json.load(f)
         except Exception:
             raise NothingToResumeError(f"--resume: {states[-1]} is damaged and {snap} cannot be read") from None
-        started = {p.name[2:] for p in Path(exp_dir).glob("t-*")}
-        for key in [k for k in state["suggested"] if k not in state["results"] and k not in started]:
+        # trials Tune will restore (in the experiment state it reads) or that started (a t-<id>
+        # folder) stay in the plan; only suggestions Tune never recorded are dropped
+        known = {p.name[2:] for p in Path(exp_dir).glob("t-*")} | _tune_trial_ids(newest.get("json"))
+        for key in [k for k in state["suggested"] if k not in state["results"] and k not in known]:
             cfg = state["suggested"].pop(key)
             state["trial_stage"].pop(key, None)
             if cfg.get("stage") == state["stage"]:

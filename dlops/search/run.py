@@ -16,8 +16,9 @@
 * Trial directories are ``t-<trial_id>``: short and unique whatever the hyperparameters.
 * MLflow writes run on the callback's writer thread, off Tune's driver loop; they are all flushed
   before this returns or raises (see :mod:`dlops.tracking.callback`).
-* Pending trials: a whole stage may be pending at once (``TUNE_MAX_PENDING_TRIALS_PG``, unless
-  set), as in Tune's own random search: a stage's configurations are drawn up front.
+* Pending trials: a stage's trials may be pending at once, up to max(16, 2 per slot)
+  (``TUNE_MAX_PENDING_TRIALS_PG``, unless set), as in Tune's own random search: a stage's
+  configurations are drawn up front.
 * At the end of the search, actors that Tune removed before they had started are killed rather
   than waited for (:meth:`ActorKeeper.release_unstarted`).
 * Actors survive a stage barrier (``reuse_actors``): Tune keeps a finished trial's actor only
@@ -53,6 +54,7 @@ class SearchOutcome:
     n_trials: int
     n_failed: int
     warnings: list[str] = field(default_factory=list)
+    released_actors: Optional[int] = None  # never-started actors killed at the last trial (None: not reached)
 
 
 class TooManyFailuresError(RuntimeError):
@@ -136,6 +138,7 @@ class ActorKeeper:
         self.extra = 0  # what the keeper added to the cache's expected count
         self.key: Any = None  # the trials' resource request (the cache's key)
         self.disabled = False
+        self.released: Optional[int] = None  # set when the last trial ended (release_unstarted's count)
 
     def see_trial(self, trial: Any) -> None:
         if self.key is None:
@@ -177,7 +180,7 @@ class ActorKeeper:
         if len(plan.suggested) < plan.total_trials or (
                 len(plan.results) - (tid in plan.results) < len(plan.suggested) - (tid in plan.suggested)):
             return
-        self.release_unstarted(controller)
+        self.released = self.release_unstarted(controller)
 
     def release_unstarted(self, controller: Any) -> int:
         """Kill the trial actors Tune removed before they had started, and return how many.
@@ -231,7 +234,8 @@ def stage_info_fn(plan: Any, search: SearchConfig) -> Callable[[int], dict[str, 
     def info(k: int) -> dict[str, Any]:
         box = plan.boxes[k] if k < len(plan.boxes) else None
         st = search.stages[k]
-        params: dict[str, Any] = {"stage": k, "trials": st.trials, "epochs": st.epochs, "method": st.method}
+        params: dict[str, Any] = {"stage": k, "trials": plan.stages[k].n_trials, "epochs": st.epochs,
+                                  "method": st.method}
         if box is not None:
             for name, (lo, hi) in box.intervals.items():
                 params[f"box.{name}"] = f"[{lo:.6g}, {hi:.6g}]"
@@ -334,9 +338,11 @@ def run_search(
     if pending_before is None:
         # Tune allows a custom searcher 1 pending trial at a time (its own random search: 200+).
         # A stage's configurations are drawn before its first trial (nothing adaptive inside a
-        # stage), so the whole stage may be pending at once, as in Tune's random search: Tune
-        # then stages the next trial while one runs, and a freed actor takes it at once
-        os.environ[pending_env] = str(max(slots, max(st.n_trials for st in plan.stages)))
+        # stage), so its trials may be pending at once, as in Tune's random search: Tune then
+        # stages the next trial while one runs, and a freed actor takes it at once;
+        # stage them all (up to 2 per slot, at least 16 as Tune's old default: each staged trial
+        # asks the cluster for its resources at once, an autoscaler sees that demand)
+        os.environ[pending_env] = str(max(slots, min(max(st.n_trials for st in plan.stages), max(16, 2 * slots))))
     _LIVE_BUDGETS[search_id] = budget
     try:
         results = tuner.fit()
@@ -371,6 +377,7 @@ def run_search(
         plan=plan, results=results, callback=cb,
         checkpoints={r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None},
         n_trials=len(results), n_failed=sum(1 for r in results if r.error is not None),
+        released_actors=keeper.released,
     )
     for entry in plan.zoom_log:
         k = entry["stage"]

@@ -83,7 +83,7 @@ class StagedSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         """Tune saves the searcher with every experiment checkpoint (``TUNE_GLOBAL_CHECKPOINT_S``)
         and copies the file into the experiment folder afterwards; the same state is written
-        atomically to ``snapshot_path`` first, so a copy cut short has a whole twin of the same age."""
+        atomically to ``snapshot_path`` first, so a copy cut short has a whole twin at least as new."""
         text = json.dumps(self.get_state())
         self._snapshot(text)
         with open(checkpoint_path, "w") as f:

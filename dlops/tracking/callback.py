@@ -526,11 +526,16 @@ class MlflowTreeCallback(Callback):
     def _mark_ended(self, trial: Any, tid: str) -> None:
         """The trial's run end is queued; once every trial of its stage has ended in this session,
         the stage's run ends too (FINISHED, at that time: stage runs compare by duration in the
-        MLflow UI). Stages with trials ended before a resume end with the search (:meth:`end_stages`)."""
+        MLflow UI). Stages with trials ended before a resume, and every stage once the search is
+        being stopped (failure budget), end with the search (:meth:`end_stages`)."""
         self._ended.add(tid)
         k = int(trial.config.get(STAGE_KEY, 0))
         done = self._stage_ended.setdefault(k, set())
+        if tid in done:
+            return
         done.add(tid)
+        if self.stopping_reason:  # the search is being stopped (failure budget): end_stages ends it
+            return
         if k in self._stage_ready and len(done) == self._stage_size.get(k, -1):
             self._queue_end(("stage", k), "FINISHED")
 
@@ -589,6 +594,9 @@ class MlflowTreeCallback(Callback):
         return ended
 
     def end_stages(self, status: str = "FINISHED") -> None:
+        """End with ``status`` every stage run still RUNNING (those whose trials did not all end in
+        this session). A stage that ran all its trials ended FINISHED when its last trial ended,
+        also when the search then fails (failure budget): the search's run says why it stopped."""
         self.flush()
         for rid in self.stage_runs.values():
             if self.client.get_run(rid).info.status == "RUNNING":

@@ -99,6 +99,8 @@ def test_failure_budget_stops_the_search(ray_on_cluster, tmp_path: Path) -> None
     assert all("too large" in r.data.tags["dlops.error"] for r in failed)
     assert len(trials) < 8  # the rest never ran
     assert not [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("dlops.kind") != "search"]
+    # the stage the search stopped in did not run all its trials: FAILED, not ended as complete
+    assert [r.info.status for r in runs if r.data.tags.get("dlops.kind") == "stage"] == ["FAILED"]
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def test_damaged_searcher_state_is_rebuilt_from_the_snapshot(tmp_path: Path):
     done = repair_state_files(str(exp))
     assert any("rebuilt" in line for line in done)
     state = json.loads((exp / "searcher-state-2026.pkl").read_text())
-    assert set(state["suggested"]) == {"a", "b"}
+    assert set(state["suggested"]) == {"a", "b"}  # c: neither started nor in Tune's experiment state
     fresh = _searcher(tmp_path / "other.json")
     fresh.restore(str(exp / "searcher-state-2026.pkl"))
     assert fresh.suggest("d") is not None  # c's slot is free again: the barrier does not wait for it
@@ -66,3 +66,22 @@ def test_damaged_experiment_state_falls_back_or_says_so(tmp_path: Path):
     (exp / "experiment_state-2026-01.json").write_text("")
     with pytest.raises(NothingToResumeError, match="experiment_state-2026-01.json"):
         repair_state_files(str(exp))
+
+
+def test_a_pending_trial_tune_restores_stays_in_the_rebuilt_plan(tmp_path: Path):
+    exp = tmp_path / "exp"
+    s = _searcher(exp / PLAN_SNAPSHOT)
+    for k in ("a", "b", "c"):
+        s.suggest(k)  # the whole stage is pending at once
+    s.save(str(tmp_path / "local-state"))
+    (exp / "t-a").mkdir()  # only a started; Tune's experiment state holds b and c as PENDING
+    trial_data = [[json.dumps({"trial_id": k, "status": "PENDING"}), "{}"] for k in ("a", "b", "c")]
+    (exp / "experiment_state-2026-01.json").write_text(json.dumps({"trial_data": trial_data}))
+    (exp / "searcher-state-2026.pkl").write_bytes(b"\x80")  # cut short by kill -9
+    repair_state_files(str(exp))
+    state = json.loads((exp / "searcher-state-2026.pkl").read_text())
+    # Tune runs b and c again: the plan keeps them, so their results count and no extra trials are drawn
+    assert set(state["suggested"]) == {"a", "b", "c"}
+    fresh = _searcher(tmp_path / "other.json")
+    fresh.restore(str(exp / "searcher-state-2026.pkl"))
+    assert fresh.suggest("d") is None  # barrier: the stage is full
