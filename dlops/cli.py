@@ -13,6 +13,7 @@ from typing import Optional
 import click
 
 from dlops import __version__
+from dlops.serving import DEFAULT_MAX_REQUEST_MB
 
 EXIT_BAD_INPUT = 2
 
@@ -159,8 +160,11 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
 @click.option("--tta", default=None, type=click.Choice(["none", "flip", "five_crop", "ten_crop"]),
               help="Test-time augmentation (default: the ensemble's own setting; none for a single model).")
 @click.option("--crop-fraction", default=0.875, show_default=True, type=float)
+@click.option("--max-request-mb", default=DEFAULT_MAX_REQUEST_MB, show_default=True, type=float,
+              help="Cap on a POST body, in MB; a longer one gets HTTP 413 before it is parsed.")
 def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str], host: str, port: int,
-          route_prefix: str, replicas: int, num_cpus: float, tta: Optional[str], crop_fraction: float) -> None:
+          route_prefix: str, replicas: int, num_cpus: float, tta: Optional[str], crop_fraction: float,
+          max_request_mb: float) -> None:
     """Serve MODEL_URI (models:/NAME@ALIAS or models:/NAME/VERSION, a single model or an
     ensemble) over HTTP with Ray Serve until Ctrl-C. GET describes the model; POST
     {"inputs": (N, C, H, W)} returns probabilities and predictions."""
@@ -173,7 +177,7 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
 
     uri = resolve_tracking_uri(tracking_uri, None)
     try:
-        check_options(replicas, num_cpus, tta, crop_fraction)
+        check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
         ref = resolve_model(model_uri, uri)
         port_free(host, port)
     except ServeError as exc:
@@ -193,7 +197,7 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         start(ref, uri, host=host, port=port, route_prefix=route_prefix, replicas=replicas, num_cpus=num_cpus,
-              tta=tta, crop_fraction=crop_fraction, loopback=not ray_address)
+              tta=tta, crop_fraction=crop_fraction, loopback=not ray_address, max_request_mb=max_request_mb)
         click.echo(f"serving {ref.kind} model {ref.name} version {ref.version} ({model_uri}) at "
                    f"http://{host}:{port}{route_prefix}  (Ctrl-C to stop)", err=True)
         while True:

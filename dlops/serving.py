@@ -13,7 +13,9 @@ HTTP API (JSON), on the route prefix (default ``/``):
   ``{"probabilities": (N, K), "predictions": [...]}``; for ``classification`` the predicted class
   name per image (argmax of the softmax), for ``multilabel`` the list of label names whose sigmoid
   is >= 0.5 per image. A body that is not JSON, lacks ``inputs`` or has the wrong shape gets HTTP
-  400 with a message naming the field and the expected shape.
+  400 with a message naming the field and the expected shape. A body over the size cap
+  (``--max-request-mb``, default :data:`DEFAULT_MAX_REQUEST_MB` MB; announced or streamed) gets HTTP
+  413 before it is parsed.
 
 A single network is served through ``mlflow.pytorch`` (its outputs are logits; softmax or
 sigmoid is applied here, per the spec's ``task``), with optional test-time augmentation
@@ -25,6 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional
+
+
+#: default cap on a POST body, in MB (10**6 bytes): ~10 float32 images of 3 x 224 x 224 as JSON
+DEFAULT_MAX_REQUEST_MB = 32.0
 
 
 class ServeError(ValueError):
@@ -148,8 +154,11 @@ class ModelServer:
     copy of the model on CPU."""
 
     def __init__(self, ref: ModelRef, tracking_uri: str, tta: Optional[str], crop_fraction: float,
-                 loopback: bool = True) -> None:
+                 loopback: bool = True, max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
         import mlflow
+
+        self.max_request_mb = float(max_request_mb)
+        self.max_request_bytes = int(self.max_request_mb * 1e6)
 
         if loopback:  # before Serve starts this replica's gRPC server (after the constructor)
             loopback_replica_grpc()
@@ -181,7 +190,7 @@ class ModelServer:
     def describe(self) -> dict[str, Any]:
         return {"model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version, "kind": self.ref.kind,
                 "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
-                "preprocessing": self.preprocessing}
+                "preprocessing": self.preprocessing, "max_request_mb": self.max_request_mb}
 
     def predict(self, x: Any) -> dict[str, Any]:
         """Probabilities (N, K) and decoded predictions for float32 inputs (N, C, H, W)."""
@@ -201,6 +210,9 @@ class ModelServer:
                              "preprocessed range? see preprocessing in GET)")
         return {"probabilities": prob.tolist(), "predictions": decode(prob, self.task, self.classes)}
 
+    async def _read_body(self, request: Any) -> Optional[bytes]:
+        return await _read_body_capped(request, self.max_request_bytes)
+
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
@@ -209,14 +221,36 @@ class ModelServer:
         if request.method != "POST":
             return JSONResponse({"error": f"method {request.method} not allowed: GET describes the model, POST "
                                           "predicts"}, status_code=405, headers={"Allow": "GET, POST"})
+        raw = await self._read_body(request)
+        if raw is None:
+            return JSONResponse({"error": f"request body: more than {self.max_request_mb:g} MB (the server's "
+                                          "--max-request-mb); send fewer images per request"}, status_code=413)
         try:
-            body = await request.json()
+            import json
+
+            body = json.loads(raw)
         except Exception:
             return JSONResponse({"error": "request body: not JSON"}, status_code=400)
         try:
             return JSONResponse(self.predict(check_inputs(body, self.shape)))
         except ServeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _read_body_capped(request: Any, cap: int) -> Optional[bytes]:
+    """The request body, or None once it is longer than ``cap`` bytes: refused from its
+    ``Content-Length`` before anything is read, or after the first chunk that crosses the cap
+    (chunked uploads announce no length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+        return None
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def loopback_replica_grpc() -> None:
@@ -248,11 +282,15 @@ def loopback_replica_grpc() -> None:
 
 
 def check_options(replicas: int = 1, num_cpus: float = 1.0, tta: Optional[str] = None,
-                  crop_fraction: float = 0.875) -> None:
-    """Raises ServeError naming the option: replicas < 1, num_cpus <= 0, an unknown ``tta``, or
-    ``crop_fraction`` outside (0, 1]."""
+                  crop_fraction: float = 0.875, max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
+    """Raises ServeError naming the option: replicas < 1, num_cpus <= 0, an unknown ``tta``,
+    ``crop_fraction`` outside (0, 1], or ``max_request_mb`` not > 0."""
+    import math
+
     from dlops_plugins.ensemble.tta import check_tta
 
+    if not (isinstance(max_request_mb, (int, float)) and math.isfinite(max_request_mb) and max_request_mb > 0):
+        raise ServeError(f"--max-request-mb must be a number > 0 (MB), got {max_request_mb}")
     if replicas < 1:
         raise ServeError(f"--replicas must be >= 1, got {replicas}")
     if num_cpus <= 0:
@@ -265,7 +303,8 @@ def check_options(replicas: int = 1, num_cpus: float = 1.0, tta: Optional[str] =
 
 
 def build_app(ref: ModelRef, tracking_uri: str, replicas: int = 1, num_cpus: float = 1.0,
-              tta: Optional[str] = None, crop_fraction: float = 0.875, loopback: bool = True) -> Any:
+              tta: Optional[str] = None, crop_fraction: float = 0.875, loopback: bool = True,
+              max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> Any:
     """The Ray Serve application (``Deployment.bind(...)``) serving ``ref``.
 
     Args:
@@ -278,16 +317,18 @@ def build_app(ref: ModelRef, tracking_uri: str, replicas: int = 1, num_cpus: flo
         crop_fraction: crop side / image side for the crop modes.
         loopback: the cluster is this machine only (a local Ray on 127.0.0.1): bind the replicas'
             internal gRPC servers to loopback (:func:`loopback_replica_grpc`).
+        max_request_mb: cap on a POST body, in MB (10**6 bytes); a longer one gets HTTP 413.
 
     Raises:
-        ServeError: replicas < 1, num_cpus <= 0, or a bad ``tta`` / ``crop_fraction``.
+        ServeError: replicas < 1, num_cpus <= 0, a bad ``tta`` / ``crop_fraction``, or
+            ``max_request_mb`` not > 0.
     """
     from ray import serve
 
-    check_options(replicas, num_cpus, tta, crop_fraction)
+    check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
     dep = serve.deployment(ModelServer, name="dlops-model", num_replicas=replicas,
                            ray_actor_options={"num_cpus": num_cpus})
-    return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback)
+    return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback, max_request_mb)
 
 
 def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/",

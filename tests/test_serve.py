@@ -6,6 +6,7 @@ exits 130 and closes the port; bad arguments exit 2 before anything starts and c
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -129,11 +130,13 @@ def test_serve_champion_predicts_like_the_registered_model(store):
 
     cfg = store["cfg"]
     before = _listeners()
-    srv = Server([f"models:/{cfg.model_name}@champion", "--tracking-uri", store["uri"]], store["dir"])
+    srv = Server([f"models:/{cfg.model_name}@champion", "--tracking-uri", store["uri"], "--max-request-mb", "0.05"],
+                 store["dir"])
     try:
         srv.wait_ready()
         info = srv.get()
         assert info["kind"] == "single" and info["name"] == cfg.model_name and info["version"] == "1"
+        assert info["max_request_mb"] == 0.05
         assert info["classes"] == ["5", "6", "7", "8", "9"] and info["input_shape"] == [1, 8, 8]
         x, y = _digits()
         status, out = srv.post({"inputs": x.tolist()})
@@ -156,6 +159,19 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         for bad in ([[[["1.0"] * 8] * 8]], [[[[True] * 8] * 8]], [[[[None] * 8] * 8]], [[[[3e38] * 8] * 8]]):
             status, err = srv.post({"inputs": bad})
             assert status == 400 and "inputs" in err["error"], (bad[0][0][0][:1], status, err)
+        # a body over --max-request-mb (50 kB here; 12 images are ~16 kB) gets 413, announced
+        # (Content-Length) or streamed (chunked, no length), and the server keeps serving
+        big = json.dumps({"inputs": np.tile(x, (16, 1, 1, 1)).tolist()}).encode()
+        assert len(big) > 50_000
+        status, err = srv.post({"inputs": np.tile(x, (16, 1, 1, 1)).tolist()})
+        assert status == 413 and "--max-request-mb" in err["error"] and "0.05 MB" in err["error"], (status, err)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        conn.request("POST", "/", body=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 413 and "--max-request-mb" in json.loads(r.read())["error"]
+        conn.close()
+        assert srv.post({"inputs": x.tolist()})[0] == 200
         put = urllib.request.Request(srv.url, data=b"{}", method="PUT")
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(put, timeout=30)
@@ -217,6 +233,7 @@ def test_serve_port_in_use_exits_2_before_ray(store):
     (["models:/x@champion", "--crop-fraction", "0"], "--crop-fraction"),
     (["models:/x@champion", "--tta", "mirror"], "mirror"),
     (["models:/x@champion", "--replicas", "0"], "--replicas"),
+    (["models:/x@champion", "--max-request-mb", "0"], "--max-request-mb"),
 ])
 def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
     r = run_dlops(["serve", *args, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], tmp_path)
