@@ -396,6 +396,17 @@ def log_trial_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any
             pass
 
 
+def common_spec(specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The keys of the members' model specs that every member shares, with their value: an
+    ensemble's ``model_spec`` (input size, channels, mean, std, task, classes). What differs
+    between members (e.g. the small CNN's ``hidden`` units, a searched hyperparameter) is only in
+    the ensemble's ``member_specs``, one spec per member, in member order."""
+    if not specs:
+        return {}
+    first = specs[0]
+    return {k: v for k, v in first.items() if all(k in sp and sp[k] == v for sp in specs[1:])}
+
+
 def run_project(
     cfg: ProjectConfig,
     tracking_uri: Optional[str] = None,
@@ -698,8 +709,9 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
                     name="ensemble", python_model=builder.python_model(),
                     artifacts={f"member_{i}": p for i, (_, _, p) in enumerate(members)},
                     signature=ens_sig, pip_requirements=_pip_requirements(), model_config=tta,
-                    metadata={"model_spec": mspec, "class_index": class_index,
-                              "members": [t.trial_id for t in top], **tta},
+                    metadata={"model_spec": common_spec([sp for _, sp, _ in members]), "class_index": class_index,
+                              "members": [t.trial_id for t in top],
+                              "member_specs": [sp for _, sp, _ in members], **tta},
                 )
             emetrics = {"dev/error": ens["dev"].error, "test/error": ens["test"].error}
             epromo = register_and_promote(client, einfo.model_uri, cfg.ensemble_name, emetrics, cfg.search.metric,

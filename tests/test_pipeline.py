@@ -228,6 +228,19 @@ def test_ensemble_registered_as_pyfunc_and_averages(job):
     assert erun.data.metrics["test/error"] == pytest.approx(s.ensemble_test_error)
     assert json.loads(erun.data.params["members"]) == s.ensemble_members
     assert erun.data.params["tta"] == "none"  # the default: no test-time augmentation
+    # the ensemble's model_spec holds what its members share; each member's own spec (its searched
+    # hidden units) is in member_specs, in member order
+    mine = [v for v in c.search_model_versions(f"name = '{cfg.ensemble_name}'") if v.run_id == erun.info.run_id]
+    assert len(mine) == 1  # the version this search registered
+    meta = mlflow.models.get_model_info(f"models:/{cfg.ensemble_name}/{mine[0].version}").metadata
+    specs = meta["member_specs"]
+    assert len(specs) == 3 and meta["members"] == s.ensemble_members
+    for tid, sp in zip(s.ensemble_members, specs):
+        trial = [r for r in c.search_runs([s.experiment_id], f"tags.`dlops.trial_id` = '{tid}'")][0]
+        assert sp["hidden"] == int(trial.data.params["hidden"])
+    hiddens = {sp["hidden"] for sp in specs}
+    assert ("hidden" in meta["model_spec"]) == (len(hiddens) == 1)
+    assert {"image_size", "in_channels", "mean", "std"} <= set(meta["model_spec"])
 
 
 def test_second_run_is_challenger_and_gate_decides_champion(job):
@@ -282,3 +295,14 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path):
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)}
     assert "RUNNING" not in statuses
     assert "KILLED" in statuses
+
+
+def test_common_spec_keeps_only_what_every_member_shares():
+    from dlops.pipeline import common_spec
+
+    a = {"name": "small_cnn", "image_size": 8, "hidden": 64, "mean": [0.5]}
+    b = {"name": "small_cnn", "image_size": 8, "hidden": 128, "mean": [0.5]}
+    assert common_spec([a, b]) == {"name": "small_cnn", "image_size": 8, "mean": [0.5]}
+    assert common_spec([a, dict(a)]) == a
+    assert common_spec([a, {"name": "small_cnn"}]) == {"name": "small_cnn"}  # a key one member lacks is not shared
+    assert common_spec([]) == {}
