@@ -335,8 +335,28 @@ def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int =
           **app_kwargs: Any) -> Any:
     """Start Serve's HTTP proxy on ``host:port`` (127.0.0.1 by default) and run the app under
     ``route_prefix``. Ray must be initialised. Returns the app's ``DeploymentHandle``."""
+    import logging
+
     from ray import serve
 
     app = build_app(ref, tracking_uri, **app_kwargs)
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(app, name="dlops", route_prefix=route_prefix)
+    # serve.run connects to the Serve instance just started and logs that "new http_options will
+    # not be applied": they were, by serve.start (Ray's documented way to set host and port)
+    serve_logger = logging.getLogger("ray.serve")
+    notice = _DropLogLine("Connecting to existing Serve app")
+    serve_logger.addFilter(notice)
+    try:
+        return serve.run(app, name="dlops", route_prefix=route_prefix)
+    finally:
+        serve_logger.removeFilter(notice)
+
+
+class _DropLogLine:
+    """A ``logging`` filter that drops the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def filter(self, record: Any) -> bool:
+        return not record.getMessage().startswith(self.prefix)

@@ -181,6 +181,10 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         # nothing new listens beyond loopback: the HTTP proxy, Ray and the replica's gRPC server
         assert _listeners() - before == set()
         assert srv.interrupt() == 130
+        # the start-up log says where it serves, and not Serve's "new http_options will not be
+        # applied" (they were: serve.start set the port)
+        err = srv.proc.stderr.read()
+        assert f"ready at http://127.0.0.1:{srv.port}/" in err and "will not be applied" not in err, err[-2000:]
     finally:
         srv.kill()
     with pytest.raises(urllib.error.URLError):
