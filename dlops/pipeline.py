@@ -427,7 +427,8 @@ def run_project(
     Raises:
         ResourceError: the cluster cannot hold one trial (checked before any run is created).
         NothingToResumeError: ``resume`` and no unfinished search.
-        KeyboardInterrupt: re-raised after every open run is marked KILLED.
+        KeyboardInterrupt: re-raised after every open run is marked KILLED (Ctrl-C, or SIGTERM,
+            which is handled as Ctrl-C from Ray's start on: :mod:`dlops.signals`).
     """
     import mlflow
     from mlflow import MlflowClient
@@ -451,6 +452,9 @@ def run_project(
     state["started_ray"] = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"),
                                     cfg.ray.num_cpus, cfg.ray.num_gpus)
     t_ray = time.perf_counter() - t_ray
+    from dlops import signals
+
+    sigterm = signals.install()  # after ray.init (Ray's driver handles SIGTERM by aborting): SIGTERM as Ctrl-C
     try:
         check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
         missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
@@ -479,6 +483,7 @@ def run_project(
             parent_id = client.create_run(exp_id, run_name=f"search-{cfg.name}",
                                           tags={TAG_KIND: "search", TAG_SEARCH: search_id}).info.run_id
     except BaseException:
+        signals.restore(sigterm)
         if state["started_ray"]:
             import ray
 
@@ -508,6 +513,7 @@ def run_project(
                 pass
         raise
     finally:
+        signals.restore(sigterm)
         if state["started_ray"]:
             import ray
 

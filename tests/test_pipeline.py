@@ -264,8 +264,10 @@ def test_summary_names_model_uris_and_ui_command(job):
     assert any(line.startswith("[search]") for line in job["lines"])
 
 
-def test_ctrl_c_leaves_no_run_running(tmp_path: Path):
-    """SIGINT in the middle of the search: the CLI exits 130 and every run ends KILLED or FINISHED."""
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int):
+    """SIGINT (Ctrl-C) or SIGTERM (timeout, systemd, Kubernetes) in the middle of the search: the
+    CLI exits 130 / 143 and every run ends KILLED or FINISHED (SIGTERM is no Ray abort, exit 134)."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -288,9 +290,11 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path):
             started = True
             break
     assert started, "no trial started within 120 s"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, _ = p.communicate(timeout=120)
-    assert p.returncode == 130, out[-3000:]
+    assert p.returncode == code, out[-3000:]
+    assert ("terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted") in out
+    assert "SIGTERM received" not in out and "Traceback" not in out, out[-3000:]
     exp = client.get_experiment_by_name("digits-transfer")
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)}
     assert "RUNNING" not in statuses
