@@ -369,8 +369,10 @@ class MlflowTreeCallback(Callback):
         tid = trial.trial_id
         if tid in self.resumed or tid in self._queued:
             if tid not in self._seen:
-                # a run from before a resume: log the params again (same values: a no-op for MLflow)
+                # a run from before a resume: its stage's run runs again (Ctrl-C or SIGTERM ended it
+                # KILLED), and the params are logged again (same values: a no-op for MLflow)
                 self._seen.add(tid)
+                self._queue_stage_run(int(trial.config.get(STAGE_KEY, 0)))
                 self._log_params(tid, trial.config)
             return tid
         self._queued.add(tid)
