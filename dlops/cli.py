@@ -61,11 +61,6 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
     except (ResourceError, PluginError, NothingToResumeError, DataError, TrackingError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        from dlops import signals
-
-        if signals.received():  # timeout, systemd, Kubernetes: stopped as on Ctrl-C
-            click.echo("terminated (SIGTERM): open MLflow runs were marked KILLED", err=True)
-            sys.exit(143)
         click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
         sys.exit(130)
     click.echo(format_summary(summary))

@@ -427,8 +427,8 @@ def run_project(
     Raises:
         ResourceError: the cluster cannot hold one trial (checked before any run is created).
         NothingToResumeError: ``resume`` and no unfinished search.
-        KeyboardInterrupt: re-raised after every open run is marked KILLED (Ctrl-C, or SIGTERM,
-            which is handled as Ctrl-C from Ray's start on: :mod:`dlops.signals`).
+        KeyboardInterrupt: re-raised after every open run is marked KILLED (Ctrl-C). On SIGTERM
+            the open runs end KILLED and the process exits 143 (:mod:`dlops.signals`).
     """
     import mlflow
     from mlflow import MlflowClient
@@ -454,7 +454,7 @@ def run_project(
     t_ray = time.perf_counter() - t_ray
     from dlops import signals
 
-    sigterm = signals.install()  # after ray.init (Ray's driver handles SIGTERM by aborting): SIGTERM as Ctrl-C
+    sigterm = signals.install()  # after ray.init, whose native SIGTERM handler aborts: see dlops.signals
     try:
         check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
         missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
@@ -492,6 +492,12 @@ def run_project(
     summary = RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id)
     summary.phase_s["ray_start"] = t_ray
     open_runs: list[str] = [parent_id]
+
+    def end_on_sigterm() -> None:  # MLflow only: Ray may be gone (a group-wide SIGTERM)
+        cb = state["callback"]
+        end_open_runs(client, (cb.open_run_ids(timeout=10.0) if cb is not None else []) + open_runs, "KILLED")
+
+    signals.set_cleanup(end_on_sigterm)
     try:
         _run(cfg, data, client, exp_id, parent_id, search_id, summary, open_runs, out, state)
         client.set_terminated(parent_id, "FINISHED")

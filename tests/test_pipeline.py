@@ -264,10 +264,13 @@ def test_summary_names_model_uris_and_ui_command(job):
     assert any(line.startswith("[search]") for line in job["lines"])
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
-def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int):
-    """SIGINT (Ctrl-C) or SIGTERM (timeout, systemd, Kubernetes) in the middle of the search: the
-    CLI exits 130 / 143 and every run ends KILLED or FINISHED (SIGTERM is no Ray abort, exit 134)."""
+@pytest.mark.parametrize("sig,code,group", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
+                                            (signal.SIGTERM, 143, True)], ids=["sigint", "sigterm", "sigterm-group"])
+def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int, group: bool):
+    """SIGINT (Ctrl-C) or SIGTERM in the middle of the search: the CLI exits 130 / 143 and every
+    run ends KILLED or FINISHED. SIGTERM to the driver alone (Kubernetes) or to its whole process
+    group, Ray's processes included (``timeout``, systemd): no Ray abort (exit 134), no run left
+    RUNNING, and ``--resume`` then finishes the search."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -275,7 +278,8 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int):
     cmd = [sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--tracking-uri", uri,
            "--set", "search.stages=[{trials: 4, epochs: 40}, {trials: 2, epochs: 40}]", "--set", "pretrain.epochs=1",
            "--set", "ray.num_cpus=2"]
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=group)
     client = MlflowClient(uri)
     deadline = time.time() + 120
     started = False
@@ -291,7 +295,10 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int):
             started = True
             break
     assert started, "no trial started within 120 s"
-    p.send_signal(sig)
+    if group:
+        os.killpg(p.pid, sig)  # the driver and the Ray processes it started
+    else:
+        p.send_signal(sig)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == code, out[-3000:]
     assert ("terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted") in out

@@ -289,6 +289,9 @@ def run_search(
                             stage_info=stage_info_fn(plan, search), progress=out, metric=search.metric)
     if on_callback:
         on_callback(cb)
+    from dlops.search.progress import WaitNotice
+
+    waiting = WaitNotice(out, f"cpu={search.resources.cpu:g}, gpu={search.resources.gpu:g}", ray_cfg.autoscaler)
     budget = FailureBudget(cb, search.max_failures)
     stopper = budget_stopper(search_id)
     res = search.resources
@@ -319,7 +322,7 @@ def run_search(
         placeholders = fill_missing_checkpoints(exp_dir)
         tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
-        _use_fresh_objects(tuner, searcher, cb, stopper, keeper)
+        _use_fresh_objects(tuner, searcher, cb, stopper, keeper, extra_callbacks=[waiting])
         out(f"  resuming {exp_dir}: {len(cb.trial_runs)} trial runs already in MLflow "
             f"({cb.n_failed} failed); MLflow parent run {parent_run_id}")
     else:
@@ -329,7 +332,7 @@ def run_search(
                                         scheduler=scheduler, num_samples=plan.total_trials,
                                         max_concurrent_trials=search.max_concurrent,
                                         trial_dirname_creator=short_trial_dirname, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[cb], stop=stopper,
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[cb, waiting], stop=stopper,
                                       verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         out(f"  {plan.total_trials} trials in {len(plan.stages)} stages; MLflow parent run {parent_run_id}")
@@ -447,7 +450,8 @@ def fill_missing_checkpoints(exp_dir: str) -> list[str]:
     return created
 
 
-def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any, keeper: Any = None) -> None:
+def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any, keeper: Any = None,
+                       extra_callbacks: Any = ()) -> None:
     """After ``Tuner.restore``: run with this session's searcher (wrapping the caller's plan, into
     which Tune loads the saved plan state), MLflow callback and stopper instead of the copies
     pickled in ``tuner.pkl`` (whose MLflow client and plan belong to the dead driver); the
@@ -466,5 +470,7 @@ def _use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any, k
     tc.search_alg = searcher
     if keeper is not None and hasattr(tc.scheduler, "keeper"):
         tc.scheduler.keeper = keeper
-    rc.callbacks = [callback] + [c for c in (rc.callbacks or []) if type(c).__name__ != type(callback).__name__]
+    fresh = [callback, *extra_callbacks]
+    names = {type(c).__name__ for c in fresh}
+    rc.callbacks = fresh + [c for c in (rc.callbacks or []) if type(c).__name__ not in names]
     rc.stop = stopper

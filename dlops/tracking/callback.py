@@ -149,7 +149,7 @@ class MlflowTreeCallback(Callback):
         self._futures: list[Future] = []
         self._ops: list[_Op] = []  # queued, not yet taken by the writer
         self._draining = False  # a drain of _ops is scheduled or running on the writer
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM clean-up may flush from inside a hook
         self._find_existing()
 
     # ---- the writer thread ----------------------------------------------------------------------
@@ -162,7 +162,7 @@ class MlflowTreeCallback(Callback):
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM clean-up may flush from inside a hook
 
     def _enqueue(self, op: "_Op") -> Future:
         """Queue one write for the writer thread; returns its future."""
@@ -287,17 +287,24 @@ class MlflowTreeCallback(Callback):
         """Run one MLflow call on the writer thread after every queued one; return its result."""
         return self._submit(fn, *args, **kwargs).result()
 
-    def flush(self) -> None:
-        """Wait for every queued MLflow write.
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait for every queued MLflow write (at most ``timeout`` seconds in all; None: no limit).
 
         Raises:
+            TimeoutError: ``timeout`` passed with writes still queued (they stay queued).
             Exception: the first queued write that failed (after all have been waited for).
         """
         with self._lock:
             futures, self._futures = self._futures, []
         first: Optional[BaseException] = None
-        for f in futures:
-            exc = f.exception()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for i, f in enumerate(futures):
+            try:
+                exc = f.exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                with self._lock:
+                    self._futures[:0] = futures[i:]
+                raise TimeoutError(f"MLflow writer: {len(futures) - i} writes still queued after {timeout} s") from None
             if exc is not None and first is None:
                 first = exc
         if first is not None:
@@ -604,9 +611,11 @@ class MlflowTreeCallback(Callback):
             if self.client.get_run(rid).info.status == "RUNNING":
                 self.client.set_terminated(rid, status=status)
 
-    def open_run_ids(self) -> list[str]:
+    def open_run_ids(self, timeout: Optional[float] = None) -> list[str]:
+        """Every run id of this search's stages and trials, after the queued writes (waited for at
+        most ``timeout`` s: the ids known then)."""
         try:
-            self.flush()
+            self.flush(timeout)
         except Exception:  # the caller is ending the runs after an error: give it the ids anyway
             pass
         return list(self.trial_runs.values()) + list(self.stage_runs.values())

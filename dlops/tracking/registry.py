@@ -76,7 +76,7 @@ def gate(
     if broken:
         return False, f"challenger breaks {', '.join(broken)}"
     if champion is None:
-        return True, "no champion yet"
+        return True, "first champion: there was none before"
     cv = champion.get(metric)
     if cv is None or not math.isfinite(float(cv)):
         return True, f"champion has no finite {metric}"
