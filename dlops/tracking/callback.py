@@ -335,11 +335,13 @@ class MlflowTreeCallback(Callback):
         if k in self._stage_ready:
             return
         self._stage_ready.add(k)
-        if k in self.stage_runs:  # a run from before a resume: running again
+        if k in self.stage_runs:  # a run from before a resume: running again, unless it had finished
             rid = self.stage_runs[k]
 
             def reopen() -> None:
-                if self.client.get_run(rid).info.status != "RUNNING":
+                # KILLED (Ctrl-C, SIGTERM) or FAILED (failure budget): its trials go on now. FINISHED:
+                # all its trials had ended (one that ended after Tune's last snapshot is only replayed)
+                if self.client.get_run(rid).info.status in ("KILLED", "FAILED"):
                     self.client.update_run(rid, status="RUNNING")
 
             self._submit(reopen)
