@@ -139,7 +139,9 @@ def repair_state_files(exp_dir: str) -> list[str]:
     :class:`~dlops.search.searcher.StagedSearcher` writes atomically with each save (trials it
     had suggested that Tune's experiment state does not hold and that never started are dropped,
     so the stage barrier does not wait for them; those Tune restores stay); a damaged
-    experiment or search-generator state is removed when an older one is there to fall back on.
+    experiment state is put back from its whole backup (``dlops-backup.<name>``, written with
+    each searcher save); else a damaged experiment or search-generator state is removed when an
+    older one is there to fall back on.
 
     Returns:
         What was repaired, one line each.
@@ -149,8 +151,11 @@ def repair_state_files(exp_dir: str) -> list[str]:
     """
     import glob
     import os
+    import shutil
 
     import ray.cloudpickle as cloudpickle
+
+    from dlops.search.searcher import BACKUP_PREFIX
 
     repaired: list[str] = []
 
@@ -169,6 +174,14 @@ def repair_state_files(exp_dir: str) -> list[str]:
     for pattern, kind in (("experiment_state-*.json", "json"), ("search_gen_state-*.json", "pickle")):
         files = sorted(glob.glob(os.path.join(exp_dir, pattern)))
         while files and not readable(files[-1], kind):
+            backup = os.path.join(exp_dir, BACKUP_PREFIX + os.path.basename(files[-1]))
+            if kind == "json" and os.path.exists(backup) and readable(backup, kind):
+                # the same checkpoint, written whole by the searcher's save: put it in place
+                tmp = files[-1] + ".repair"
+                shutil.copyfile(backup, tmp)
+                os.replace(tmp, files[-1])
+                repaired.append(f"restored {os.path.basename(files[-1])} from {os.path.basename(backup)}")
+                break
             bad = files.pop()
             if not files:
                 raise NothingToResumeError(f"--resume: {bad} is damaged and there is no older copy; "

@@ -14,12 +14,17 @@ stage reuses them instead of starting new worker processes.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from dlops.search.plan import FINISHED, StagedPlan
+
+
+#: prefix of the backup of Tune's experiment state (Tune's own glob, experiment_state-*.json, skips it)
+BACKUP_PREFIX = "dlops-backup."
 
 
 class StagedSearcher(Searcher):
@@ -86,8 +91,35 @@ class StagedSearcher(Searcher):
         atomically to ``snapshot_path`` first, so a copy cut short has a whole twin at least as new."""
         text = json.dumps(self.get_state())
         self._snapshot(text)
+        self._backup_experiment_state(os.path.dirname(checkpoint_path))
         with open(checkpoint_path, "w") as f:
             f.write(text)
+
+    def _backup_experiment_state(self, staging_dir: str) -> None:
+        """Copy Tune's experiment state, which Tune has just written whole into ``staging_dir``
+        (its ``save_to_dir`` writes it, then saves the searcher), atomically next to the plan
+        snapshot as ``dlops-backup.<name>``. Tune writes that file in place and copies it into
+        the experiment folder in the background, so a process that exits at the wrong moment
+        (``kill -9``, SIGTERM) can leave it cut short; ``--resume`` then puts the backup in its
+        place (:func:`dlops.search.resume.repair_state_files`)."""
+        if not self.snapshot_path:
+            return
+        import glob
+
+        states = glob.glob(os.path.join(staging_dir, "experiment_state-*.json"))
+        if not states:
+            return
+        newest = max(states, key=os.path.getmtime)
+        try:
+            with open(newest, "rb") as f:
+                data = f.read()
+        except OSError:
+            return
+        d = os.path.dirname(self.snapshot_path) or "."
+        tmp = os.path.join(d, ".dlops-backup.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(d, BACKUP_PREFIX + os.path.basename(newest)))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

@@ -85,3 +85,24 @@ def test_a_pending_trial_tune_restores_stays_in_the_rebuilt_plan(tmp_path: Path)
     fresh = _searcher(tmp_path / "other.json")
     fresh.restore(str(exp / "searcher-state-2026.pkl"))
     assert fresh.suggest("d") is None  # barrier: the stage is full
+
+
+def test_experiment_state_cut_short_is_put_back_from_the_searchers_backup(tmp_path: Path):
+    """Tune writes experiment_state-*.json in place, then saves the searcher from the same
+    staging folder: the save backs the whole file up next to the plan snapshot, and the repair
+    puts it back when the experiment folder's copy was cut short (a kill while it was copied)."""
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    staging.mkdir()
+    state = {"trial_data": [["{}", "{}"]], "runner_data": {}, "stats": {}}
+    (staging / "experiment_state-2026-03.json").write_text(json.dumps(state))
+    s = _searcher(exp / PLAN_SNAPSHOT)
+    s.suggest("a")
+    s.save(str(staging / ".tmp_searcher_ckpt"))  # as Tune's Searcher.save_to_dir calls it
+    backup = exp / "dlops-backup.experiment_state-2026-03.json"
+    assert json.loads(backup.read_text()) == state
+    (exp / "experiment_state-2026-03.json").write_text(json.dumps(state)[:20])  # the copy, cut short
+    done = repair_state_files(str(exp))
+    assert done == ["restored experiment_state-2026-03.json from dlops-backup.experiment_state-2026-03.json"]
+    assert json.loads((exp / "experiment_state-2026-03.json").read_text()) == state
+    # Tune's own glob does not see the backup as a state file of its own
+    assert sorted(p.name for p in exp.glob("experiment_state-*.json")) == ["experiment_state-2026-03.json"]
