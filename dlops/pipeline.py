@@ -493,19 +493,17 @@ def run_project(
     summary.phase_s["ray_start"] = t_ray
     open_runs: list[str] = [parent_id]
 
-    def end_on_sigterm() -> None:  # MLflow only: Ray may be gone (a group-wide SIGTERM)
+    def end_open(status: str, timeout: Optional[float] = None) -> None:
+        """End this search's runs still RUNNING (MLflow only: Ray may be gone)."""
         cb = state["callback"]
-        end_open_runs(client, (cb.open_run_ids(timeout=10.0) if cb is not None else []) + open_runs, "KILLED")
+        end_open_runs(client, (cb.open_run_ids(timeout) if cb is not None else []) + open_runs, status)
 
-    signals.set_cleanup(end_on_sigterm)
+    signals.set_cleanup(lambda: end_open("KILLED", timeout=10.0))  # a SIGTERM: see dlops.signals
     try:
         _run(cfg, data, client, exp_id, parent_id, search_id, summary, open_runs, out, state)
         client.set_terminated(parent_id, "FINISHED")
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        cb = state["callback"]
-        ids = (cb.open_run_ids() if cb is not None else []) + open_runs
-        end_open_runs(client, ids, status)
+        end_open("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         try:
             from dlops.plugins import get_registry
 

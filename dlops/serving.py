@@ -210,9 +210,6 @@ class ModelServer:
                              "preprocessed range? see preprocessing in GET)")
         return {"probabilities": prob.tolist(), "predictions": decode(prob, self.task, self.classes)}
 
-    async def _read_body(self, request: Any) -> Optional[bytes]:
-        return await _read_body_capped(request, self.max_request_bytes)
-
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
@@ -221,7 +218,7 @@ class ModelServer:
         if request.method != "POST":
             return JSONResponse({"error": f"method {request.method} not allowed: GET describes the model, POST "
                                           "predicts"}, status_code=405, headers={"Allow": "GET, POST"})
-        raw = await self._read_body(request)
+        raw = await _read_body_capped(request, self.max_request_bytes)
         if raw is None:
             return JSONResponse({"error": f"request body: more than {self.max_request_mb:g} MB (the server's "
                                           "--max-request-mb); send fewer images per request"}, status_code=413)
