@@ -224,7 +224,7 @@ def _median(xs: list[float]) -> float:
 def main() -> None:
     import ray
 
-    from dlops.pipeline import quiet_libraries
+    from dlops.console import quiet_libraries
 
     quiet_libraries()
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = CHECKPOINT_S

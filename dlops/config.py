@@ -9,6 +9,7 @@ validation.
 
 from __future__ import annotations
 
+from dlops.errors import ConfigError  # noqa: F401  (the kind lives in dlops.errors)
 import math
 import os
 from pathlib import Path
@@ -36,8 +37,6 @@ TRIAL_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "batch_size", "hidden
                          "backbone_lr_mult", "unfreeze_epoch")
 
 
-class ConfigError(ValueError):
-    """A bad project file or override. The message names the file, the key and the value."""
 
 
 class _Model(BaseModel):

@@ -15,6 +15,7 @@ Every run ends FINISHED, FAILED or KILLED, also on Ctrl-C or an exception.
 
 from __future__ import annotations
 
+from dlops.errors import DataError  # noqa: F401  (the kind lives in dlops.errors)
 import json
 import math
 import os
@@ -28,11 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from dlops.config import ProjectConfig
+from dlops.console import quiet_libraries
 from dlops.search.resources import ResourceError, check_resources  # noqa: F401  (re-exported)
 from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH
 
-class DataError(ValueError):
-    """The data cannot be used (CLI exit code 2); the message names the file or folder."""
 
 
 PHASES = ("ray_start", "setup", "pretrain", "search", "register", "report", "ensemble")
@@ -326,20 +326,6 @@ def load_source_state(weights: str, spec: Optional[dict[str, Any]] = None) -> di
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-def quiet_libraries() -> None:
-    """Keep the console to dlops' own progress: no artifact progress bars, no Ray Tune tables."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    import logging
-
-    for name in ("mlflow", "ray.tune", "ray.train", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
-    warnings.filterwarnings("ignore", message=r".*type hint.*")  # pyfunc ensembles take arrays, not typed lists
 
 
 def log_augmentation(cfg: ProjectConfig, spec: dict[str, Any], client: Any, run_id: str) -> None:

@@ -8,6 +8,7 @@ does not take the other plugins down.
 
 from __future__ import annotations
 
+from dlops.errors import PluginError  # noqa: F401  (the kind lives in dlops.errors)
 import importlib
 import importlib.metadata as md
 from dataclasses import dataclass, field
@@ -52,8 +53,6 @@ def _check_value(kind: str, key: str, value: Any) -> None:
         raise PluginError(f"reporter {key!r} must have a report(context) method, got {type(value).__name__}")
 
 
-class PluginError(ValueError):
-    """A plugin could not be loaded or asked for something that no plugin provides."""
 
 
 @dataclass

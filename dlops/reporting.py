@@ -10,6 +10,7 @@ Reporters only compute and write files (:mod:`dlops.reports`); this module turns
 
 from __future__ import annotations
 
+from dlops.errors import ReportTargetError  # noqa: F401  (the kind lives in dlops.errors)
 import math
 import tempfile
 import time
@@ -111,8 +112,6 @@ def report_model(client: Any, registry: Any, run_ids: Sequence[str], names: Sequ
 # ------------------------------------------------------------------------------------------------
 
 
-class ReportTargetError(ValueError):
-    """The run or model named on the command line cannot be reported on (CLI exit code 2)."""
 
 
 def _resolve_target(client: Any, target: str) -> tuple[str, str, str]:
@@ -176,7 +175,7 @@ def recompute_reports(target: str, tracking_uri: str, split: str = "dev",
     from dlops.reports import SplitPredictions
     from dlops.train.loop import evaluate_proba, predict_proba, stack_eval
 
-    from dlops.pipeline import quiet_libraries
+    from dlops.console import quiet_libraries
 
     quiet_libraries()
     if split not in SPLITS:

@@ -25,6 +25,7 @@ and its own TTA views; ``tta`` overrides its model config).
 
 from __future__ import annotations
 
+from dlops.errors import ServeError  # noqa: F401  (the kind lives in dlops.errors)
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -33,8 +34,6 @@ from typing import Any, Optional
 DEFAULT_MAX_REQUEST_MB = 32.0
 
 
-class ServeError(ValueError):
-    """Bad input to ``dlops serve`` (the CLI exits 2)."""
 
 
 @dataclass

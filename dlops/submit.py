@@ -13,6 +13,7 @@ refused (the runs would land on a head node's disk).
 
 from __future__ import annotations
 
+from dlops.errors import SubmitError  # noqa: F401  (the kind lives in dlops.errors)
 import re
 import time
 from dataclasses import dataclass
@@ -31,8 +32,6 @@ AGENT_RETRIES = 15
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class SubmitError(ValueError):
-    """Bad input to ``dlops submit`` (the CLI exits 2); nothing was submitted."""
 
 
 @dataclass

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from dlops.errors import DataError
+
 __all__ = [
     "EmptyClassError",
     "IMAGE_EXTENSIONS",
@@ -52,11 +54,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-class EmptyClassError(ValueError):
+class EmptyClassError(DataError):
     """A class folder holds no usable image."""
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(DataError):
     """A dev/test class (folder or label) that the training data does not have."""
 
 

@@ -9,12 +9,11 @@ node that fits). The CLI turns :class:`ResourceError` into exit code 2.
 
 from __future__ import annotations
 
+from dlops.errors import ResourceError  # noqa: F401  (the kind lives in dlops.errors)
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 
-class ResourceError(ValueError):
-    """The cluster cannot meet a trial's resource request (CLI exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ parent run is reused (set back to RUNNING), every trial keeps its one run.
 
 from __future__ import annotations
 
+from dlops.errors import NothingToResumeError  # noqa: F401  (the kind lives in dlops.errors)
 import json
 
 from dataclasses import dataclass
@@ -20,8 +21,6 @@ from typing import Any, Optional
 from dlops.tracking.store import TAG_KIND, TAG_SEARCH
 
 
-class NothingToResumeError(ValueError):
-    """``--resume`` found no unfinished search of the experiment (CLI exit code 2)."""
 
 
 @dataclass(frozen=True)

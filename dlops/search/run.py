@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+from dlops.errors import TooManyFailuresError  # noqa: F401  (the kind lives in dlops.errors)
 import json
 import os
 import shutil
@@ -57,8 +58,6 @@ class SearchOutcome:
     released_actors: Optional[int] = None  # never-started actors killed at the last trial (None: not reached)
 
 
-class TooManyFailuresError(RuntimeError):
-    """More than ``search.max_failures`` trials failed; the search was stopped."""
 
 
 class FailureBudget:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dlops.errors import TrackingError  # noqa: F401  (the kind lives in dlops.errors)
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -29,8 +30,6 @@ def resolve_tracking_uri(cli_uri: Optional[str], file_uri: Optional[str]) -> str
     return uri
 
 
-class TrackingError(ValueError):
-    """The tracking store cannot be used (the CLI exits 2 before anything starts)."""
 
 
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
