@@ -596,7 +596,7 @@ def _run(cfg: ProjectConfig, data: Any, client: Any, exp_id: str, parent_id: str
         if summary.best_run_id:
             client.set_tag(parent_id, "dlops.best_run_id", summary.best_run_id)
 
-    from dlops.search.trainable import load_checkpoint_model
+    from dlops.train.checkpoint import load_checkpoint_model
     from dlops.train.loop import evaluate_task, predict_proba, stack_eval
     from dlops.data.transforms import build_transform
 

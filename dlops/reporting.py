@@ -195,7 +195,7 @@ def recompute_reports(target: str, tracking_uri: str, split: str = "dev",
     splits = {"train": data.train, "train_dev": data.train_dev, "dev": data.dev, "test": data.test}
     kind, ref = how.split(":", 1)
     if kind == "checkpoint":
-        from dlops.search.trainable import load_checkpoint_model
+        from dlops.train.checkpoint import load_checkpoint_model
 
         model, spec = load_checkpoint_model(ref)
         predict = lambda x: predict_proba(model, x)  # noqa: E731

@@ -14,9 +14,7 @@ import os
 import tempfile
 from typing import Any, Mapping
 
-CHECKPOINT_FILE = "state.pt"
-SPEC_FILE = "spec.json"
-HISTORY_FILE = "history.json"  # the metrics of every epoch so far
+from dlops.train.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, SPEC_FILE, load_checkpoint_model  # noqa: F401
 REPLAY_KEY = "dlops_replay"  # result key: JSON list of the epochs before a restore
 
 
@@ -166,18 +164,3 @@ def train_transfer(config: dict[str, Any], payload: Mapping[str, Any]) -> None:
             with open(os.path.join(d, HISTORY_FILE), "w") as f:
                 json.dump(history, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-def load_checkpoint_model(checkpoint_dir: str):
-    """Rebuild the network of a trial checkpoint (CPU, eval mode). Returns (model, spec)."""
-    import torch
-
-    from dlops.models.transfer import build_model
-
-    with open(os.path.join(checkpoint_dir, SPEC_FILE)) as f:
-        spec = json.load(f)
-    model = build_model(spec)
-    st = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    model.load_state_dict(st["model"])
-    model.eval()
-    return model, spec

@@ -24,7 +24,7 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from dlops.search.trainable import load_checkpoint_model
+        from dlops.train.checkpoint import load_checkpoint_model
         from dlops_plugins.ensemble.tta import check_tta
 
         keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))

@@ -86,7 +86,7 @@ def test_predict_tta_is_the_mean_over_views():
 
 def _member(tmp, i, spec):
     from dlops.models.transfer import build_model
-    from dlops.search.trainable import CHECKPOINT_FILE, SPEC_FILE
+    from dlops.train.checkpoint import CHECKPOINT_FILE, SPEC_FILE
 
     torch.manual_seed(100 + i)
     m = build_model(spec)
