@@ -66,7 +66,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dlops.search.plan import Stage, StagedPlan, run_plan
-from dlops.search.space import Param, ZoomRule, initial_box, sample_box
+from dlops.search.space import Param, initial_box, sample_box
+from dlops.search.zoom import ZoomRule
 
 MAX_EPOCHS = 9  # epochs of a full-fidelity trial; ASHA rungs at 1, 3, 9
 ASHA_GRACE = 1

@@ -154,7 +154,8 @@ def _search_params(cfg: ProjectConfig) -> list[Any]:
 def build_plan(cfg: ProjectConfig) -> Any:
     """The :class:`StagedPlan` of the project's search section."""
     from dlops.search.plan import Stage, StagedPlan
-    from dlops.search.space import Constraint, ZoomRule
+    from dlops.search.space import Constraint
+    from dlops.search.zoom import ZoomRule
 
     s = cfg.search
     return StagedPlan(

@@ -1,13 +1,13 @@
 """The coarse-to-fine plan: which stage is running, what to sample next, when to zoom. Pure.
 
 :class:`StagedPlan` is a small state machine that knows nothing of Ray or MLflow. The Ray Tune
-searcher (:mod:`dlops.search.searcher`) is a thin adapter around it, and the benchmarks drive it
+searcher (:mod:`dlops.search.tune.searcher`) is a thin adapter around it, and the benchmarks drive it
 directly with plain Python objectives. Its whole state is JSON-serialisable
 (:meth:`StagedPlan.state_dict`), which is what makes ``Tuner.restore`` resume across stages.
 
 Stage ``k`` samples ``n_trials`` configurations at random inside its box; once every trial of
 stage ``k`` has ended (the stage barrier), the box of stage ``k+1`` is fitted around stage ``k``'s
-best trials with :func:`dlops.search.space.zoom`.
+best trials with :func:`dlops.search.zoom.zoom`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from dlops.search.space import (
-    Box,
-    Constraint,
-    Mode,
-    Param,
-    TrialOutcome,
-    ZoomRule,
-    initial_box,
-    sample_box,
-    zoom,
-)
+from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, initial_box, sample_box
+from dlops.search.zoom import ZoomRule, zoom
 
 FINISHED = "FINISHED"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dlops.search.plan import EPOCHS_KEY, FINISHED, STAGE_KEY, Stage, StagedPlan, run_plan
-from dlops.search.space import Constraint, Param, ZoomRule
+from dlops.search.space import Constraint, Param
+from dlops.search.zoom import ZoomRule
 
 PARAMS = [
     Param("lr", "log", 1e-4, 1.0, tier=1),

@@ -9,17 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dlops.search.space import (
-    Box,
-    Constraint,
-    Param,
-    TrialOutcome,
-    ZoomRule,
-    initial_box,
-    sample_box,
-    select_top,
-    zoom,
-)
+from dlops.search.space import Box, Constraint, Param, TrialOutcome, initial_box, sample_box, select_top
+from dlops.search.zoom import ZoomRule, zoom
 
 LR = Param("lr", "log", 1e-4, 1.0)
 BETA = Param("beta", "one_minus_log", 0.9, 0.999)

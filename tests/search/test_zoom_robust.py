@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlops.search.space import Box, Param, TrialOutcome, ZoomRule, initial_box, smoothed_values, zoom
+from dlops.search.space import Box, Param, TrialOutcome, initial_box
+from dlops.search.zoom import ZoomRule, smoothed_values, zoom
 
 LR = Param("lr", "log", 1e-4, 1.0)
 MOM = Param("momentum", "one_minus_log", 0.9, 0.999)
