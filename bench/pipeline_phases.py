@@ -35,7 +35,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     runs = []
     for i in range(args.repeat):

@@ -5,7 +5,7 @@ Part 1 (epochs to a target). The target task of the embedded default (``load_tas
 For each seed:
 
 * a source network (the small CNN) is trained on digits 0-4, all their examples, as
-  ``dlops.pipeline.pretrain`` does (same spec, same hyperparameters: ``PretrainConfig``
+  ``dlops.job.source.pretrain`` does (same spec, same hyperparameters: ``PretrainConfig``
   defaults, 8 epochs, lr 0.05, momentum 0.9, batch 32), without MLflow;
 * ``scratch``: the small CNN from random init, everything trains;
 * ``frozen``: source features copied (``transfer_features``), backbone frozen (BatchNorm too),
@@ -74,7 +74,7 @@ def project(seed: int, train_per_class: int | None = None) -> Any:
 
 def pretrain_source(cfg: Any, data: Any, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The source network on the source task, exactly as the main job trains it (no MLflow)."""
-    from dlops.pipeline import train_source_network
+    from dlops.job.source import train_source_network
 
     model, _ = train_source_network(cfg, data, spec)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -126,7 +126,7 @@ def first_reach(errs: list[float], target: float) -> int | None:
 def part_transfer(seeds: int, epochs: int, lr: float = LR, schedule: str = "constant",
                   train_per_class: int | None = None) -> dict[str, Any]:
     from dlops.data.sources import load_task
-    from dlops.pipeline import make_spec
+    from dlops.job.source import make_spec
 
     rows = []
     for s in range(seeds):
@@ -174,7 +174,7 @@ def part_throughput(repeats: int) -> dict[str, Any]:
     from dlops.data.sources import load_task
     from dlops.data.transforms import build_transform
     from dlops.models.transfer import build_model
-    from dlops.pipeline import make_spec
+    from dlops.job.source import make_spec
     from dlops.train.loop import fit_epoch, make_loader, seed_everything, stack_eval
 
     cfg = project(0)

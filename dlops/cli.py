@@ -1,29 +1,46 @@
 """The ``dlops`` command line: thin. Parse, load the project file, call the library.
 
-Exit codes: 0 success; 2 bad input (project file, override, resources, plugin name) with one
-clear message; 130 interrupted (Ctrl-C; every open MLflow run is marked KILLED).
+Exit codes, mapped in one place (:class:`DlopsGroup`): 0 success; 2 bad input (project file,
+override, data, resources, plugin name, tracking store, CLI option): any :class:`~dlops.errors.DlopsError`,
+one clear line, nothing half-written; 1 a search that failed as a whole (the failure budget,
+nothing to register); 130 interrupted (Ctrl-C; every open MLflow run is marked KILLED);
+143 SIGTERM during ``dlops run`` (:mod:`dlops.signals`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 import click
 
 from dlops import __version__
+from dlops.errors import EXIT_BAD_INPUT, DlopsError
 from dlops.serving import DEFAULT_MAX_REQUEST_MB
 
-EXIT_BAD_INPUT = 2
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     click.echo(f"error: {msg}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DlopsGroup(click.Group):
+    """The one place where errors become exit codes: a :class:`DlopsError` prints ``error: <message>``
+    and exits with its ``exit_code`` (2 bad input, 1 a failed search); Ctrl-C exits 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DlopsError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=DlopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlops")
 def main() -> None:
     """dlops: staged hyperparameter search on Ray Tune, MLflow run trees and registry,
@@ -43,23 +60,14 @@ def main() -> None:
                    "instead of starting a new one.")
 def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str], ray_address: Optional[str],
         resume: bool) -> None:
-    """Run the main job of PROJECT_FILE: pretrain, search, register, report, ensemble."""
-    from dlops.config import ConfigError, load_config
+    """Run the main job of PROJECT_FILE: setup, pretrain, search, register, report, ensemble."""
+    from dlops.config import load_config
+    from dlops.job import format_summary, run_project
 
-    try:
-        cfg = load_config(project_file, list(overrides))
-    except ConfigError as exc:
-        _fail(str(exc))
-    from dlops.pipeline import DataError, ResourceError, format_summary, run_project
-    from dlops.plugins import PluginError
-    from dlops.search.resume import NothingToResumeError
-    from dlops.tracking.store import TrackingError
-
+    cfg = load_config(project_file, list(overrides))
     try:
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
                               out=lambda s: click.echo(s, err=True), resume=resume)
-    except (ResourceError, PluginError, NothingToResumeError, DataError, TrackingError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
         sys.exit(130)
@@ -71,12 +79,9 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 def validate(project_file: str, overrides: tuple[str, ...]) -> None:
     """Check PROJECT_FILE without running anything."""
-    from dlops.config import ConfigError, load_config
+    from dlops.config import load_config
 
-    try:
-        cfg = load_config(project_file, list(overrides))
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = load_config(project_file, list(overrides))
     n = sum(s.trials for s in cfg.search.stages)
     click.echo(f"{project_file}: ok ({len(cfg.search.stages)} stages, {n} trials, metric {cfg.search.metric} "
                f"{cfg.search.mode})")
@@ -90,16 +95,12 @@ def validate(project_file: str, overrides: tuple[str, ...]) -> None:
               help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
 def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Optional[str]) -> None:
     """Compute the reports again for TARGET (a run id or models:/NAME@ALIAS) and log them."""
-    from dlops.plugins import PluginError
-    from dlops.reporting import ReportTargetError, recompute_reports
-    from dlops.tracking.store import TrackingError, check_tracking_server, resolve_tracking_uri
+    from dlops.reporting import recompute_reports
+    from dlops.tracking.store import check_tracking_server, resolve_tracking_uri
 
-    try:
-        uri = resolve_tracking_uri(tracking_uri, None)
-        check_tracking_server(uri)
-        recompute_reports(target, uri, split, list(reporters) or None, out=click.echo)
-    except (ReportTargetError, PluginError, TrackingError) as exc:
-        _fail(str(exc))
+    uri = resolve_tracking_uri(tracking_uri, None)
+    check_tracking_server(uri)
+    recompute_reports(target, uri, split, list(reporters) or None, out=click.echo)
 
 
 @main.command()
@@ -120,16 +121,13 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
     The project file's folder is the job's working dir (run outputs excluded). Exit code: the
     job's (0 succeeded, 1 failed); 2 for a bad file or an unreachable tracking store, before
     anything is submitted. Ctrl-C stops following; the job keeps running."""
-    from dlops.config import ConfigError, load_config
-    from dlops.submit import SubmitError, exit_code, submit as submit_job, wait
+    from dlops.config import load_config
+    from dlops.submit import exit_code, submit as submit_job, wait
     from dlops.tracking.store import resolve_tracking_uri
 
-    try:
-        cfg = load_config(project_file, list(overrides))
-        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
-        sub = submit_job(project_file, list(overrides), address, uri, resume=resume)
-    except (ConfigError, SubmitError) as exc:
-        _fail(str(exc))
+    cfg = load_config(project_file, list(overrides))
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+    sub = submit_job(project_file, list(overrides), address, uri, resume=resume)
     click.echo(f"submitted {sub.submission_id} to {address}: {sub.entrypoint}", err=True)
     if no_wait:
         click.echo(sub.submission_id)
@@ -172,22 +170,19 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
 
     import signal
 
-    from dlops.serving import ServeError, check_options, port_free, resolve_model
+    from dlops.serving import check_options, port_free, resolve_model
     from dlops.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, None)
-    try:
-        check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
-        ref = resolve_model(model_uri, uri)
-        port_free(host, port)
-    except ServeError as exc:
-        _fail(str(exc))
+    check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
+    ref = resolve_model(model_uri, uri)
+    port_free(host, port)
     try:
         from ray import serve as ray_serve
     except ImportError as exc:
         _fail(f"dlops serve needs Ray Serve: pip install 'dlops[serve]' ({exc})")
 
-    from dlops.pipeline import init_ray
+    from dlops.cluster import init_ray
     from dlops.serving import start
 
     def on_sigterm(signum: int, frame: object) -> None:  # systemd, Kubernetes: stop as on Ctrl-C
@@ -232,13 +227,14 @@ def plugins_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "plugins": [{"name": p.name, "module": p.module, "version": p.version, "source": p.source,
-                         "provides": p.provides} for p in reg.plugins],
+                         "provides": p.provides, "hooks": p.hooks} for p in reg.plugins],
             "errors": reg.errors,
         }, indent=2))
     else:
         w = max([len(p.source) for p in reg.plugins] + [8])
         for p in reg.plugins:
-            prov = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in p.provides.items()) or "hooks only"
+            prov = "; ".join([f"{k}: {', '.join(v) or '-'}" for k, v in p.provides.items()]
+                             + ([f"hooks: {', '.join(p.hooks)}"] if p.hooks else [])) or "-"
             click.echo(f"{p.name:<16} {p.version:<10} {p.source:<{w}} {prov}")
         for name, err in reg.errors.items():
             click.echo(f"{name:<16} BROKEN     {err}", err=True)

@@ -228,11 +228,14 @@ class RegistryConfig(_Model):
 
 
 class EnsembleConfig(_Model):
-    """The ensemble of the ``top_k`` best feasible trials (probabilities averaged), with optional
-    test-time augmentation: ``tta`` one of ``none``, ``flip``, ``five_crop``, ``ten_crop`` (see
-    ``dlops_plugins.ensemble.tta``), ``crop_fraction`` the crop side over the image side."""
+    """The ensemble of the ``top_k`` best feasible trials, combined by ``method`` (an ensemble
+    method a plugin provides, ``dlops_ensemble_methods``; built-in ``average``: the mean of the
+    class probabilities), with optional test-time augmentation: ``tta`` one of ``none``, ``flip``,
+    ``five_crop``, ``ten_crop`` (see :mod:`dlops.predict`), ``crop_fraction`` the crop side over
+    the image side."""
 
     enabled: bool = True
+    method: str = "average"
     top_k: int = Field(default=3, ge=1, le=15)
     tta: Literal["none", "flip", "five_crop", "ten_crop"] = "none"
     crop_fraction: float = Field(default=0.875, gt=0, le=1)
@@ -438,6 +441,9 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
             raise ConfigError(
                 f"{path}: report.reporters[{i}]: unknown reporter {r!r}; available: {sorted(reg.reporters)}"
             )
+    if cfg.ensemble.method not in reg.ensemble_methods:
+        raise ConfigError(f"{path}: ensemble.method: unknown ensemble method {cfg.ensemble.method!r}; "
+                          f"available: {sorted(reg.ensemble_methods)}")
     for k in ("batch_size", "hidden"):
         p = s.space.get(k)
         if p is not None and p.scale in ("linear", "log", "one_minus_log"):

@@ -19,8 +19,9 @@ HTTP API (JSON), on the route prefix (default ``/``):
 
 A single network is served through ``mlflow.pytorch`` (its outputs are logits; softmax or
 sigmoid is applied here, per the spec's ``task``), with optional test-time augmentation
-(:mod:`dlops_plugins.ensemble.tta`); an ensemble through its pyfunc (which averages members
-and its own TTA views; ``tta`` overrides its model config).
+(:mod:`dlops.predict`); an ensemble through its pyfunc (:mod:`dlops.ensemble`: each member's TTA
+views averaged, the members combined by the ensemble's method, looked up by name in the plugin
+registry; ``tta`` overrides its model config).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ModelRef:
     name: str
     version: str
     kind: str  # "single" | "ensemble"
+    method: Optional[str] = None  # an ensemble's method (a plugin's ``dlops_ensemble_methods``)
 
 
 def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
@@ -78,8 +80,19 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
         mv = get_model_version(client, model_uri)
     except LookupError:
         raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
-    kind = "ensemble" if "dlops.members" in (mv.tags or {}) else "single"
-    return ModelRef(model_uri, mv.name, str(mv.version), kind)
+    tags = mv.tags or {}
+    if "dlops.members" not in tags:
+        return ModelRef(model_uri, mv.name, str(mv.version), "single")
+    from dlops.ensemble import DEFAULT_METHOD
+    from dlops.errors import PluginError
+    from dlops.plugins import get_registry
+
+    method = tags.get("dlops.ensemble_method", DEFAULT_METHOD)
+    try:
+        get_registry().get("ensemble_methods", method)
+    except PluginError as exc:
+        raise ServeError(f"MODEL_URI: {model_uri} is an ensemble whose method no installed plugin provides: {exc}") from None
+    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method)
 
 
 def probabilities(outputs: Any, task: str) -> Any:
@@ -199,8 +212,8 @@ class ModelServer:
         if self.ref.kind == "ensemble":
             prob = np.asarray(self.model.predict(x), dtype=np.float64)
         else:
+            from dlops.predict import predict_tta
             from dlops.train.loop import predict_proba
-            from dlops_plugins.ensemble.tta import predict_tta
 
             prob = predict_tta(lambda v: predict_proba(self.model, v, task=self.task), torch.from_numpy(x),
                                self.tta, self.crop_fraction)
@@ -283,7 +296,7 @@ def check_options(replicas: int = 1, num_cpus: float = 1.0, tta: Optional[str] =
     ``crop_fraction`` outside (0, 1], or ``max_request_mb`` not > 0."""
     import math
 
-    from dlops_plugins.ensemble.tta import check_tta
+    from dlops.predict import check_tta
 
     if not (isinstance(max_request_mb, (int, float)) and math.isfinite(max_request_mb) and max_request_mb > 0):
         raise ServeError(f"--max-request-mb must be a number > 0 (MB), got {max_request_mb}")

@@ -17,7 +17,7 @@ def test_backbone_lr_mult_and_unfreeze_epoch_are_searched(tmp_path):
     from mlflow import MlflowClient
 
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     uri = f"sqlite:///{tmp_path}/m.db"
     cfg = load_config(EXAMPLE, [

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def job(tmp_path_factory):
     """Run the tiny project twice into one store (the second run tests the promotion gate)."""
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     d = tmp_path_factory.mktemp("job")
     old = os.getcwd()
@@ -255,7 +255,7 @@ def test_second_run_is_challenger_and_gate_decides_champion(job):
 
 
 def test_summary_names_model_uris_and_ui_command(job):
-    from dlops.pipeline import format_summary
+    from dlops.job import format_summary
 
     text = format_summary(job["first"])
     assert f"models:/{job['cfg'].model_name}@champion" in text
@@ -324,7 +324,7 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int, group
 
 
 def test_common_spec_keeps_only_what_every_member_shares():
-    from dlops.pipeline import common_spec
+    from dlops.job.ensemble import common_spec
 
     a = {"name": "small_cnn", "image_size": 8, "hidden": 64, "mean": [0.5]}
     b = {"name": "small_cnn", "image_size": 8, "hidden": 128, "mean": [0.5]}

@@ -53,7 +53,7 @@ def _listeners() -> set[tuple[str, int]]:
 def store(tmp_path_factory):
     """A tiny dlops run: a champion model and an ensemble in a SQLite store."""
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     d = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{d}/mlflow.db"

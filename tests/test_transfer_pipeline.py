@@ -53,7 +53,7 @@ def local_ray():
     """One local Ray for the in-process runs of this module (run_project leaves it running)."""
     import ray
 
-    from dlops.pipeline import init_ray
+    from dlops.cluster import init_ray
 
     started = init_ray(None, 2, None)
     yield
@@ -207,7 +207,7 @@ def test_frozen_backbone_is_bitwise_unchanged_after_training(folder_job):
 @pytest.fixture(scope="module")
 def registry_job(tmp_path_factory, local_ray):
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     d = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{d}/mlflow.db"
@@ -238,7 +238,7 @@ def test_registered_model_is_the_source_of_a_new_transfer(registry_job):
     from dlops.data.transforms import build_transform
     from dlops.models.freeze import param_groups
     from dlops.models.transfer import apply_freeze, build_model, transfer_features
-    from dlops.pipeline import make_spec
+    from dlops.job.source import make_spec
     from dlops.search.trainable import trial_spec
     from dlops.train.loop import fit_epoch, make_loader, seed_everything
 
@@ -302,7 +302,7 @@ def test_registered_model_is_the_source_of_a_new_transfer(registry_job):
 @pytest.fixture(scope="module")
 def multilabel_job(tmp_path_factory, local_ray):
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     d = tmp_path_factory.mktemp("multilabel")
     rows = _make_digits_images().write_multilabel(d, seed=0)

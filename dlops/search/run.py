@@ -2,7 +2,7 @@
 
 * Resources per trial (``search.resources``: CPUs, GPUs, fractional GPUs allowed) are checked
   against the cluster before any run is created (:func:`dlops.search.resources.check_resources`,
-  called by :func:`dlops.pipeline.run_project`).
+  called by :func:`dlops.job.run_project`).
 * Resume: with ``resume=True`` the Tune experiment ``<storage_path>/<name>-<search_id>`` is
   restored with ``Tuner.restore`` (finished trials are not run again, unfinished trials continue
   from their last checkpoint, errored trials stay FAILED); a fresh :class:`StagedSearcher` around

@@ -21,7 +21,7 @@ Each factory has the signature ``factory(magnitude, image_size, train) -> Albume
 the policy maps an (H, W, C) uint8 image to (S, S, C) uint8 with S = ``image_size`` (or the
 input size when None; flip keeps the input size). ``policy.describe(shape)`` /
 ``policy.serialized`` give ``albumentations.to_dict`` of the exact pipeline; see
-:mod:`dlops_plugins.augment.common` for seeding and :func:`~dlops_plugins.augment.common.policy_param`.
+:mod:`dlops.data.policy` for seeding and :func:`~dlops.data.policy.policy_param`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dlops import hookimpl
-from dlops_plugins.augment.common import IdentityPolicy, Policy, check_magnitude
+from dlops.data.policy import IdentityPolicy, Policy, check_magnitude
 
 POLICIES = ("none", "flip", "crop", "standard", "heavy")
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dlops import hookimpl
-from dlops_plugins.augment.common import Policy, check_magnitude
+from dlops.data.policy import Policy, check_magnitude
 
 POLICIES = ("tv2_autoaugment", "tv2_randaugment", "tv2_trivialaugment",
             "tv2_flip", "tv2_crop", "tv2_standard", "tv2_heavy")

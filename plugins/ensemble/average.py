@@ -1,4 +1,4 @@
-"""Built-in ensemble ``average``: average the class probabilities of 3-15 models.
+"""Built-in ensemble method ``average``: average the class probabilities of 3-15 models.
 
 Practice: ensembles of several independently trained networks, averaging their outputs, are a
 standard way to win benchmarks (Ng, *Structuring ML Projects*, "Tips for doing well on
@@ -39,17 +39,17 @@ def average_probabilities(probs: Any, weights: Any = None) -> np.ndarray:
     return np.tensordot(w / w.sum(), p, axes=1)
 
 
-class AverageEnsembleBuilder:
-    """Builds the MLflow pyfunc model of an ensemble (see :mod:`dlops_plugins.ensemble.pyfunc_model`)."""
+class AverageMethod:
+    """The ``average`` ensemble method: the unweighted mean of the members' probabilities."""
 
     name = "average"
+    description = "mean of class probabilities"
 
-    def python_model(self) -> Any:
-        from dlops_plugins.ensemble.pyfunc_model import EnsemblePyfunc
-
-        return EnsemblePyfunc()
+    def combine(self, probs: Any) -> np.ndarray:
+        """(M, N, K) member probabilities -> (N, K) their mean (see :func:`average_probabilities`)."""
+        return average_probabilities(probs)
 
 
 @hookimpl
-def dlops_ensemble_servers() -> dict[str, object]:
-    return {"average": AverageEnsembleBuilder()}
+def dlops_ensemble_methods() -> dict[str, object]:
+    return {"average": AverageMethod()}

@@ -11,7 +11,7 @@ import torch
 from dlops.data.transforms import build_transform
 from dlops.plugins import build_registry
 from dlops_plugins.augment import policies
-from dlops_plugins.augment.common import describe_policy, policy_param, worker_init_fn, write_policy_json
+from dlops.data.policy import describe_policy, policy_param, worker_init_fn, write_policy_json
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from dlops.plugins import BUILTIN_PLUGINS, build_registry
 from dlops_plugins.augment import tv2
-from dlops_plugins.augment.common import policy_param
+from dlops.data.policy import policy_param
 
 
 def test_registered_as_builtin():

@@ -162,7 +162,7 @@ def test_third_party_policy_param_is_the_same_in_every_process(plugin_run, plugi
     a changed param value: the description of a policy without ``describe()`` must not contain
     anything process-specific (it used to hold ``repr(policy)`` with a memory address)."""
     parent = _runs_by_kind(_client(plugin_run["uri"]))["search"][0]
-    probe = ("from dlops_plugins.augment.common import describe_policy, policy_param\n"
+    probe = ("from dlops.data.policy import describe_policy, policy_param\n"
              "print(policy_param(describe_policy('test_invert', 0.5, 8, channels=1)))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(plugin_site), os.environ.get("PYTHONPATH")])))
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
@@ -267,7 +267,7 @@ def test_error_analysis_tag_shares_on_real_predictions(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     from dlops.plugins import build_registry
-    from dlops.reports import ReportContext, SplitPredictions
+    from dlops.reporting import ReportContext, SplitPredictions
 
     digits = load_digits()
     x, y = digits.images, digits.target  # (1797, 8, 8) in 0..16, (1797,)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlops_plugins.ensemble.tta import TTA_MODES, VIEWS, check_tta, predict_tta, tta_views
+from dlops.predict import TTA_MODES, VIEWS, check_tta, predict_tta, tta_views
 
 
 def _x(n=3, c=2, h=8, w=8, seed=0):
@@ -117,7 +117,7 @@ def _check_pyfunc(tmp_path, task, members, x):
     import mlflow
 
     from dlops.train.loop import predict_proba
-    from dlops_plugins.ensemble.pyfunc_model import EnsemblePyfunc
+    from dlops.ensemble import EnsemblePyfunc
 
     exp = mlflow.create_experiment("tta", artifact_location=(tmp_path / "artifacts").as_uri())
     cfg = {"tta": "ten_crop", "crop_fraction": 0.875}

@@ -1,4 +1,5 @@
-"""What every augmentation backend shares: the policy object, seeding, and its description.
+"""The augmentation-policy contract, shared by the core and every augmentation plugin: the policy
+object, seeding, and its description (what the main job logs to MLflow).
 
 A policy factory (``dlops_augment_policies`` hook) has the signature
 ``factory(magnitude: float, image_size: int | None, train: bool) -> Policy`` and the policy is a

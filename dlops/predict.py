@@ -1,4 +1,6 @@
-"""Test-time augmentation (TTA): predict on several views of each image and average.
+"""Predicting with test-time augmentation (TTA): several views of each image, probabilities
+averaged over the views. Shared by the main job's ensemble phase, the registered ensemble
+(:mod:`dlops.ensemble`), ``dlops serve`` and the reports, so that they cannot drift.
 
 Practice: Krizhevsky et al. 2012 (AlexNet) averaged the softmax of 10 patches per test image:
 the four corner crops and the centre crop, and their horizontal mirrors; Ng, *Structuring ML
@@ -72,7 +74,7 @@ def tta_views(x: Any, mode: str = "none", crop_fraction: float = 0.875) -> Any:
 
 def predict_tta(predict: Callable[[Any], np.ndarray], x: Any, mode: str = "none",
                 crop_fraction: float = 0.875) -> np.ndarray:
-    """Mean of ``predict`` over the views of ``x``.
+    """Mean of ``predict`` over the views of ``x`` (an unweighted mean over the V views).
 
     Args:
         predict: maps a tensor (N, C, H, W) to probabilities (N, K) (softmax rows or per-label
@@ -86,7 +88,27 @@ def predict_tta(predict: Callable[[Any], np.ndarray], x: Any, mode: str = "none"
     Raises:
         ValueError: as :func:`tta_views`.
     """
-    from dlops_plugins.ensemble.average import average_probabilities
-
     views = tta_views(x, mode, crop_fraction)
-    return average_probabilities(np.stack([np.asarray(predict(v)) for v in views]))
+    return np.stack([np.asarray(predict(v), dtype=np.float64) for v in views]).mean(axis=0)
+
+
+def member_probabilities(models: Any, x: Any, task: str = "classification", mode: str = "none",
+                         crop_fraction: float = 0.875) -> np.ndarray:
+    """Each model's probabilities on ``x``, averaged over its test-time views.
+
+    Args:
+        models: M torch modules (eval mode, on CPU).
+        x: tensor (N, C, H, W), preprocessed as in training.
+        task: ``classification`` (softmax rows) or ``multilabel`` (one sigmoid per label).
+        mode, crop_fraction: see :func:`tta_views`.
+
+    Returns:
+        (M, N, K) float64: what an ensemble method's ``combine`` takes.
+
+    Raises:
+        ValueError: as :func:`tta_views`.
+    """
+    from dlops.train.loop import predict_proba
+
+    return np.stack([predict_tta(lambda v, m=m: predict_proba(m, v, task=task), x, mode, crop_fraction)
+                     for m in models])

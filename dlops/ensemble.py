@@ -1,0 +1,75 @@
+"""The registered ensemble: an MLflow pyfunc model whose artifacts are its members' checkpoints.
+
+Its output combines the members' probabilities with the project's ensemble method (a plugin's,
+looked up by name in the plugin registry: ``ensemble.method``, default ``average``) after each
+member has averaged its own test-time views (:mod:`dlops.predict`). The core owns this model so
+that any ensemble method a plugin provides is served the same way by ``dlops serve``,
+``mlflow.pyfunc.load_model`` and ``mlflow models serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+#: the ensemble method of an ensemble registered without one (dlops < 0.2 registered ``average`` only)
+DEFAULT_METHOD = "average"
+
+
+def ensemble_method(name: str) -> Any:
+    """The ensemble method ``name`` from the plugin registry (an object with ``combine``).
+
+    Raises:
+        dlops.errors.PluginError: no installed plugin provides it (the message lists those that exist).
+    """
+    from dlops.plugins import get_registry
+
+    return get_registry().get("ensemble_methods", name)
+
+
+class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
+    """Input (N, C, H, W) float32, preprocessed exactly as in training (see the model metadata);
+    output (N, K) float32: the members' probabilities (softmax rows for ``classification``, one
+    sigmoid per label for ``multilabel``: the members' spec ``task``), each member's averaged over
+    the views of each image with test-time augmentation (:mod:`dlops.predict`), combined over
+    the members by the ensemble method.
+
+    Artifacts: ``member_0`` ... ``member_{M-1}``, each a trial checkpoint directory
+    (:mod:`dlops.train.checkpoint`). Model config (``mlflow.pyfunc.log_model(model_config=...)``):
+    ``tta`` (one of :data:`dlops.predict.TTA_MODES`, default ``none``), ``crop_fraction``
+    (default 0.875) and ``method`` (an ensemble method's name, default ``average``); it can be
+    overridden at load time with ``mlflow.pyfunc.load_model(uri, model_config={...})``.
+
+    Raises (at load): ValueError for a bad ``tta`` or ``crop_fraction``, or members of
+    different tasks; :class:`dlops.errors.PluginError` for an ensemble method no installed plugin
+    provides.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from dlops.predict import check_tta
+        from dlops.train.checkpoint import load_checkpoint_model
+
+        keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))
+        loaded = [load_checkpoint_model(context.artifacts[k]) for k in keys]
+        self.members = [m for m, _ in loaded]
+        tasks = {sp.get("task", "classification") for _, sp in loaded}
+        if len(tasks) != 1:
+            raise ValueError(f"ensemble members mix tasks: {sorted(tasks)}")
+        self.task = tasks.pop()
+        cfg = dict(getattr(context, "model_config", None) or {})
+        self.tta = str(cfg.get("tta", "none"))
+        self.crop_fraction = float(cfg.get("crop_fraction", 0.875))
+        check_tta(self.tta, self.crop_fraction)
+        self.method_name = str(cfg.get("method", DEFAULT_METHOD))
+        self.method = ensemble_method(self.method_name)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        import torch
+
+        from dlops.predict import member_probabilities
+
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        probs = member_probabilities(self.members, x, self.task, self.tta, self.crop_fraction)
+        return np.asarray(self.method.combine(probs), dtype=np.float32)
