@@ -28,7 +28,7 @@ import numpy as np
 
 from dlops.data.digits import ArraySplit
 
-SPLITS = ("train", "train_dev", "dev", "test")
+from dlops.reporting.contract import SPLITS  # one definition of the split names
 
 
 @dataclass

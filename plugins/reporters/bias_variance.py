@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dlops import hookimpl
-from dlops.reports import Report, ReportContext
+from dlops.reporting import SCOPE_MODEL, SCOPE_SEARCH, SCOPE_TRIAL, Report, ReportContext
 
 GAPS = ("avoidable_bias", "variance", "data_mismatch", "overfitting_to_dev")
 
@@ -245,13 +245,26 @@ def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
 
 
 class BiasVarianceReporter:
-    """Reporter ``bias_variance``: metrics ``bias_variance/<gap>``; artifacts ``bias_variance.md``,
-    ``bias_variance.png`` and, given ``context.trials``, ``bias_variance_trials.md``
-    (:func:`render_search_table`)."""
+    """Reporter ``bias_variance``, in every scope.
+
+    * ``trial`` and ``model`` scopes: metrics ``bias_variance/<gap>`` (fraction points);
+      artifacts ``bias_variance.md``, ``bias_variance.png`` and, given ``context.trials``,
+      ``bias_variance_trials.md`` (:func:`render_search_table`).
+    * ``search`` scope: only ``bias_variance_trials.md``, the table over the trials that
+      finished (with metrics), human-level error from ``context.errors["human"]``.
+    """
 
     name = "bias_variance"
+    scopes = (SCOPE_TRIAL, SCOPE_SEARCH, SCOPE_MODEL)
 
     def report(self, context: ReportContext) -> Report:
+        """The report of ``context`` in its scope (see the class docstring).
+
+        Raises:
+            ValueError: an error outside [0, 1] (percent given instead of a fraction?).
+        """
+        if context.scope == SCOPE_SEARCH:
+            return self._search(context)
         e: Mapping[str, float] = context.errors
         bv = bias_variance(e.get("human", float("nan")), e.get("train", float("nan")),
                            e.get("train_dev"), e.get("dev"), e.get("test"))
@@ -272,6 +285,17 @@ class BiasVarianceReporter:
             if bv.largest else "no positive gap"
         )
         return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
+
+    def _search(self, context: ReportContext) -> Report:
+        rows = [t for t in context.trials if t.get("metrics")]  # a failed trial has no errors
+        if not rows:
+            return Report(summary="no finished trials")
+        table = render_search_table(rows, human=context.errors.get("human"), title=context.title)
+        out = Path(context.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bias_variance_trials.md"
+        path.write_text(table)
+        return Report(artifacts=[path], markdown=table, summary=f"{len(rows)} trials: bias_variance_trials.md")
 
 
 @hookimpl

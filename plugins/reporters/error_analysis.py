@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dlops import hookimpl
-from dlops.reports import Report, ReportContext, SplitPredictions
+from dlops.reporting import SCOPE_MODEL, Report, ReportContext, SplitPredictions
 
 _METRIC_SAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
 
@@ -183,6 +183,7 @@ class ErrorAnalysisReporter:
     """
 
     name = "error_analysis"
+    scopes = (SCOPE_MODEL,)  # it needs a model's predictions
 
     def __init__(self, split: str = "dev", top_k_pairs: int = 5, top_k_losses: int = 16) -> None:
         self.split = split

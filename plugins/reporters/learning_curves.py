@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dlops import hookimpl
-from dlops.reports import Report, ReportContext
+from dlops.reporting import SCOPE_MODEL, SCOPE_SEARCH, SCOPE_TRIAL, Report, ReportContext
 
 CURVES = (("train/error", "train"), ("train_dev/error", "train-dev"), ("dev/error", "dev"))
 
@@ -116,11 +116,20 @@ def write_trials_csv(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 class LearningCurvesReporter:
-    """Reporter ``learning_curves`` (see the module docstring for its metrics and artifacts)."""
+    """Reporter ``learning_curves`` (see the module docstring for its metrics and artifacts), in
+    every scope; in the ``search`` scope only ``trials.csv`` and ``learning_curves/n_trials``."""
 
     name = "learning_curves"
+    scopes = (SCOPE_TRIAL, SCOPE_SEARCH, SCOPE_MODEL)
 
     def report(self, context: ReportContext) -> Report:
+        """The report of ``context`` in its scope.
+
+        Raises:
+            ValueError: as :func:`plot_learning_curves` (not for a history without error metrics).
+        """
+        if context.scope == SCOPE_SEARCH:
+            return self._search(context)
         out = Path(context.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         artifacts: list[Path] = []
@@ -152,6 +161,16 @@ class LearningCurvesReporter:
                    f"{metrics['learning_curves/best_epoch']:g}" if "learning_curves/best_epoch" in metrics
                    else "no dev curve")
         return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
+
+    def _search(self, context: ReportContext) -> Report:
+        if not context.trials:
+            return Report(summary="no trials")
+        out = Path(context.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_trials_csv(context.trials, out / "trials.csv")
+        n = len(context.trials)
+        return Report(metrics={"learning_curves/n_trials": float(n)}, artifacts=[path],
+                      markdown=f"{n} trials: `trials.csv`.\n", summary=f"{n} trials: trials.csv")
 
 
 @hookimpl

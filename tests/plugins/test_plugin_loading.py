@@ -107,7 +107,7 @@ def test_third_party_plugin_installed_with_pip(tmp_path):
     probe = textwrap.dedent("""
         import json, numpy as np
         from dlops.plugins import build_registry
-        from dlops.reports import ReportContext
+        from dlops.reporting import ReportContext
         reg = build_registry()
         pol = reg.get("augment_policies", "test_invert")(magnitude=1.0, image_size=None, train=True)
         img = np.zeros((2, 2, 1), np.uint8)
@@ -126,3 +126,87 @@ def test_third_party_plugin_installed_with_pip(tmp_path):
     assert out["metrics"] == {"test_split_count/n_splits": 0.0}
     assert out["source"] == "entry point (dlops-test-plugin 0.1.0)"
     assert out["provides"] == {"augment_policies": ["test_invert"], "reporters": ["test_split_count"]}
+
+
+MISSPELLED = """
+    from dlops import hookimpl
+
+    @hookimpl
+    def dlops_reporter():
+        return {"never_loaded": object()}
+"""
+UNDECORATED = """
+    def dlops_augment_policy():
+        return {}
+
+    def dlops_reporters():
+        return {}
+"""
+
+
+def test_a_misspelled_hook_shows_as_broken_with_the_hook_named(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+    from dlops.plugins import get_registry
+
+    mods = {"fake_misspelled_plugin": MISSPELLED, "fake_undecorated_plugin": UNDECORATED}
+    _dist(tmp_path, "fake_misspelled", {"fake_misspelled": "fake_misspelled_plugin",
+                                        "fake_undecorated": "fake_undecorated_plugin"}, mods)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        reg = build_registry()
+        assert set(reg.errors) == {"fake_misspelled", "fake_undecorated"}
+        assert "unknown hook dlops_reporter (did you mean dlops_reporters?)" in reg.errors["fake_misspelled"]
+        # a dlops_* function without @hookimpl is a hook implementation too (as pytest_* is in pytest)
+        assert "dlops_augment_policy (did you mean dlops_augment_policies?)" in reg.errors["fake_undecorated"]
+        assert reg.manager.get_plugin("fake_misspelled") is None
+        assert "never_loaded" not in reg.reporters and "bias_variance" in reg.reporters
+        get_registry.cache_clear()
+        r = CliRunner().invoke(main, ["plugins", "list"])
+        assert r.exit_code == 0
+        broken = [line for line in r.output.splitlines() if "BROKEN" in line]
+        assert any(line.startswith("fake_misspelled") and "dlops_reporter" in line for line in broken), r.output
+    finally:
+        get_registry.cache_clear()
+        for m in mods:
+            sys.modules.pop(m, None)
+
+
+def test_an_undecorated_provider_hook_still_provides(tmp_path, monkeypatch):
+    src = """
+        def dlops_ensemble_methods():
+            class Mean:
+                def combine(self, probs):
+                    return probs.mean(axis=0)
+            return {"fake_mean": Mean()}
+    """
+    _dist(tmp_path, "fake_undecorated_good", {"fake_undec_good": "fake_undec_good_plugin"},
+          {"fake_undec_good_plugin": src})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        reg = build_registry()
+        assert "fake_undec_good" not in reg.errors
+        assert "fake_mean" in reg.ensemble_methods and "average" in reg.ensemble_methods
+        info = next(i for i in reg.plugins if i.name == "fake_undec_good")
+        assert info.provides == {"ensemble_methods": ["fake_mean"]}
+    finally:
+        sys.modules.pop("fake_undec_good_plugin", None)
+
+
+def test_an_ensemble_method_without_combine_is_the_wrong_shape(tmp_path, monkeypatch):
+    src = """
+        from dlops import hookimpl
+
+        @hookimpl
+        def dlops_ensemble_methods():
+            return {"fake_no_combine": object()}
+    """
+    _dist(tmp_path, "fake_bad_method", {"fake_bad_method": "fake_bad_method_plugin"}, {"fake_bad_method_plugin": src})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        reg = build_registry()
+        assert "combine(probs)" in reg.errors["fake_bad_method"]
+        assert "fake_no_combine" not in reg.ensemble_methods
+    finally:
+        sys.modules.pop("fake_bad_method_plugin", None)

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from dlops.plugins import build_registry
-from dlops.reports import ReportContext
+from dlops.reporting import ReportContext
 from dlops_plugins.reporters.bias_variance import render_search_table
 from dlops_plugins.reporters.learning_curves import curves
 

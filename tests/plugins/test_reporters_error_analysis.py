@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dlops.plugins import build_registry
-from dlops.reports import ReportContext, SplitPredictions
+from dlops.reporting import ReportContext, SplitPredictions
 from dlops_plugins.reporters.error_analysis import confusion_matrix, most_confused, tag_shares
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlops import hookimpl
-from dlops.reports import Report
+from dlops.reporting import Report
 
 
 class InvertPolicy:
