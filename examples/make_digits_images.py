@@ -76,7 +76,7 @@ def write_source_weights(path: Path, seed: int = 0, size: int = 32, epochs: int 
     its final training error (fraction)."""
     import torch
 
-    from dlops.models.backbones import create_model
+    from dlops.models import create_model
 
     torch.manual_seed(seed)
     x, y = _digits()

@@ -44,6 +44,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from dlops.models.heads import head_name
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
@@ -259,7 +261,7 @@ def apply_freeze(model: nn.Module, policy: str | FreezePolicy | None) -> list[st
     frozen part are pinned to eval mode (see the module docstring), the others are released.
 
     Args:
-        model: the network; its head is :func:`dlops.models.backbones.head_name`.
+        model: the network; its head is :func:`dlops.models.heads.head_name`.
         policy: a policy string or :class:`FreezePolicy`.
 
     Returns:
@@ -269,8 +271,6 @@ def apply_freeze(model: nn.Module, policy: str | FreezePolicy | None) -> list[st
         ValueError: a bad policy string, an unknown block (the message lists the blocks), a
             policy that would freeze the head, or ``reinit_last`` larger than the network.
     """
-    from dlops.models.backbones import head_name
-
     pol = parse_freeze_policy(policy)
     head = head_name(model)
     frozen_mods = _frozen_module_names(model, pol, head)
@@ -329,8 +329,6 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> 
     Raises:
         ValueError: ``lr <= 0`` or ``backbone_lr_mult < 0``.
     """
-    from dlops.models.backbones import head_name
-
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if backbone_lr_mult < 0:
@@ -381,8 +379,6 @@ def unfreeze_at_epoch(
         ValueError: a schedule key that is not an integer, a policy with ``reinit_last``, or a
             policy that would freeze a parameter that is trainable now (a schedule only unfreezes).
     """
-    from dlops.models.backbones import head_name
-
     sched: dict[int, FreezePolicy] = {}
     for k, v in schedule.items():
         try:

@@ -15,7 +15,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from dlops.errors import DataError
+from dlops.models.factory import create_model
+from dlops.models.freeze import apply_freeze as _apply_freeze
 from dlops.models.freeze import trainable_parameters  # noqa: F401  (re-exported for trials)
+from dlops.models.registry import HEAD_ATTR, builder_kwargs
+from dlops.models.weights import apply_state_dict
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -24,37 +29,34 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     Raises:
         ValueError: unknown ``spec["name"]``; the message lists the supported names.
     """
-    from dlops.models.backbones import create_model
-
-    name = spec["name"]
-    kwargs: dict[str, Any] = {}
-    if name == "small_cnn":
-        kwargs = {"hidden": int(spec.get("hidden", 64)), "width": int(spec.get("width", 16))}
-    return create_model(name, int(spec["num_classes"]), weights=None, in_channels=int(spec.get("in_channels", 3)),
-                        **kwargs)
+    return create_model(spec["name"], int(spec["num_classes"]), weights=None,
+                        in_channels=int(spec.get("in_channels", 3)), **builder_kwargs(spec))
 
 
 def head_of(model: nn.Module) -> str:
     """The dotted name of the model's head (``head``, ``fc``, ``classifier.3``, ``heads.head``...)."""
-    return getattr(model, "dlops_head", None) or "head"
+    return getattr(model, HEAD_ATTR, None) or "head"
 
 
 def transfer_features(model: nn.Module, source_state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Copy every source tensor whose name and shape match into ``model``, except the head's:
-    the softmax layer is always replaced by a new one (transfer learning). Returns the names copied.
+    """Copy the source network's tensors into ``model``, except the head's: the softmax layer is
+    always replaced by a new one (transfer learning). Returns the names copied (sorted).
+
+    The state dict is normalised and fitted as every weights file is
+    (:func:`dlops.models.weights.apply_state_dict`): ``module.`` / ``_orig_mod.`` prefixes and
+    checkpoint wrappers are removed, a first conv of another number of input channels is adapted.
 
     Raises:
-        ValueError: nothing matched (the source network is of another architecture).
+        DataError: (a ``ValueError``) the message starts ``model.weights:``: not a state dict, or
+            the source network is of another architecture (keys outside the head missing,
+            unexpected or of another shape; named).
     """
-    own = model.state_dict()
-    head = head_of(model) + "."
-    src = {k[len("module."):] if k.startswith("module.") else k: v for k, v in source_state.items()}
-    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)]
-    if not copied:
-        raise ValueError("model.weights: no tensor of the source network matches the model (other architecture?)")
-    own.update({k: src[k] for k in copied})
-    model.load_state_dict(own)
-    return copied
+    try:
+        report = apply_state_dict(model, source_state, head=head_of(model), source="the source network",
+                                  keep_head=False)
+    except ValueError as exc:
+        raise DataError(f"model.weights: {exc}") from None
+    return report.loaded
 
 
 def apply_freeze(model: nn.Module, policy: str) -> nn.Module:
@@ -67,7 +69,5 @@ def apply_freeze(model: nn.Module, policy: str) -> nn.Module:
     Raises:
         ValueError: an unknown policy.
     """
-    from dlops.models.freeze import apply_freeze as _apply
-
-    _apply(model, policy)
+    _apply_freeze(model, policy)
     return model

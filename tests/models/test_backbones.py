@@ -8,16 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from dlops.models.backbones import (
-    adapt_first_conv,
-    create_model,
-    get_submodule,
-    head_name,
-    list_models,
-    load_weights,
-    register_model,
-)
-from dlops.models.registry import get_model_spec
+from dlops.models import create_model, get_model_spec, list_models, register_model
+from dlops.models.heads import adapt_first_conv, get_submodule, head_name
+from dlops.models.weights import load_weights
 
 REQUIRED = [
     "small_cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlops.models.backbones import create_model
+from dlops.models import create_model
 from dlops.models.freeze import (
     FreezePolicy,
     apply_freeze,

@@ -54,7 +54,7 @@ def test_masked_bce_errors():
 
 
 def test_a_multilabel_network_learns_with_the_masked_loss():
-    from dlops.models.backbones import create_model
+    from dlops.models import create_model
 
     torch.manual_seed(0)
     model = create_model("small_cnn", 3, in_channels=1)
