@@ -404,7 +404,7 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
         from dlops.models import available_models as _names
 
         if cfg.model.name in _names():
-            from dlops.models.backbones import create_model
+            from dlops.models import create_model
             from dlops.models.freeze import apply_freeze
 
             try:
@@ -413,8 +413,14 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
             except ValueError as exc:
                 raise ConfigError(f"{path}: model.freeze: {exc}") from None
     w = cfg.model.weights
-    if w and w != "pretrain" and not w.startswith("models:/") and not (w.replace("_", "").isalnum() and w.upper() == w):
-        if not Path(w).is_file():
+    if w:
+        from dlops.models.weights import parse_weights_ref
+
+        try:
+            ref = parse_weights_ref(w)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if ref.kind in ("file", "run") and not Path(w).is_file():
             raise ConfigError(f"{path}: model.weights: no such file {w!r} (a state_dict saved with torch.save, "
                               "models:/NAME@ALIAS, a torchvision weights name such as DEFAULT, pretrain or null)")
     from dlops.models import available_models
@@ -463,10 +469,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             sec[key] = str(base / sec[key])
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("weights"), str):
-        w = model["weights"]
-        if w != "pretrain" and "://" not in w and not w.startswith("models:/") and not Path(w).is_absolute() \
-                and (base / w).exists():
-            model["weights"] = str(base / w)
+        from dlops.models.weights import parse_weights_ref
+
+        try:
+            ref = parse_weights_ref(model["weights"], base=base)
+        except ValueError:
+            ref = None  # reported by the validation, with the file's name
+        if ref is not None and ref.kind == "file":
+            model["weights"] = ref.value
 
 
 def load_config(path: Union[str, os.PathLike[str]], overrides: Optional[list[str]] = None) -> ProjectConfig:

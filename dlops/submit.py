@@ -93,10 +93,11 @@ def input_paths(cfg: Any, project_dir: Path, address: str) -> list[str]:
         SubmitError: naming the key, for a path outside the project folder with a remote cluster.
     """
     from dlops.config import PATH_KEYS
+    from dlops.models.weights import parse_weights_ref
 
     found = [(f"{sec}.{key}", getattr(getattr(cfg, sec), key)) for sec, key in PATH_KEYS]
     w = cfg.model.weights
-    if w and w != "pretrain" and "://" not in w and not w.startswith("models:/"):
+    if w and parse_weights_ref(w).kind == "file":
         found.append(("model.weights", w))
     out = []
     root = project_dir.resolve()

@@ -96,6 +96,7 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     import mlflow
     from mlflow import MlflowClient
 
+    from dlops.models.weights import parse_weights_ref
     from dlops.search.resources import check_resources
     from dlops.tracking.store import ensure_experiment
 
@@ -105,7 +106,7 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
         raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
                                    "run without --resume to start a new search")
     w = cfg.model.weights or ""
-    if w.startswith("models:/"):
+    if w and parse_weights_ref(w).kind == "registry":
         check_registered_model(MlflowClient(uri) if not missing_store else None, w, uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
