@@ -70,7 +70,7 @@ def local_ray():
 def folder_job(tmp_path_factory):
     import torch
 
-    from dlops.models.backbones import create_model
+    from dlops.models import create_model
 
     d = tmp_path_factory.mktemp("folder")
     mk = _make_digits_images()
@@ -239,7 +239,7 @@ def test_registered_model_is_the_source_of_a_new_transfer(registry_job):
     from dlops.models.freeze import param_groups
     from dlops.models.transfer import apply_freeze, build_model, transfer_features
     from dlops.job.source import make_spec
-    from dlops.search.trainable import trial_spec
+    from dlops.train.trial import trial_spec
     from dlops.train.loop import fit_epoch, make_loader, seed_everything
 
     c, first, second, cfg2 = registry_job["client"], registry_job["first"], registry_job["second"], registry_job["cfg2"]
