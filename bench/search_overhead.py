@@ -128,7 +128,7 @@ def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int, Optional[int]]:
 
     from dlops.config import ParamConfig, RayConfig, SearchConfig, StageConfig
     from dlops.search.plan import Stage, StagedPlan
-    from dlops.search.run import run_search
+    from dlops.search.tune import SearchRequest, run_search
     from dlops.search.space import Param
 
     client = MlflowClient(f"sqlite:///{tmp / 'bench.db'}")
@@ -142,8 +142,8 @@ def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int, Optional[int]]:
     plan = StagedPlan([Param(name="x", scale="linear", low=0.0, high=1.0)],
                       [Stage(half, 1), Stage(n - half, 1)], "dev/error", "min")
     t0 = time.perf_counter()
-    out = run_search(trainable, {"sleep": sleep}, plan, search, RayConfig(storage_path=str(tmp / "ray")), "dl",
-                     client, exp_id, parent, sid, out=lambda s: None)
+    req = SearchRequest(plan, search, RayConfig(storage_path=str(tmp / "ray")), "dl", client, exp_id, parent, sid)
+    out = run_search(trainable, {"sleep": sleep}, req, out=lambda s: None)
     wall = time.perf_counter() - t0  # run_search returns after every MLflow write has landed
     client.set_terminated(parent, "FINISHED")
     statuses = {r.info.status for r in client.search_runs([exp_id], f"tags.`dlops.search_id` = '{sid}'")}

@@ -72,26 +72,28 @@ def pretrain(ctx: JobContext) -> None:
 
 def trial_payload(ctx: JobContext) -> Any:
     """What every trial receives through Ray's object store (``tune.with_parameters``)."""
+    from dlops.train.trial import TrialPayload
+
     cfg, d = ctx.config, ctx.data
     res = cfg.search.resources
-    return {
-        "train": (d.train.x, d.train.y), "train_dev": (d.train_dev.x, d.train_dev.y), "dev": (d.dev.x, d.dev.y),
-        "spec": ctx.spec, "source_state": ctx.source_state, "freeze": cfg.model.freeze,
-        "policy": cfg.augmentation.policy, "magnitude": cfg.augmentation.magnitude, "seed": cfg.seed,
-        "default_epochs": cfg.search.default_epochs, "gpu": res.gpu, "allow_cpu": res.allow_cpu,
-        "threads": max(1, int(res.cpu)), "num_workers": cfg.data.num_workers,
-    }
+    return TrialPayload(
+        train=(d.train.x, d.train.y), train_dev=(d.train_dev.x, d.train_dev.y), dev=(d.dev.x, d.dev.y),
+        spec=ctx.spec, source_state=ctx.source_state, freeze=cfg.model.freeze,
+        policy=cfg.augmentation.policy, magnitude=cfg.augmentation.magnitude, seed=cfg.seed,
+        default_epochs=cfg.search.default_epochs, gpu=res.gpu, allow_cpu=res.allow_cpu,
+        threads=max(1, int(res.cpu)), num_workers=cfg.data.num_workers,
+    )
 
 
 def run_trials(ctx: JobContext) -> Any:
     """Run every stage of the plan on Ray Tune; returns the search's outcome."""
-    from dlops.search.run import run_search
-    from dlops.search.trainable import train_transfer
+    from dlops.search.tune import SearchRequest, run_search
+    from dlops.train.trial import train_trial
 
     cfg = ctx.config
-    return run_search(train_transfer, trial_payload(ctx), ctx.plan, cfg.search, cfg.ray, cfg.name, ctx.client,
-                      ctx.experiment_id, ctx.search_run_id, ctx.search_id, ctx.out,
-                      on_callback=lambda c: setattr(ctx, "callback", c), resume=ctx.resume)
+    req = SearchRequest(ctx.plan, cfg.search, cfg.ray, cfg.name, ctx.client, ctx.experiment_id,
+                        ctx.search_run_id, ctx.search_id, resume=ctx.resume)
+    return run_search(train_trial, trial_payload(ctx), req, ctx.out, on_callback=lambda c: setattr(ctx, "callback", c))
 
 
 def search(ctx: JobContext) -> None:

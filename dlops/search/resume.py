@@ -3,24 +3,24 @@
 The search to resume is the latest search run of the experiment (tag ``dlops.kind=search``)
 whose status is not FINISHED (RUNNING after ``kill -9``, KILLED after Ctrl-C, FAILED after an
 error). Its tag ``dlops.search_id`` names the Tune experiment directory
-``<ray.storage_path>/<project name>-<search_id>``; :func:`dlops.search.run.run_search` restores
+``<ray.storage_path>/<project name>-<search_id>``; :func:`dlops.search.tune.run_search` restores
 it with ``Tuner.restore`` (finished trials are not run again, unfinished ones continue from
 their last checkpoint, the staged searcher's plan comes back from the state Tune saved). The
 parent run is reused (set back to RUNNING), every trial keeps its one run.
+
+This module holds the MLflow side of a resume (Ray and MLflow are imported inside the functions);
+repairing Tune's experiment folder is Tune-internal work and lives in
+:mod:`dlops.search.tune._private` (``repair_state_files``, ``fill_missing_checkpoints``).
 """
 
 from __future__ import annotations
-
-from dlops.errors import NothingToResumeError  # noqa: F401  (the kind lives in dlops.errors)
-import json
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from dlops.errors import NothingToResumeError
 from dlops.tracking.store import TAG_KIND, TAG_SEARCH
-
-
 
 
 @dataclass(frozen=True)
@@ -112,102 +112,3 @@ def reuse_pretrain(client: Any, parent_run_id: str) -> Optional[tuple[dict[str, 
     except Exception:
         return None
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, rid
-
-
-PLAN_SNAPSHOT = "dlops-plan.json"
-
-
-def _tune_trial_ids(experiment_state: Optional[str]) -> set[str]:
-    """Trial ids in a Tune experiment state file (``trial_data``: [trial JSON, metadata] pairs);
-    empty when there is none or it cannot be read."""
-    if not experiment_state:
-        return set()
-    try:
-        with open(experiment_state) as f:
-            data = json.load(f)
-        return {str(json.loads(entry[0])["trial_id"]) for entry in data.get("trial_data", [])}
-    except Exception:
-        return set()
-
-
-def repair_state_files(exp_dir: str) -> list[str]:
-    """Before ``Tuner.restore``: make sure the newest state files Tune will read are whole.
-
-    A ``kill -9`` can cut a state file short while it is being copied into the experiment
-    folder. Then: a damaged searcher state is rebuilt from the plan snapshot that
-    :class:`~dlops.search.searcher.StagedSearcher` writes atomically with each save (trials it
-    had suggested that Tune's experiment state does not hold and that never started are dropped,
-    so the stage barrier does not wait for them; those Tune restores stay); a damaged
-    experiment state is put back from its whole backup (``dlops-backup.<name>``, written with
-    each searcher save); else a damaged experiment or search-generator state is removed when an
-    older one is there to fall back on.
-
-    Returns:
-        What was repaired, one line each.
-
-    Raises:
-        NothingToResumeError: a damaged state with nothing to fall back on (the message names the file).
-    """
-    import glob
-    import os
-    import shutil
-
-    import ray.cloudpickle as cloudpickle
-
-    from dlops.search.searcher import BACKUP_PREFIX
-
-    repaired: list[str] = []
-
-    def readable(path: str, kind: str) -> bool:
-        try:
-            with open(path, "rb") as f:
-                if kind == "json":
-                    json.load(f)
-                else:
-                    cloudpickle.load(f)
-            return True
-        except Exception:
-            return False
-
-    newest: dict[str, str] = {}
-    for pattern, kind in (("experiment_state-*.json", "json"), ("search_gen_state-*.json", "pickle")):
-        files = sorted(glob.glob(os.path.join(exp_dir, pattern)))
-        while files and not readable(files[-1], kind):
-            backup = os.path.join(exp_dir, BACKUP_PREFIX + os.path.basename(files[-1]))
-            if kind == "json" and os.path.exists(backup) and readable(backup, kind):
-                # the same checkpoint, written whole by the searcher's save: put it in place
-                tmp = files[-1] + ".repair"
-                shutil.copyfile(backup, tmp)
-                os.replace(tmp, files[-1])
-                repaired.append(f"restored {os.path.basename(files[-1])} from {os.path.basename(backup)}")
-                break
-            bad = files.pop()
-            if not files:
-                raise NothingToResumeError(f"--resume: {bad} is damaged and there is no older copy; "
-                                           "start the search again without --resume")
-            os.remove(bad)
-            repaired.append(f"removed damaged {os.path.basename(bad)}")
-        if files:
-            newest[kind] = files[-1]
-    states = sorted(glob.glob(os.path.join(exp_dir, "searcher-state-*.pkl")))
-    if states and not readable(states[-1], "json"):
-        snap = os.path.join(exp_dir, PLAN_SNAPSHOT)
-        try:
-            with open(snap) as f:
-                state = json.load(f)
-        except Exception:
-            raise NothingToResumeError(f"--resume: {states[-1]} is damaged and {snap} cannot be read") from None
-        # trials Tune will restore (in the experiment state it reads) or that started (a t-<id>
-        # folder) stay in the plan; only suggestions Tune never recorded are dropped
-        known = {p.name[2:] for p in Path(exp_dir).glob("t-*")} | _tune_trial_ids(newest.get("json"))
-        for key in [k for k in state["suggested"] if k not in state["results"] and k not in known]:
-            cfg = state["suggested"].pop(key)
-            state["trial_stage"].pop(key, None)
-            if cfg.get("stage") == state["stage"]:
-                state["pending"].insert(0, {k: v for k, v in cfg.items() if k not in ("stage", "epochs")})
-        tmp = states[-1] + ".repair"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, states[-1])
-        repaired.append(f"rebuilt {os.path.basename(states[-1])} from {PLAN_SNAPSHOT}")
-    return repaired

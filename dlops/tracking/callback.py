@@ -34,7 +34,7 @@ runs may land in another order, except around a queued function (``_submit``), w
 place. Only the resume path reads the store from the hook (and waits for the queue). A fresh
 search's stage-0 run is created when Tune sets the experiment up (while the first trial actors
 start). :meth:`MlflowTreeCallback.flush` waits for every queued write and re-raises the first
-failed one; :func:`dlops.search.run.run_search` calls it before it returns or raises (Ctrl-C and
+failed one; :func:`dlops.search.tune.run_search` calls it before it returns or raises (Ctrl-C and
 failure budget included), and :meth:`open_run_ids`, :meth:`reconcile` and :meth:`end_stages`
 flush first.
 """

@@ -21,7 +21,8 @@ def test_nan_trials_fail_and_the_search_completes(gpu_cluster, project_file: Pat
     import ray
 
     from dlops.config import load_config
-    from dlops.pipeline import build_plan, run_project
+    from dlops.job import run_project
+    from dlops.job.plan import build_plan
 
     if ray.is_initialized():
         ray.shutdown()

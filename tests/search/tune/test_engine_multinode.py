@@ -26,7 +26,7 @@ def test_pipeline_spreads_trials_over_nodes_into_one_server(gpu_cluster, mlflow_
     import ray
 
     from dlops.config import load_config
-    from dlops.pipeline import run_project
+    from dlops.job import run_project
 
     if ray.is_initialized():
         ray.shutdown()

@@ -7,8 +7,8 @@ across stages. A scheduler such as ASHA still applies inside a stage: a trial it
 ends with its last result, which is what the zoom sees.
 
 :attr:`StagedSearcher.at_barrier` tells whether the last answer was a barrier (``None``):
-:func:`dlops.search.run.run_search` keeps the trial actors alive while it is set, so the next
-stage reuses them instead of starting new worker processes.
+:class:`dlops.search.tune._private.ActorKeeper` keeps the trial actors alive while it is set, so
+the next stage reuses them instead of starting new worker processes.
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ import json
 import os
 from typing import Any, Optional
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from dlops.search.plan import FINISHED, StagedPlan
-
-
-#: prefix of the backup of Tune's experiment state (Tune's own glob, experiment_state-*.json, skips it)
-BACKUP_PREFIX = "dlops-backup."
+from dlops.search.tune._private import backup_experiment_state
 
 
 class StagedSearcher(Searcher):
@@ -43,7 +39,7 @@ class StagedSearcher(Searcher):
     def _snapshot(self, text: str) -> None:
         """Write ``text`` (the plan state as JSON) atomically to ``snapshot_path`` (write, then
         rename): the fallback of ``--resume`` when a ``kill -9`` cut Tune's copy of the searcher
-        state short (:func:`dlops.search.resume.repair_state_files`)."""
+        state short (:func:`dlops.search.tune._private.repair_state_files`)."""
         if not self.snapshot_path:
             return
         import os
@@ -91,80 +87,11 @@ class StagedSearcher(Searcher):
         atomically to ``snapshot_path`` first, so a copy cut short has a whole twin at least as new."""
         text = json.dumps(self.get_state())
         self._snapshot(text)
-        self._backup_experiment_state(os.path.dirname(checkpoint_path))
+        if self.snapshot_path:  # Tune's experiment state, whole at this moment, beside the snapshot
+            backup_experiment_state(os.path.dirname(checkpoint_path), os.path.dirname(self.snapshot_path))
         with open(checkpoint_path, "w") as f:
             f.write(text)
-
-    def _backup_experiment_state(self, staging_dir: str) -> None:
-        """Copy Tune's experiment state, which Tune has just written whole into ``staging_dir``
-        (its ``save_to_dir`` writes it, then saves the searcher), atomically next to the plan
-        snapshot as ``dlops-backup.<name>``. Tune writes that file in place and copies it into
-        the experiment folder in the background, so a process that exits at the wrong moment
-        (``kill -9``, SIGTERM) can leave it cut short; ``--resume`` then puts the backup in its
-        place (:func:`dlops.search.resume.repair_state_files`)."""
-        if not self.snapshot_path:
-            return
-        import glob
-
-        states = glob.glob(os.path.join(staging_dir, "experiment_state-*.json"))
-        if not states:
-            return
-        newest = max(states, key=os.path.getmtime)
-        try:
-            with open(newest, "rb") as f:
-                data = f.read()
-        except OSError:
-            return
-        d = os.path.dirname(self.snapshot_path) or "."
-        tmp = os.path.join(d, ".dlops-backup.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(d, BACKUP_PREFIX + os.path.basename(newest)))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.set_state(json.load(f))
-
-
-class _KeepActors:
-    """Scheduler mixin: hands Tune's controller to ``keeper`` (a
-    :class:`dlops.search.run.ActorKeeper`, or None: a plain scheduler). ``choose_trial_to_run``
-    runs once per Tune step, after the searcher was asked for trials and before Tune stages them;
-    ``on_trial_add`` shows the keeper the trials' resource request; ``on_trial_complete`` /
-``on_trial_error`` tell it when the last trial ends. The keeper is not pickled
-    with the Tuner (a restored search attaches a new one)."""
-
-    keeper: Any = None
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if self.keeper is not None:
-            self.keeper.see_trial(trial)
-        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
-
-    def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        if self.keeper is not None:
-            self.keeper.sync(tune_controller)
-        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if self.keeper is not None:
-            self.keeper.trial_ended(tune_controller, trial)
-        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        if self.keeper is not None:
-            self.keeper.trial_ended(tune_controller, trial)
-        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
-
-    def __getstate__(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("keeper", None)
-        return d
-
-
-class KeepActorsFIFO(_KeepActors, FIFOScheduler):
-    """Tune's FIFO scheduler (its default) that keeps trial actors across stage barriers."""
-
-
-class KeepActorsASHA(_KeepActors, ASHAScheduler):
-    """Tune's ASHA scheduler that keeps trial actors across stage barriers."""

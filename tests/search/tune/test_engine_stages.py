@@ -59,8 +59,9 @@ def test_asha_stops_trials_inside_a_stage_barrier_and_zoom_still_hold(ray_on_clu
 
     from dlops.config import ParamConfig, RayConfig, SearchConfig, StageConfig
     from dlops.search.plan import Stage, StagedPlan
-    from dlops.search.run import run_search
-    from dlops.search.space import Param, ZoomRule, zoom
+    from dlops.search.tune import SearchRequest, run_search
+    from dlops.search.space import Param
+    from dlops.search.zoom import ZoomRule, zoom
 
     n0, n1 = 8, 2
     space = {"x": ParamConfig(scale="linear", low=0, high=1)}
@@ -72,8 +73,9 @@ def test_asha_stops_trials_inside_a_stage_barrier_and_zoom_still_hold(ray_on_clu
                       rule=rule, seed=3)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     c, exp_id, parent, sid = mlflow_search_run(uri, "asha")
-    out = run_search(epochs_trainable, {"sleep": 0.05}, plan, search, RayConfig(storage_path=str(tmp_path / "ray")),
-                     "asha", c, exp_id, parent, sid, out=lambda s: None)
+    out = run_search(epochs_trainable, {"sleep": 0.05},
+                     SearchRequest(plan, search, RayConfig(storage_path=str(tmp_path / "ray")), "asha", c, exp_id,
+                                   parent, sid), out=lambda s: None)
     assert out.n_trials == n0 + n1 and out.n_failed == 0
 
     by_tid = {r.metrics["trial_id"]: r.metrics for r in out.results}
@@ -122,8 +124,9 @@ def test_asha_stops_trials_inside_a_stage_barrier_and_zoom_still_hold(ray_on_clu
 def test_three_stages_nest_in_the_sampling_scale(ray_on_cluster, tmp_path: Path) -> None:
     from dlops.config import ParamConfig, RayConfig, SearchConfig, StageConfig
     from dlops.search.plan import Stage, StagedPlan
-    from dlops.search.run import run_search
-    from dlops.search.space import Param, ZoomRule
+    from dlops.search.tune import SearchRequest, run_search
+    from dlops.search.space import Param
+    from dlops.search.zoom import ZoomRule
 
     sizes = (8, 6, 6)
     space = {"lr": ParamConfig(scale="log", low=1e-4, high=1.0),
@@ -135,8 +138,9 @@ def test_three_stages_nest_in_the_sampling_scale(ray_on_cluster, tmp_path: Path)
                       rule=ZoomRule(kind="shrink", shrink=0.5), seed=5)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     c, exp_id, parent, sid = mlflow_search_run(uri, "nest")
-    out = run_search(scale_trainable, {}, plan, search, RayConfig(storage_path=str(tmp_path / "ray")), "nest",
-                     c, exp_id, parent, sid, out=lambda s: None)
+    out = run_search(scale_trainable, {},
+                     SearchRequest(plan, search, RayConfig(storage_path=str(tmp_path / "ray")), "nest", c, exp_id,
+                                   parent, sid), out=lambda s: None)
     assert out.n_trials == sum(sizes)
 
     runs = runs_of(uri, "nest")

@@ -10,7 +10,7 @@ from pathlib import Path
 import ray.cloudpickle as cloudpickle
 from mlflow import MlflowClient
 
-from dlops.search import run as run_mod
+from dlops.search.tune import budget as run_mod
 from dlops.tracking.callback import MlflowTreeCallback
 
 

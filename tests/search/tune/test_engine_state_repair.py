@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from dlops.errors import NothingToResumeError
 from dlops.search.plan import Stage, StagedPlan
-from dlops.search.resume import PLAN_SNAPSHOT, NothingToResumeError, repair_state_files
-from dlops.search.searcher import StagedSearcher
+from dlops.search.tune._private import PLAN_SNAPSHOT, repair_state_files
+from dlops.search.tune.searcher import StagedSearcher
 from dlops.search.space import Param
 
 
+def _plan() -> StagedPlan:
+    return StagedPlan([Param("lr", "log", 1e-4, 1.0)], [Stage(3), Stage(2)], "dev/error", "min", seed=0)
+
+
 def _searcher(snapshot: Path) -> StagedSearcher:
-    plan = StagedPlan([Param("lr", "log", 1e-4, 1.0)], [Stage(3), Stage(2)], "dev/error", "min", seed=0)
-    return StagedSearcher(plan, snapshot_path=str(snapshot))
+    return StagedSearcher(_plan(), snapshot_path=str(snapshot))
 
 
 def test_snapshot_is_written_atomically_with_every_save(tmp_path: Path):
@@ -45,7 +49,7 @@ def test_damaged_searcher_state_is_rebuilt_from_the_snapshot(tmp_path: Path):
     (exp / "t-a").mkdir()
     (exp / "t-b").mkdir()  # b started; c was suggested but never started
     (exp / "searcher-state-2026.pkl").write_bytes(b"")  # cut short by kill -9
-    done = repair_state_files(str(exp))
+    done = repair_state_files(str(exp), _plan())  # the resumed search's plan (fresh, same params and stages)
     assert any("rebuilt" in line for line in done)
     state = json.loads((exp / "searcher-state-2026.pkl").read_text())
     assert set(state["suggested"]) == {"a", "b"}  # c: neither started nor in Tune's experiment state
@@ -78,7 +82,7 @@ def test_a_pending_trial_tune_restores_stays_in_the_rebuilt_plan(tmp_path: Path)
     trial_data = [[json.dumps({"trial_id": k, "status": "PENDING"}), "{}"] for k in ("a", "b", "c")]
     (exp / "experiment_state-2026-01.json").write_text(json.dumps({"trial_data": trial_data}))
     (exp / "searcher-state-2026.pkl").write_bytes(b"\x80")  # cut short by kill -9
-    repair_state_files(str(exp))
+    repair_state_files(str(exp), _plan())
     state = json.loads((exp / "searcher-state-2026.pkl").read_text())
     # Tune runs b and c again: the plan keeps them, so their results count and no extra trials are drawn
     assert set(state["suggested"]) == {"a", "b", "c"}

@@ -25,11 +25,11 @@ def _by_value():
 
 
 def _run(tmp: Path, plan, search, ray_cfg, payload, name="engine"):
-    from dlops.search.run import run_search
+    from dlops.search.tune import SearchRequest, run_search
 
     c, exp_id, parent, sid = mlflow_search_run(f"sqlite:///{tmp / 'm.db'}", name)
     lines: list[str] = []
-    out = run_search(tiny_trainable, payload, plan, search, ray_cfg, "tiny", c, exp_id, parent, sid,
+    out = run_search(tiny_trainable, payload, SearchRequest(plan, search, ray_cfg, "tiny", c, exp_id, parent, sid),
                      out=lines.append)
     return out, c, exp_id, parent, sid
 
@@ -84,7 +84,7 @@ def test_autoscaler_skips_the_check(ray_on_cluster) -> None:
 
 @pytest.mark.slow
 def test_failure_budget_stops_the_search(ray_on_cluster, tmp_path: Path) -> None:
-    from dlops.search.run import TooManyFailuresError
+    from dlops.errors import TooManyFailuresError
 
     plan, search, ray_cfg = tiny_search(tmp_path, 8, max_failures=1, max_concurrent=1)
     xs = [plan.suggest(f"probe{i}")["x"] for i in range(8)]  # the configs the search will draw

@@ -43,7 +43,7 @@ def rendezvous_trainable(config: dict, payload: dict) -> None:
 def test_next_stage_runs_on_the_actors_of_the_last(ray_on_cluster, tmp_path: Path) -> None:
     from dlops.config import ParamConfig, RayConfig, SearchConfig, StageConfig
     from dlops.search.plan import Stage, StagedPlan
-    from dlops.search.run import run_search
+    from dlops.search.tune import SearchRequest, run_search
     from dlops.search.space import Param
 
     rv = tmp_path / "rendezvous"
@@ -55,8 +55,9 @@ def test_next_stage_runs_on_the_actors_of_the_last(ray_on_cluster, tmp_path: Pat
     c, exp_id, parent, sid = mlflow_search_run(f"sqlite:///{tmp_path / 'm.db'}", "reuse")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = run_search(rendezvous_trainable, {"dir": str(rv)}, plan, search,
-                         RayConfig(storage_path=str(tmp_path / "ray")), "reuse", c, exp_id, parent, sid,
+        out = run_search(rendezvous_trainable, {"dir": str(rv)},
+                         SearchRequest(plan, search, RayConfig(storage_path=str(tmp_path / "ray")), "reuse", c,
+                                       exp_id, parent, sid),
                          out=lambda s: None)
     # the keeper reaches the parts of Tune it needs in this Ray version (it warns and turns itself off otherwise)
     assert not [w for w in caught if "cannot manage Tune's trial actors" in str(w.message)]

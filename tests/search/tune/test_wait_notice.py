@@ -17,7 +17,7 @@ def _trials(*statuses: str) -> list:
 
 
 def _notice(autoscaler: bool = True):
-    from dlops.search.progress import WaitNotice
+    from dlops.search.tune.progress import WaitNotice
 
     now = [0.0]
     lines: list[str] = []

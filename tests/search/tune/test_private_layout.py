@@ -1,0 +1,130 @@
+"""Ray Tune's private parts that dlops.search.tune._private touches are laid out as it expects in
+the installed Ray. A Ray upgrade that moves any of them fails here, loudly, with the name of what
+moved; at run time the speed-ups would only warn and step aside (slower searches, unnoticed).
+
+The static part reads the installed classes (no Ray cluster); the live part runs one tiny real
+search and checks the controller Tune hands to a scheduler, the restored Tuner's configs and the
+files Tune leaves in the experiment folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_helpers import pickled_by_value
+
+from dlops.search.tune import _private
+
+
+def test_the_controller_sets_every_attribute_the_keeper_uses() -> None:
+    from ray.tune.execution.tune_controller import TuneController
+
+    init = inspect.getsource(TuneController.__init__)
+    missing = [a for a in _private.CONTROLLER_LAYOUT if f"self.{a} =" not in init and f"self.{a}:" not in init]
+    assert not missing, f"TuneController.__init__ no longer sets {missing}: update dlops/search/tune/_private.py"
+
+
+def test_the_actor_cache_and_manager_have_the_methods_used() -> None:
+    from ray.air.execution._internal import RayActorManager
+    from ray.tune.utils.object_cache import _ObjectCache
+
+    for cls, attr in ((_ObjectCache, "_actor_cache"), (RayActorManager, "_actor_manager")):
+        methods = _private.CONTROLLER_LAYOUT[attr]
+        assert all(callable(getattr(cls, m, None)) for m in methods), (cls, methods)
+    assert "kill" in inspect.signature(RayActorManager.remove_actor).parameters
+
+
+def test_the_tuner_keeps_its_configs_where_resume_replaces_them() -> None:
+    from ray import tune
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    assert "self._local_tuner" in inspect.getsource(tune.Tuner.__init__)
+    src = inspect.getsource(TunerInternal)
+    for name, fields in _private.TUNER_LAYOUT.items():
+        assert f"self.{name}" in src, f"TunerInternal has no {name}"
+    for cls, fields in ((tune.TuneConfig, _private.TUNER_LAYOUT["_tune_config"]),
+                        (tune.RunConfig, _private.TUNER_LAYOUT["_run_config"])):
+        assert set(fields) <= set(cls.__dataclass_fields__), (cls, fields)
+
+
+def test_tune_writes_the_experiment_state_before_it_saves_the_searcher() -> None:
+    """backup_experiment_state relies on this order in TuneController.save_to_dir."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    src = inspect.getsource(TuneController.save_to_dir)
+    assert "experiment_state_file_name" in src and "_search_alg.save_to_dir" in src
+    assert src.index("experiment_state_file_name") < src.index("_search_alg.save_to_dir")
+
+
+def test_the_schedulers_hooks_keep_their_signatures() -> None:
+    from ray.tune.schedulers import FIFOScheduler
+
+    for hook, params in (("on_trial_add", ["tune_controller", "trial"]),
+                         ("choose_trial_to_run", ["tune_controller"]),
+                         ("on_trial_complete", ["tune_controller", "trial", "result"]),
+                         ("on_trial_error", ["tune_controller", "trial"])):
+        assert list(inspect.signature(getattr(FIFOScheduler, hook)).parameters)[1:] == params, hook
+
+
+class _Probe(_private.KeepActorsFIFO):
+    """A dlops scheduler that records what the real controller lacks."""
+
+    problems: Any = None
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        if _Probe.problems is None:
+            _Probe.problems = _private.controller_layout_problems(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+
+def _trainable(config: dict) -> None:
+    import tempfile
+
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "x").write_text("1")
+        tune.report({"dev/error": float(config["x"]), "epoch": 1}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@pytest.mark.slow
+def test_a_real_search_meets_the_layout(ray_on_cluster, tmp_path: Path) -> None:
+    for _ in pickled_by_value(sys.modules[__name__]):  # the workers cannot import this test folder
+        _real_search_meets_the_layout(tmp_path)
+
+
+def _real_search_meets_the_layout(tmp_path: Path) -> None:
+    from ray import tune
+
+    from dlops.search.plan import Stage, StagedPlan
+    from dlops.search.space import Param
+    from dlops.search.tune.runtime import tune_environment
+    from dlops.search.tune.searcher import StagedSearcher
+
+    plan = StagedPlan([Param("x", "linear", 0.0, 1.0)], [Stage(2, 1)], "dev/error", "min", seed=0)
+    exp = tmp_path / "ray" / "layout"
+    searcher = StagedSearcher(plan, snapshot_path=str(exp / _private.PLAN_SNAPSHOT))
+    _Probe.problems = None
+    with tune_environment({"TUNE_GLOBAL_CHECKPOINT_S": "0"}):
+        tune.Tuner(tune.with_resources(_trainable, {"cpu": 1}),
+                   tune_config=tune.TuneConfig(metric="dev/error", mode="min", search_alg=searcher,
+                                               scheduler=_Probe(), num_samples=2, reuse_actors=True),
+                   run_config=tune.RunConfig(name="layout", storage_path=str(tmp_path / "ray"), verbose=0,
+                                             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
+    assert _Probe.problems == [], f"TuneController lacks {_Probe.problems}: update dlops/search/tune/_private.py"
+    for pattern, _ in _private.STATE_FILES:
+        assert glob.glob(str(exp / pattern)), f"Tune no longer writes {pattern}"
+    assert glob.glob(str(exp / _private.SEARCHER_STATE)), "Tune no longer writes the searcher state there"
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    assert _private._tune_trial_ids(str(sorted(exp.glob("experiment_state-*.json"))[-1])) and "trial_data" in state
+    assert list(exp.glob(_private.BACKUP_PREFIX + "experiment_state-*.json")), "the searcher's save saw no state"
+    assert list(exp.glob("*/checkpoint_000000")), "trial checkpoints are no longer checkpoint_<6 digits>"
+    restored = tune.Tuner.restore(str(exp), trainable=_trainable)
+    _private.use_fresh_objects(restored, searcher, object(), None)  # raises if the configs moved
+    assert restored._local_tuner._tune_config.search_alg is searcher
