@@ -221,6 +221,38 @@ def _median(xs: list[float]) -> float:
     return round(statistics.median(xs), 3)
 
 
+def release_ab(reps: int = 3) -> None:
+    """``--release-ab``: 8 x 1 s trials through ``run_search``, with and without
+    ``ActorKeeper.release_unstarted`` (turned off by a measurement-only patch), interleaved;
+    prints the medians and one JSON line. Does releasing never-started actors pay on trials >= 1 s?"""
+    import ray
+
+    from dlops.console import quiet_libraries
+    from dlops.search.tune import _private
+
+    quiet_libraries()
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = CHECKPOINT_S
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, logging_level="ERROR")
+    keep = _private.ActorKeeper.release_unstarted
+    w: dict[str, list[float]] = {"release": [], "no_release": []}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        dlops(tmp, 2, 1.0)  # warm-up
+        for rep in range(reps):
+            for v in (list(w) if rep % 2 == 0 else list(w)[::-1]):
+                _private.ActorKeeper.release_unstarted = keep if v == "release" else (lambda self, c: 0)
+                time.sleep(SETTLE_S)
+                w[v].append(dlops(tmp, N_SLEEP, 1.0)[0])
+            print(f"rep {rep}: " + "  ".join(f"{v} {w[v][-1]:.2f} s" for v in w), flush=True)
+    _private.ActorKeeper.release_unstarted = keep
+    ray.shutdown()
+    m = {v: _median(x) for v, x in w.items()}
+    print(json.dumps({"bench": "release_ab", "trials": N_SLEEP, "sleep_s": 1.0, "reps": reps,
+                      **{f"{v}_s": m[v] for v in m}, "walls": w,
+                      "ratio_release_vs_no_release": round(m["release"] / m["no_release"], 3)}))
+
+
 def main() -> None:
     import ray
 
@@ -297,4 +329,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    release_ab() if "--release-ab" in sys.argv[1:] else main()
