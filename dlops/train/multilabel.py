@@ -1,6 +1,6 @@
 """Multi-label (multi-task) heads: one sigmoid output per label, missing labels left out.
 
-A multi-label network is any :func:`dlops.models.backbones.create_model` network with
+A multi-label network is any :func:`dlops.models.create_model` network with
 ``num_outputs = L`` labels; its (N, L) logits go through a sigmoid, not a softmax. Targets are
 (N, L) floats: 1 positive, 0 negative, and NaN or -1 for a label not annotated on that example
 (the multi-task case where not every image has every label). Missing entries are left out of
