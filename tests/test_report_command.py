@@ -128,6 +128,7 @@ def test_report_on_an_image_folder_project_uses_its_own_dev_set(folder_job, tmp_
                   uri, tmp_path, monkeypatch)
     assert res.exit_code == 0, (res.output, res.exception)
     assert f"logged to run {mv.run_id}" in res.output
+    assert "warning" not in res.output  # the rebuilt data are the run's (its data_manifest.json)
     search_id = mv.tags["dlops.search_run_id"]
     manifest = json.loads(Path(c.download_artifacts(search_id, "data_manifest.json", str(tmp_path))).read_text())
     n_dev = len(manifest["splits"]["dev"]["target"])
