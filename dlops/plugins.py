@@ -63,7 +63,7 @@ def _check_value(kind: str, key: str, value: Any) -> None:
             raise PluginError(f"reporter {key!r} must have a report(context) method, got {type(value).__name__}")
         from dlops.reporting import reporter_scopes
 
-        reporter_scopes(value)
+        reporter_scopes(value, key)
     if kind == "ensemble_methods" and not callable(getattr(value, "combine", None)):
         raise PluginError(f"ensemble method {key!r} must have a combine(probs) method, got {type(value).__name__}")
 
