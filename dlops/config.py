@@ -32,7 +32,7 @@ REPORTED_METRICS = (
 )
 
 
-#: hyperparameters the trial reads from its config (dlops.search.trainable.train_transfer)
+#: hyperparameters the trial reads from its config (dlops.train.trial.train_trial)
 TRIAL_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "batch_size", "hidden", "policy", "magnitude",
                          "backbone_lr_mult", "unfreeze_epoch")
 
