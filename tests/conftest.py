@@ -23,3 +23,16 @@ def example_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "project.yaml"
     shutil.copy(EXAMPLE, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray on 127.0.0.1 for the in-process runs of a module (run_project leaves it running)."""
+    import ray
+
+    from dlops.cluster import init_ray
+
+    started = init_ray(None, 2, None)
+    yield
+    if started:
+        ray.shutdown()

@@ -44,3 +44,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_digits_images_module():
+    """``examples/make_digits_images.py`` imported as a module (it writes real digits as PNG folders,
+    a multi-label CSV and a source network)."""
+    import importlib.util
+
+    path = REPO / "examples" / "make_digits_images.py"
+    spec = importlib.util.spec_from_file_location("make_digits_images", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

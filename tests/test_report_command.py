@@ -16,7 +16,6 @@ project: a and b failed (a traceback, exit 1).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import REPO, run_dlops
+from dlops_testing import REPO, make_digits_images_module, run_dlops
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +61,6 @@ report:
 """
 
 
-def _make_digits_images():
-    path = REPO / "examples" / "make_digits_images.py"
-    spec = importlib.util.spec_from_file_location("make_digits_images", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _write_folder(root: Path) -> None:
@@ -163,7 +156,7 @@ def test_report_with_the_image_folder_gone_names_it(folder_job, tmp_path, monkey
 @pytest.fixture(scope="module")
 def multilabel_job(tmp_path_factory):
     d = tmp_path_factory.mktemp("report-multilabel")
-    _make_digits_images().write_multilabel(d / "data", seed=0)
+    make_digits_images_module().write_multilabel(d / "data", seed=0)
     shutil.copy(REPO / "examples" / "multilabel.yaml", d / "multilabel.yaml")  # target_csv: data/...
     uri = f"sqlite:///{d}/mlflow.db"
     r = run_dlops(["run", str(d / "multilabel.yaml"), "--tracking-uri", uri,

@@ -1,21 +1,7 @@
 """Module surgery: find and replace submodules, the head of a network, the first convolution.
 
-Head replacement per architecture family (the head names are registered with each model in
-:mod:`dlops.models.backbones`):
-
-=====================  ==========================  ===============
-name                   family                      head replaced
-=====================  ==========================  ===============
-small_cnn              :class:`SmallCNN`            ``head`` (whole MLP)
-resnet18/34/50         ResNet                      ``fc``
-mobilenet_v3_small     MobileNetV3                 ``classifier.3``
-mobilenet_v3_large     MobileNetV3                 ``classifier.3``
-efficientnet_b0        EfficientNet                ``classifier.1``
-convnext_tiny          ConvNeXt                    ``classifier.2``
-densenet121            DenseNet                    ``classifier``
-vgg11_bn               VGG                         ``classifier.6``
-vit_b_16               VisionTransformer           ``heads.head``
-=====================  ==========================  ===============
+Head replacement per architecture family: each model registers its head's name with
+:func:`~dlops.models.registry.register_model` (the table is in :mod:`dlops.models.backbones`).
 
 First convolution: with ``in_channels != 3`` the first convolution of a torchvision model is
 rebuilt for that many channels; its (pretrained or loaded) weights are averaged over the RGB

@@ -14,7 +14,6 @@ d. The multi-label example with missing labels: (N, 3) logits, and the logged de
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import EXAMPLE, REPO, TINY
+from dlops_testing import EXAMPLE, REPO, TINY, make_digits_images_module
 
 pytestmark = pytest.mark.slow
 
@@ -36,29 +35,12 @@ STAGES = "search.stages=[{trials: 2, epochs: 1}, {trials: 1, epochs: 1}]"
 WORDS = {"5": "five", "6": "six", "7": "seven", "8": "eight", "9": "nine"}
 
 
-def _make_digits_images():
-    path = REPO / "examples" / "make_digits_images.py"
-    spec = importlib.util.spec_from_file_location("make_digits_images", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _by_kind(client, exp_id: str, kind: str):
     return client.search_runs([exp_id], filter_string=f"tags.`dlops.kind` = '{kind}'", max_results=1000)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the in-process runs of this module (run_project leaves it running)."""
-    import ray
-
-    from dlops.cluster import init_ray
-
-    started = init_ray(None, 2, None)
-    yield
-    if started:
-        ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,7 +55,7 @@ def folder_job(tmp_path_factory):
     from dlops.models import create_model
 
     d = tmp_path_factory.mktemp("folder")
-    mk = _make_digits_images()
+    mk = make_digits_images_module()
     mk.write_image_folders(d, seed=0, size=16)
     target = d / "digits-target"
     for digit, word in WORDS.items():
@@ -305,7 +287,7 @@ def multilabel_job(tmp_path_factory, local_ray):
     from dlops.job import run_project
 
     d = tmp_path_factory.mktemp("multilabel")
-    rows = _make_digits_images().write_multilabel(d, seed=0)
+    rows = make_digits_images_module().write_multilabel(d, seed=0)
     csv = d / "digits-multilabel.csv"
     uri = f"sqlite:///{d}/mlflow.db"
     project = d / "multilabel.yaml"

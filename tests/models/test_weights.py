@@ -227,17 +227,6 @@ def test_load_source_state_errors_name_the_file_or_model(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the in-process runs of this module (run_project leaves it running)."""
-    import ray
-
-    from dlops.cluster import init_ray
-
-    started = init_ray(None, 2, None)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.slow
