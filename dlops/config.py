@@ -74,7 +74,8 @@ class DataConfig(_Model):
     work on (dev and test come only from it); ``source_dir`` / ``source_csv`` optional training
     data from another distribution. ``target_train_share`` of the target data goes to train
     (default 0 with a source, 0.6 without), ``train_dev_share`` of the training pool to train-dev,
-    ``dev_share`` of the target data to dev, the rest to test. Images are converted to
+    ``dev_share`` of the target data to dev (default: half of the target data that does not go to
+    train, so 0.5 with a source and 0.2 without), the rest to test. Images are converted to
     ``channels`` and resized to ``image_size`` pixels.
     """
 
@@ -90,7 +91,7 @@ class DataConfig(_Model):
     target_csv: Optional[str] = None
     target_train_share: Optional[float] = Field(default=None, ge=0, lt=1)
     train_dev_share: float = Field(default=0.1, gt=0, lt=1)
-    dev_share: float = Field(default=0.5, gt=0, lt=1)
+    dev_share: Optional[float] = Field(default=None, gt=0, lt=1)  # default: half the target not trained on
     image_size: Optional[int] = Field(default=None, ge=4)  # default: 32 for files, 8 for digits
     channels: Literal[1, 3] = 3
     num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes per trial

@@ -45,6 +45,7 @@ class TaskData:
         source, source_classes: the pretraining source task (digits only).
         skipped: ``[(file, reason)]`` the pre-scan could not use.
         manifest: what went where (JSON-serialisable).
+        warnings: what the data checks found legal but unwise (:mod:`dlops.data.checks`).
     """
 
     train: ArraySplit
@@ -60,6 +61,7 @@ class TaskData:
     source_classes: list[Any] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> ArraySplit:
         return getattr(self, name)
@@ -134,8 +136,16 @@ def _files(cfg: Any, kind: str, task: str, seed: int) -> TaskData:
     share = cfg.target_train_share
     if share is None:  # one distribution: most of it trains; with a source, the target is for dev/test
         share = 0.0 if source is not None else 0.6
+    from dlops.data.checks import check_classes, check_shares
+
+    where = f"{tgt_path}" if source is None else f"{src_path} + {tgt_path}"
+    check_classes(sorted(cmap), where, "multilabel" if multi else "classification")
+    dev_share = cfg.dev_share
+    if dev_share is None:  # half of the target data that does not train: dev and test the same size
+        dev_share = round((1.0 - share) / 2.0, 6)
+    check_shares(len(source) if source is not None else 0, len(target), share, cfg.train_dev_share, dev_share, where)
     sp = build_splits(len(source) if source is not None else 0, strat_s, len(target), strat_t,
-                      target_train_share=share, train_dev_share=cfg.train_dev_share, dev_share=cfg.dev_share,
+                      target_train_share=share, train_dev_share=cfg.train_dev_share, dev_share=dev_share,
                       seed=seed)
     x_s = _resize_all(source.paths, channels, size) if source is not None else None
     x_t = _resize_all(target.paths, channels, size)
