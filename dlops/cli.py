@@ -77,14 +77,35 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
 @main.command()
 @click.argument("project_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
-def validate(project_file: str, overrides: tuple[str, ...]) -> None:
-    """Check PROJECT_FILE without running anything."""
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="Also check the trial's resource request (GPUs) against this running Ray cluster.")
+def validate(project_file: str, overrides: tuple[str, ...], ray_address: Optional[str]) -> None:
+    """Check PROJECT_FILE and its data without training anything (exit 2 on a problem)."""
     from dlops.config import load_config
+    from dlops.job.run import load_data
 
     cfg = load_config(project_file, list(overrides))
+    data = load_data(cfg)  # the data checks of dlops run (dlops.data.checks)
+    address = ray_address or cfg.ray.address
+    if address:
+        from dlops.cluster import init_ray
+        from dlops.search.resources import check_resources
+
+        started = init_ray(address, None, None)
+        try:
+            check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    for w in data.warnings:
+        click.echo(f"warning: {w}", err=True)
     n = sum(s.trials for s in cfg.search.stages)
     click.echo(f"{project_file}: ok ({len(cfg.search.stages)} stages, {n} trials, metric {cfg.search.metric} "
-               f"{cfg.search.mode})")
+               f"{cfg.search.mode}; data: train {len(data.train)}, train-dev {len(data.train_dev)}, dev "
+               f"{len(data.dev)}, test {len(data.test)}, {len(data.class_names)} classes"
+               f"{'; resources fit ' + address if address else ''})")
 
 
 @main.command()

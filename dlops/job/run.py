@@ -70,19 +70,26 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
 
 
 def load_data(cfg: ProjectConfig) -> Any:
-    """The project's task data (:func:`dlops.data.sources.load_task`).
+    """The project's task data (:func:`dlops.data.sources.load_task`), checked
+    (:func:`dlops.data.checks.check_task`; its warnings in ``data.warnings``).
 
     Raises:
-        DataError: a folder, file or label that cannot be used (the message names it).
+        DataError: a folder, file or label that cannot be used, or data that fail a check
+            (the message names it, the counts and a fix).
     """
+    from dlops.data.checks import check_task
     from dlops.data.sources import load_task
 
     try:
-        return load_task(cfg.data, cfg.seed, cfg.task)
+        data = load_task(cfg.data, cfg.seed, cfg.task)
     except DataError:
         raise
     except (ValueError, OSError) as exc:
         raise DataError(f"data: {exc}") from None
+    d = cfg.data
+    where = {"digits": "data (digits)", "imagefolder": d.target_dir, "list": d.target_csv}[d.source]
+    data.warnings = check_task(data, cfg.human_level_error, str(where))  # before any trial (dlops.data.checks)
+    return data
 
 
 def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], None], resume: bool) -> JobContext:
