@@ -233,6 +233,160 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
             ray.shutdown()  # the local Ray this command started, with its agents
 
 
+_TRACKING = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+                         help="MLflow tracking URI holding the registry (default: sqlite:///mlflow.db in the "
+                              "working directory).")
+
+
+def _registry_client(tracking_uri: Optional[str]) -> Any:
+    """The ``MlflowClient`` of the registry; an unreachable server or a missing store is exit 2."""
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from dlops.errors import RegistryError
+    from dlops.tracking.store import check_tracking_server, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, None)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise RegistryError(f"--tracking-uri: the store {uri} does not exist (no registered models)")
+    check_tracking_server(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.4g}"
+
+
+@main.group()
+def models() -> None:
+    """Inspect the model registry (registered models dlops made, their aliases and history)."""
+
+
+@models.command("list")
+@_TRACKING
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_list(tracking_uri: Optional[str], as_json: bool) -> None:
+    """Every registered model dlops made, its aliases and the optimizing metric of each aliased version."""
+    from dlops.tracking.registry import list_models
+
+    rows = list_models(_registry_client(tracking_uri))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        al = "; ".join(f"@{a} -> v{e['version']}" + (" (DANGLING: version deleted)" if e["dangling"] else
+                                                     f" {e.get('metric', '?')}={_fmt(e.get('value'))}")
+                       for a, e in r["aliases"].items()) or "no aliases"
+        click.echo(f"{r['name']:<32} {r['kind']:<9} {al}")
+
+
+@models.command("show")
+@click.argument("name")
+@_TRACKING
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_show(name: str, tracking_uri: Optional[str], as_json: bool) -> None:
+    """NAME's versions (newest first) with aliases, gate metrics, provenance, members and the promotion history."""
+    from dlops.tracking.registry import show_model
+
+    info = show_model(_registry_client(tracking_uri), name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['name']} ({info['kind'] or 'not made by dlops'})")
+    present = {v["version"] for v in info["versions"]}
+    for a, e in info["aliases"].items():
+        if e["dangling"] or e["version"] not in present:
+            click.echo(f"  @{a} -> version {e['version']}: DANGLING (the version was deleted; never followed)")
+    for v in info["versions"]:
+        g = v.get("gate") or {}
+        click.echo(f"  version {v['version']}" + (f"  [{', '.join('@' + a for a in v['aliases'])}]" if v["aliases"]
+                                                   else ""))
+        if g:
+            opt = ", ".join(f"{k}={_fmt(x)} ({g['mode']})" for k, x in v["optimizing"].items())
+            sat = ", ".join(f"{k} [{_fmt(x)}]" for k, x in v["satisficing"].items()) or "none"
+            click.echo(f"    optimizing: {opt}; satisficing: {sat}")
+        if v.get("baseline"):
+            click.echo(f"    best member: {', '.join(f'{k}={_fmt(x)}' for k, x in v['baseline'].items())}")
+        click.echo(f"    run {v['run_id']}  search {v['search_run_id'] or '-'}  project {v['project'] or '-'}")
+        fp = v.get("fingerprint")
+        if fp:
+            click.echo(f"    fingerprint: {fp['task']}, {len(fp['classes'])} classes, dev split {fp['dev_split']}, "
+                       f"test split {fp['test_split']}")
+        if v.get("data_manifest"):
+            click.echo(f"    data manifest: {v['data_manifest']}")
+        if v.get("members"):
+            click.echo(f"    members: {', '.join(map(str, v['members']))}")
+    click.echo("  promotion history:" if info["history"] else "  promotion history: none")
+    for e in info["history"]:
+        gone = " (version deleted)" if e["to_deleted"] else ""
+        click.echo(f"    {e['time']} {e['user']} @{e['alias']}: {e['from'] or '-'} -> {e['to']}{gone} "
+                   f"[{e['decision']}, {e['command']}] {e['reason']}")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--force", is_flag=True, help="Move the alias even when the gate refuses (needs --reason; recorded).")
+@click.option("--reason", default=None, help="Why, with --force (recorded in the promotion history).")
+@click.option("--dry-run", is_flag=True, help="Print the gate's decision only (exit 1 when it refuses).")
+@_TRACKING
+def promote(name: str, version: str, alias: str, force: bool, reason: Optional[str], dry_run: bool,
+            tracking_uri: Optional[str]) -> None:
+    """Gate NAME version VERSION (its stored optimizing metric, satisficing constraints and
+    fingerprint) against NAME@ALIAS and move the alias when it wins. Exit 1: the gate refused
+    (its reason on stderr); 2: unknown model, version or a bad option; nothing changed."""
+    from dlops.tracking.registry import promote as do_promote
+
+    m = do_promote(_registry_client(tracking_uri), name, version, alias, force=force, reason=reason,
+                   dry_run=dry_run)
+    verb = "would move" if dry_run else ("moved" if m.moved else "left")
+    click.echo(f"{m.name}@{m.alias}: {verb} {m.from_version or '-'} -> {m.to_version} [{m.decision}] {m.reason}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the target version only.")
+@_TRACKING
+def rollback(name: str, alias: str, dry_run: bool, tracking_uri: Optional[str]) -> None:
+    """Move NAME@ALIAS back to the version it pointed at before its last move (from the promotion
+    history). Exit 2 when there is none (or it was deleted); nothing changed."""
+    from dlops.tracking.registry import rollback as do_rollback
+
+    m = do_rollback(_registry_client(tracking_uri), name, alias, dry_run=dry_run)
+    verb = "would move" if dry_run else "moved"
+    click.echo(f"{m.name}@{m.alias}: {verb} {m.from_version or '-'} -> {m.to_version} [{m.decision}] {m.reason}")
+
+
+@main.command("ensemble")
+@click.argument("name")
+@click.option("--versions", default=None, metavar="V1,V2,...", help="Registered versions of NAME to combine.")
+@click.option("--top-k", type=click.IntRange(min=2), default=None,
+              help="The K best versions of NAME (across searches) that meet their constraints and share a fingerprint.")
+@click.option("--method", default="average", show_default=True, help="Ensemble method (a plugin's).")
+@click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flip", "five_crop", "ten_crop"]))
+@click.option("--crop-fraction", default=0.875, show_default=True, type=float)
+@click.option("--name", "ensemble_name", default=None, help="Registered name of the ensemble (default NAME-ensemble).")
+@_TRACKING
+def ensemble_cmd(name: str, versions: Optional[str], top_k: Optional[int], method: str, tta: str,
+                 crop_fraction: float, ensemble_name: Optional[str], tracking_uri: Optional[str]) -> None:
+    """Build an ensemble of registered versions of NAME, evaluate it on their common test split,
+    register it as a version of NAME-ensemble and gate it against its best member. Exit 2 for
+    unknown versions or members with different preprocessing or classes (nothing registered)."""
+    from dlops.registry_ensemble import build_registry_ensemble
+
+    client = _registry_client(tracking_uri)
+    res = build_registry_ensemble(client, name, versions=versions, top_k=top_k, method=method, tta=tta,
+                                  crop_fraction=crop_fraction, ensemble_name=ensemble_name,
+                                  out=lambda s: click.echo(s, err=True))
+    click.echo(res)
+
+
 @main.group()
 def plugins() -> None:
     """Inspect plugins."""

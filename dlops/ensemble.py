@@ -29,6 +29,26 @@ def ensemble_method(name: str) -> Any:
     return get_registry().get("ensemble_methods", name)
 
 
+def load_member(path: str) -> tuple[Any, dict[str, Any]]:
+    """One member: ``(torch module on CPU in eval mode, its model spec)`` from a trial checkpoint
+    directory or an MLflow pytorch model directory (``MLmodel`` with ``model_spec`` metadata).
+
+    Raises:
+        FileNotFoundError: neither a checkpoint nor an MLflow model directory.
+    """
+    import os
+
+    if os.path.exists(os.path.join(path, "MLmodel")):
+        import mlflow.pytorch
+        from mlflow.models import Model
+
+        spec = dict((Model.load(os.path.join(path, "MLmodel")).metadata or {}).get("model_spec") or {})
+        return mlflow.pytorch.load_model(path, map_location="cpu").eval(), spec
+    from dlops.train.checkpoint import load_checkpoint_model
+
+    return load_checkpoint_model(path)
+
+
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """Input (N, C, H, W) float32, preprocessed exactly as in training (see the model metadata);
     output (N, K) float32: the members' probabilities (softmax rows for ``classification``, one
@@ -37,7 +57,9 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     the members by the ensemble method.
 
     Artifacts: ``member_0`` ... ``member_{M-1}``, each a trial checkpoint directory
-    (:mod:`dlops.train.checkpoint`). Model config (``mlflow.pyfunc.log_model(model_config=...)``):
+    (:mod:`dlops.train.checkpoint`: the ensembles of ``dlops run``) or a downloaded MLflow pytorch
+    model directory (it has an ``MLmodel`` file and ``model_spec`` metadata: the ensembles of
+    registered versions, ``dlops ensemble``), loaded with ``mlflow.pytorch.load_model``. Model config (``mlflow.pyfunc.log_model(model_config=...)``):
     ``tta`` (one of :data:`dlops.predict.TTA_MODES`, default ``none``), ``crop_fraction``
     (default 0.875) and ``method`` (an ensemble method's name, default ``average``); it can be
     overridden at load time with ``mlflow.pyfunc.load_model(uri, model_config={...})``.
@@ -49,10 +71,9 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from dlops.predict import check_tta
-        from dlops.train.checkpoint import load_checkpoint_model
 
         keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))
-        loaded = [load_checkpoint_model(context.artifacts[k]) for k in keys]
+        loaded = [load_member(context.artifacts[k]) for k in keys]
         self.members = [m for m, _ in loaded]
         tasks = {sp.get("task", "classification") for _, sp in loaded}
         if len(tasks) != 1:

@@ -7,13 +7,15 @@ subclasses the builtin it used to be (``ValueError`` for bad input, ``RuntimeErr
 that failed as a whole), so ``except ValueError`` in user code keeps working.
 
 Exit codes (the CLI's): 2 bad input, nothing was started or every open run was ended;
-1 a search that ran and failed as a whole (the failure budget, nothing to register).
+1 a search that ran and failed as a whole (the failure budget, nothing to register), or a
+promotion the gate refused (``dlops promote``, ``dlops ensemble``: nothing was moved).
 """
 
 from __future__ import annotations
 
 EXIT_BAD_INPUT = 2
 EXIT_SEARCH_FAILED = 1
+EXIT_GATE_REFUSED = 1
 
 
 class DlopsError(Exception):
@@ -103,3 +105,21 @@ __all__ = [
     "NothingToResumeError", "ReportTargetError", "ServeError", "SubmitError", "SearchFailedError",
     "TooManyFailuresError", "NothingToRegisterError", "EXIT_BAD_INPUT", "EXIT_SEARCH_FAILED",
 ]
+
+
+class RegistryError(DlopsError, ValueError):
+    """Bad input to a registry command: an unknown model, version or alias, a version of another
+    model, nothing to roll back to. The message names it; nothing in the registry was changed."""
+
+    kind = "registry"
+
+
+class GateRefusedError(DlopsError):
+    """The promotion gate refused the move (CLI exit code 1); the message is the gate's reason.
+    Nothing in the registry was changed."""
+
+    kind = "gate"
+    exit_code = EXIT_GATE_REFUSED
+
+
+__all__ += ["RegistryError", "GateRefusedError", "EXIT_GATE_REFUSED"]

@@ -91,14 +91,19 @@ def log_ensemble_model(ctx: JobContext, run_id: str, member_ids: list[str],
 def register_ensemble(ctx: JobContext, model_uri: str, member_ids: list[str], evals: dict[str, Any]) -> Any:
     """Register the ensemble as a version of the project's ensemble model; the gate compares it
     with the best single model's optimizing metric. Returns the :class:`~dlops.tracking.registry.Promotion`."""
+    from dlops.job.plan import constraints
+    from dlops.job.register import fingerprint_of
     from dlops.tracking.registry import register_and_promote
 
     cfg = ctx.config
     metric = cfg.search.metric
     single = ctx.best_model.metrics if ctx.best_model else {}
     return register_and_promote(
-        ctx.client, model_uri, cfg.ensemble_name, {"dev/error": evals["dev"].error, "test/error": evals["test"].error},
-        metric, cfg.search.mode, (),
+        ctx.client, model_uri, cfg.ensemble_name,
+        {"dev/error": evals["dev"].error, "test/error": evals["test"].error, "dev/f1": evals["dev"].f1},
+        metric, cfg.search.mode, [c for c in constraints(cfg) if c.metric in ("dev/error", "test/error", "dev/f1")],
         tags={"dlops.search_run_id": ctx.search_run_id, "dlops.members": json.dumps(member_ids),
-              "dlops.ensemble_method": cfg.ensemble.method},
-        baseline={metric: single[metric]} if metric in single else None)
+              "dlops.ensemble_method": cfg.ensemble.method, "dlops.project": cfg.name},
+        baseline={metric: single[metric]} if metric in single else None,
+        fingerprint=fingerprint_of(ctx, list(ctx.best_model.spec["class_names"])) if ctx.best_model else None,
+        kind="ensemble", command="run")

@@ -135,7 +135,7 @@ def register(ctx: JobContext) -> None:
     ctx.summary.best_metrics = best.metrics
     promo = register_best(ctx, best, log_best_model(ctx, best))
     best.name, best.version = promo.name, promo.version
-    ctx.summary.model_uri = f"models:/{promo.name}@{shown_alias(promo.aliases)}"
+    ctx.summary.model_uri = _uri(promo)
     ctx.summary.model_aliases, ctx.summary.promotion_reason = promo.aliases, promo.reason
     ctx.client.set_tag(ctx.search_run_id, "dlops.model_version", f"{promo.name}/{promo.version}")
     ctx.out(f"  registered {promo.name} version {promo.version} with aliases {list(promo.aliases)} ({promo.reason})")
@@ -183,12 +183,18 @@ def ensemble(ctx: JobContext) -> None:
     erid = ens.log_ensemble_run(ctx, ids, evals, method)
     promo = ens.register_ensemble(ctx, ens.log_ensemble_model(ctx, erid, ids, members, probs["dev"]), ids, evals)
     ctx.client.set_terminated(erid, "FINISHED")
-    s.ensemble_uri = f"models:/{promo.name}@{shown_alias(promo.aliases)}"
+    s.ensemble_uri = _uri(promo)
     s.ensemble_test_error, s.ensemble_members = evals["test"].error, ids
     tta = "" if cfg.ensemble.tta == "none" else f" with {cfg.ensemble.tta} TTA"
     ctx.out(f"  ensemble of {len(top)}{tta}: test error {evals['test'].error:.4f} vs best single "
             f"{s.best_metrics['test/error']:.4f}; registered {promo.name} version {promo.version} with aliases "
             f"{list(promo.aliases)} ({promo.reason})")
+
+
+def _uri(promo: Any) -> str:
+    """``models:/NAME@champion`` or ``@challenger`` when the version holds one, else ``models:/NAME/VERSION``
+    (a version that is not eligible gets no alias)."""
+    return f"models:/{promo.name}@{shown_alias(promo.aliases)}" if promo.aliases else promo.uri
 
 
 def _quietly(hook: Callable[..., Any], **kwargs: Any) -> None:

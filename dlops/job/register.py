@@ -66,6 +66,16 @@ def log_best_model(ctx: JobContext, best: BestModel) -> str:
     return info.model_uri
 
 
+def fingerprint_of(ctx: JobContext, classes: list[str]) -> dict[str, Any]:
+    """What the job's optimizing metric means (:func:`dlops.tracking.promotion.fingerprint`):
+    task, classes, the dev and test split's manifest digests, metric and direction."""
+    from dlops.tracking.promotion import fingerprint, split_digests
+
+    cfg = ctx.config
+    dev, test = split_digests(ctx.data.manifest or {}, cfg.seed, cfg.data.model_dump(mode="json"))
+    return fingerprint(cfg.task, classes, dev, test, cfg.search.metric, cfg.search.mode)
+
+
 def register_best(ctx: JobContext, best: BestModel, model_uri: str) -> Any:
     """Register ``model_uri`` as a version of the project's model; the gate (optimizing metric +
     satisficing constraints) decides whether it becomes champion. Returns the
@@ -76,5 +86,7 @@ def register_best(ctx: JobContext, best: BestModel, model_uri: str) -> Any:
     return register_and_promote(
         ctx.client, model_uri, cfg.model_name, best.metrics, cfg.search.metric, cfg.search.mode, constraints(cfg),
         tags={"dlops.trial_id": ctx.best.trial_id, "dlops.search_run_id": ctx.search_run_id,
-              "dlops.run_id": best.run_id, "dlops.class_index": json.dumps(best.class_index)},
+              "dlops.run_id": best.run_id, "dlops.class_index": json.dumps(best.class_index),
+              "dlops.project": cfg.name},
+        fingerprint=fingerprint_of(ctx, list(best.spec["class_names"])), kind="model", command="run",
     )
