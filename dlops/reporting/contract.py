@@ -81,6 +81,11 @@ class ReportContext:
             the ``search`` scope, and in the ``model`` scope of the main job.
         split: the split that split-specific reporters (error analysis) look at.
         scope: the scope of this call, one of :data:`SCOPES`.
+        counts: examples per split (``{"train": 150, "dev": 348, ...}``), for the intervals of
+            the errors; given in every scope of the main job (:meth:`split_counts` falls back to
+            the predictions).
+        train_context: what a reporter that trains needs (``data_curve``): a
+            :class:`TrainContext`, or None (not given: such a reporter says so).
     """
 
     errors: Mapping[str, float]
@@ -92,6 +97,15 @@ class ReportContext:
     trials: Sequence[Mapping[str, Any]] = ()
     split: str = "dev"
     scope: str = SCOPE_MODEL
+    counts: Mapping[str, int] = field(default_factory=dict)
+    train_context: Any = None
+
+    def split_counts(self) -> dict[str, int]:
+        """Examples per split: :attr:`counts`, else the length of each split's predictions."""
+        out = {k: int(v) for k, v in self.counts.items()}
+        for k, p in self.predictions.items():
+            out.setdefault(k, len(p.y_true))
+        return out
 
 
 @dataclass

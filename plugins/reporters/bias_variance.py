@@ -10,17 +10,27 @@ error) and on data mismatch with a train-dev set:
     overfitting to dev  = test error      - dev error
 
 All errors are fractions in [0, 1]; the gaps are in the same unit (fraction points).
+
+Uncertainty: given the number of examples of each split, each error gets its Wilson 95% interval
+(Wilson 1927) and each gap the interval of a difference of two independent proportions
+(Newcombe 1998a, method 10: train, train-dev, dev and test are different example sets; human-level
+error is a constant), see :mod:`dlops.reporting.stats`. The largest gap is *named* only when it
+stands out: its interval lies above 0 and above every other gap's interval. Otherwise the report
+says that no gap stands out and that the first knob is a bigger dev / train-dev set, with the
+size that would make the largest gap stand out at the observed error rates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dlops import hookimpl
 from dlops.reporting import SCOPE_MODEL, SCOPE_SEARCH, SCOPE_TRIAL, Report, ReportContext
+from dlops.reporting.stats import NAN_INTERVAL, Interval, constant, difference_independent, error_interval, \
+    stands_out
 
 GAPS = ("avoidable_bias", "variance", "data_mismatch", "overfitting_to_dev")
 
@@ -52,9 +62,29 @@ GOALS = {
 }
 
 
+ERR_SPLITS = ("train", "train_dev", "dev", "test")
+#: the sets grown together to find the size that resolves the gaps
+GROWABLE = ERR_SPLITS
+#: the largest growth factor tried
+MAX_GROWTH = 10000.0
+
+
 @dataclass(frozen=True)
 class BiasVariance:
-    """The four gaps (fractions; NaN where a split is missing) and the largest one."""
+    """The four gaps (fractions; NaN where a split is missing), their intervals and the verdict.
+
+    Attributes:
+        largest: the gap with the largest positive value (None if none), noise or not.
+        named: ``largest`` when it stands out beyond the noise (or when no counts were given:
+            the noise is then unknown), else None.
+        stands_out: the largest gap's interval lies above 0 and above every other gap's
+            (:func:`dlops.reporting.stats.stands_out`); None without counts.
+        counts: examples per split (``{}`` when not given).
+        intervals: ``{split: Interval}`` of each error (Wilson 95%).
+        gap_intervals: ``{gap: Interval}`` (Newcombe 1998a, method 10).
+        resolve: ``{split: examples}`` that would make the largest gap stand out at the observed
+            rates (every split grown by one factor), ``{}`` when it already does or none would.
+    """
 
     human: float
     train: float
@@ -67,13 +97,63 @@ class BiasVariance:
     overfitting_to_dev: float
     largest: str | None
     better_than_human: bool
+    counts: Mapping[str, int] = field(default_factory=dict)
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
+    gap_intervals: Mapping[str, Interval] = field(default_factory=dict)
+    stands_out: bool | None = None
+    resolve: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def named(self) -> str | None:
+        return self.largest if self.stands_out is not False else None
 
     def gaps(self) -> dict[str, float]:
         return {g: getattr(self, g) for g in GAPS}
 
+    def within_noise(self, gap: str) -> bool:
+        """The gap's interval contains 0 (False without counts or for a missing gap)."""
+        ci = self.gap_intervals.get(gap, NAN_INTERVAL)
+        return not math.isnan(ci.value) and ci.low <= 0.0 <= ci.high
+
 
 def _f(x: float | None) -> float:
     return float("nan") if x is None else float(x)
+
+
+def _gap_intervals(h: float, cis: Mapping[str, Interval]) -> dict[str, Interval]:
+    """The gaps as differences of independent proportions (human-level error a constant)."""
+    tr, td, dv, te = (cis.get(s, NAN_INTERVAL) for s in ERR_SPLITS)
+    hum = constant(h) if not math.isnan(h) else NAN_INTERVAL
+    no_td = math.isnan(td.value)
+    return {
+        "avoidable_bias": difference_independent(tr, hum),
+        "variance": difference_independent(dv if no_td else td, tr),
+        "data_mismatch": NAN_INTERVAL if no_td else difference_independent(dv, td),
+        "overfitting_to_dev": difference_independent(te, dv),
+    }
+
+
+def _verdict(largest: str | None, gis: Mapping[str, Interval]) -> bool:
+    if largest is None:
+        return False
+    return stands_out(gis[largest], [v for k, v in gis.items() if k != largest])
+
+
+def _resolve(vals: Mapping[str, float], counts: Mapping[str, int], largest: str) -> dict[str, int]:
+    """The split sizes (every measured split grown by one factor) at which ``largest`` would
+    stand out at the observed error rates; ``{}`` if no factor up to :data:`MAX_GROWTH` does
+    (the gaps are too close to tell apart)."""
+    grow = [s for s in GROWABLE if counts.get(s) and not math.isnan(vals[s])]
+    if not grow:
+        return {}
+    k = 1.0
+    while k <= MAX_GROWTH:
+        k *= 1.25
+        n = {s: int(math.ceil(counts[s] * k)) if s in grow else counts.get(s) for s in ERR_SPLITS}
+        cis = {s: error_interval(vals[s], n[s]) if n.get(s) else NAN_INTERVAL for s in ERR_SPLITS}
+        if _verdict(largest, _gap_intervals(vals["human"], cis)):
+            return {s: n[s] for s in grow}
+    return {}
 
 
 def bias_variance(
@@ -82,22 +162,28 @@ def bias_variance(
     train_dev: float | None = None,
     dev: float | None = None,
     test: float | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> BiasVariance:
-    """Compute the gaps of the practice (see the module docstring).
+    """Compute the gaps of the practice (see the module docstring), with their intervals.
 
     Args:
         human: human-level error (Bayes-error proxy), fraction in [0, 1].
         train, train_dev, dev, test: errors, fractions in [0, 1]; None or NaN when missing.
             Without a train-dev set, ``variance`` is taken as dev - train and ``data_mismatch`` is NaN.
+        counts: examples per split (``{"train": 150, "dev": 348, ...}``); without them no
+            interval is computed and the largest gap is named as before (noise unknown).
 
     Returns:
-        :class:`BiasVariance`; ``largest`` is the name of the largest finite gap (None if none).
+        :class:`BiasVariance`; ``largest`` is the largest positive finite gap (None if none),
+        ``named`` it when it stands out beyond the noise.
 
     Raises:
         ValueError: an error outside [0, 1] (percent given instead of a fraction?).
 
-    Example (the practice's own): human 1%, train 8%, dev 10% -> avoidable bias 7 points,
-    the largest: work on bias. Human 7.5%, train 8%, dev 10% -> variance 2 points is larger.
+    Example (the practice's own), with 10,000 examples per split: human 1%, train 8%, dev 10%
+    -> avoidable bias 7 points [6.5, 7.5] stands out over variance 2 points [1.2, 2.8]: work on
+    bias. Human 7.5%, train 8%, dev 10% -> variance 2 points [1.2, 2.8] stands out over
+    avoidable bias 0.5 [-0.03, 1.05]: work on variance.
     """
     vals = {"human": _f(human), "train": _f(train), "train_dev": _f(train_dev), "dev": _f(dev), "test": _f(test)}
     for k, v in vals.items():
@@ -115,9 +201,21 @@ def bias_variance(
     largest = max(finite, key=lambda k: finite[k]) if finite else None
     if largest is not None and finite[largest] <= 0:
         largest = None
+    counts = {s: int(n) for s, n in (counts or {}).items() if s in ERR_SPLITS and n is not None and int(n) > 0}
+    cis: dict[str, Interval] = {}
+    gis: dict[str, Interval] = {}
+    verdict: bool | None = None
+    resolve: dict[str, int] = {}
+    if counts:
+        cis = {s: error_interval(vals[s], counts[s]) if s in counts else NAN_INTERVAL for s in ERR_SPLITS}
+        gis = _gap_intervals(h, cis)
+        verdict = _verdict(largest, gis)
+        if largest is not None and not verdict:
+            resolve = _resolve(vals, counts, largest)
     return BiasVariance(
         human=h, train=tr, train_dev=td, dev=dv, test=te, **gaps, largest=largest,
         better_than_human=(not math.isnan(tr) and not math.isnan(h) and tr < h),
+        counts=counts, intervals=cis, gap_intervals=gis, stands_out=verdict, resolve=resolve,
     )
 
 
@@ -125,20 +223,63 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.2f}%"
 
 
+def _pts(ci: Interval) -> str:
+    return "n/a" if math.isnan(ci.value) else f"[{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
+
+
+def verdict_lines(bv: BiasVariance) -> list[str]:
+    """The diagnosis: the named gap and its knobs, or why none is named and the set sizes that
+    would resolve the gaps."""
+    if bv.largest is None:
+        return ["No positive gap: nothing stands out."]
+    g = bv.largest.replace("_", " ")
+    if bv.named is not None:
+        head = f"**Largest gap: {g}** — goal: {GOALS[bv.largest]}."
+        if bv.stands_out:
+            head += " It stands out beyond the noise (its 95% interval lies above 0 and above every other gap's)."
+        else:
+            head += " (No example counts: the noise is not judged.)"
+        return [head + " Knobs:"] + [f"- {k}" for k in KNOBS[bv.largest]]
+    out = [f"**No gap stands out beyond the noise**: the largest, {g} ({_pct(getattr(bv, bv.largest))}, "
+           f"95% interval {_pts(bv.gap_intervals[bv.largest])} points), overlaps 0 or another gap's interval. "
+           "The first knob is a bigger dev / train-dev set, not a change of the model."]
+    if bv.resolve:
+        out.append("At the observed error rates, " + g + " would stand out with about "
+                   + ", ".join(f"{n:,} {s.replace('_', '-')}" for s, n in bv.resolve.items())
+                   + " examples (now " + ", ".join(f"{bv.counts.get(s, 0):,}" for s in bv.resolve) + ").")
+    else:
+        out.append("The two largest gaps are too close to tell apart at any realistic set size.")
+    return out
+
+
 def render_markdown(bv: BiasVariance, title: str = "") -> str:
-    """The report as a Markdown table plus the diagnosis and the knobs for the largest gap."""
-    lines = [f"# Bias / variance{(' — ' + title) if title else ''}", "", "| split | error |", "|---|---|"]
-    for k in ("human", "train", "train_dev", "dev", "test"):
-        lines.append(f"| {k.replace('_', '-')} | {_pct(getattr(bv, k))} |")
-    lines += ["", "| gap | definition | value (points) |", "|---|---|---|"]
+    """The report as Markdown: the errors (with counts and Wilson 95% intervals where the split
+    sizes are known), the gaps (with Newcombe intervals, marked when within noise), and the
+    diagnosis (:func:`verdict_lines`)."""
+    lines = [f"# Bias / variance{(' — ' + title) if title else ''}", ""]
+    if bv.counts:
+        lines += ["| split | error | errors / examples | 95% interval (Wilson) |", "|---|---|---|---|",
+                  f"| human | {_pct(bv.human)} | (given) | |"]
+        for k in ERR_SPLITS:
+            n = bv.counts.get(k)
+            ci = bv.intervals.get(k, NAN_INTERVAL)
+            cnt = f"{int(round(getattr(bv, k) * n))} / {n}" if n and not math.isnan(getattr(bv, k)) else "n/a"
+            lines.append(f"| {k.replace('_', '-')} | {_pct(getattr(bv, k))} | {cnt} | {_pts(ci)} % |")
+    else:
+        lines += ["| split | error |", "|---|---|"]
+        for k in ("human", "train", "train_dev", "dev", "test"):
+            lines.append(f"| {k.replace('_', '-')} | {_pct(getattr(bv, k))} |")
+    lines += ["", "| gap | definition | value (points) | 95% interval (points) | within noise |", "|---|---|---|---|---|"]
     defs = {
         "avoidable_bias": "train - human",
-        "variance": "train-dev - train",
+        "variance": "train-dev - train" if not math.isnan(bv.train_dev) else "dev - train",
         "data_mismatch": "dev - train-dev",
         "overfitting_to_dev": "test - dev",
     }
     for g in GAPS:
-        lines.append(f"| {g.replace('_', ' ')} | {defs[g]} | {_pct(getattr(bv, g))} |")
+        ci = bv.gap_intervals.get(g, NAN_INTERVAL)
+        noise = "n/a" if math.isnan(ci.value) else ("yes" if bv.within_noise(g) else "no")
+        lines.append(f"| {g.replace('_', ' ')} | {defs[g]} | {_pct(getattr(bv, g))} | {_pts(ci)} | {noise} |")
     lines.append("")
     if bv.better_than_human:
         lines.append(
@@ -146,11 +287,10 @@ def render_markdown(bv: BiasVariance, title: str = "") -> str:
             "so progress gets harder to judge; look at the errors one by one (error analysis)."
         )
         lines.append("")
-    if bv.largest is None:
-        lines.append("No positive gap: nothing stands out.")
-    else:
-        lines.append(f"**Largest gap: {bv.largest.replace('_', ' ')}** — goal: {GOALS[bv.largest]}. Knobs:")
-        lines += [f"- {k}" for k in KNOBS[bv.largest]]
+    lines += verdict_lines(bv)
+    if bv.counts:
+        lines += ["", "Intervals: Wilson (1927) score interval of each error; each gap as a difference of two "
+                  "independent proportions (Newcombe 1998, method 10); human-level error is taken as known."]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +307,8 @@ def _err(row: Mapping[str, Any], split: str) -> float:
     return float("nan")
 
 
-def render_search_table(trials: Sequence[Mapping[str, Any]], human: float | None = None, title: str = "") -> str:
+def render_search_table(trials: Sequence[Mapping[str, Any]], human: float | None = None, title: str = "",
+                        counts: Mapping[str, int] | None = None) -> str:
     """A Markdown table of the bias/variance gaps of every trial of a search, best dev error first.
 
     Args:
@@ -177,6 +318,9 @@ def render_search_table(trials: Sequence[Mapping[str, Any]], human: float | None
             ``"trial_id"`` or ``"run_id"`` (else its position).
         human: human-level error used where a trial carries none.
         title: heading suffix.
+        counts: examples per split (the same for every trial); with them a gap whose 95%
+            interval contains 0 is shown in parentheses with ``~`` (within noise, not a finding)
+            and the last column names a gap only when it stands out.
 
     Returns:
         Markdown: one row per trial with the errors, the four gaps and the largest gap; a last
@@ -191,30 +335,40 @@ def render_search_table(trials: Sequence[Mapping[str, Any]], human: float | None
         label = next((str(t[k]) for k in ("trial", "trial_id", "run_id") if t.get(k) is not None), str(pos))
         h = _err(t, "human")
         bv = bias_variance(h_default if math.isnan(h) else h, _err(t, "train"), _err(t, "train_dev"),
-                           _err(t, "dev"), _err(t, "test"))
+                           _err(t, "dev"), _err(t, "test"), counts=counts)
         rows.append((label, bv))
     rows.sort(key=lambda r: (math.isnan(r[1].dev), r[1].dev if not math.isnan(r[1].dev) else 0.0))
-    lines = [f"# Bias / variance over the search{(' — ' + title) if title else ''}", "",
-             "| trial | train | train-dev | dev | test | avoidable bias | variance | data mismatch "
-             "| overfitting to dev | largest gap |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    counts: dict[str, int] = {}
+    lines = [f"# Bias / variance over the search{(' — ' + title) if title else ''}", ""]
+    if counts:
+        lines += ["Examples: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in counts.items() if k in ERR_SPLITS)
+                  + ". A gap in parentheses with ~ is within noise (its 95% interval contains 0): not a finding.", ""]
+    lines += ["| trial | train | train-dev | dev | test | avoidable bias | variance | data mismatch "
+              "| overfitting to dev | largest gap |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    counted: dict[str, int] = {}
     for label, bv in rows:
-        cells = [_pct(bv.train), _pct(bv.train_dev), _pct(bv.dev), _pct(bv.test)] + [_pct(getattr(bv, g)) for g in GAPS]
-        largest = bv.largest.replace("_", " ") if bv.largest else "none"
-        counts[largest] = counts.get(largest, 0) + 1
+        gap_cells = [f"(~{_pct(getattr(bv, g))})" if bv.within_noise(g) else _pct(getattr(bv, g)) for g in GAPS]
+        cells = [_pct(bv.train), _pct(bv.train_dev), _pct(bv.dev), _pct(bv.test)] + gap_cells
+        if bv.largest is None:
+            largest = "none"
+        elif bv.named is None:
+            largest = "none stands out"
+        else:
+            largest = bv.named.replace("_", " ")
+        counted[largest] = counted.get(largest, 0) + 1
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {largest} |")
     lines.append("")
     if rows:
-        lines.append("Largest gap across trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + ".")
+        lines.append("Largest gap across trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counted.items(), key=lambda kv: -kv[1])) + ".")
     else:
         lines.append("No trials.")
     return "\n".join(lines) + "\n"
 
 
 def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
-    """Write a PNG with two bar charts: the errors per split, and the four gaps (percent points,
-    the largest highlighted). Returns ``path``."""
+    """Write a PNG with two bar charts: the errors per split, and the four gaps (percent points),
+    with 95% intervals as error bars where the counts are known; the named gap in red, gaps
+    within noise in grey. Returns ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -223,20 +377,29 @@ def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     splits = ("human", "train", "train_dev", "dev", "test")
     vals = [getattr(bv, s) for s in splits]
+    def yerr(cis: list[Interval], vs: list[float]) -> list[list[float]] | None:
+        if not any(not math.isnan(c.value) for c in cis):
+            return None
+        return [[0.0 if math.isnan(c.value) else 100 * (v - c.low) for c, v in zip(cis, vs)],
+                [0.0 if math.isnan(c.value) else 100 * (c.high - v) for c, v in zip(cis, vs)]]
+
+    cis = [bv.intervals.get(s, NAN_INTERVAL) for s in splits]
     ax1.bar([s.replace("_", "-") for s in splits], [0.0 if math.isnan(v) else 100 * v for v in vals],
-            color=["gray", "C0", "C1", "C2", "C3"])
+            color=["gray", "C0", "C1", "C2", "C3"], yerr=yerr(cis, vals), capsize=3)
     for i, v in enumerate(vals):
         ax1.text(i, 0 if math.isnan(v) else 100 * v, "n/a" if math.isnan(v) else f"{100 * v:.1f}",
                  ha="center", va="bottom", fontsize=8)
     ax1.set_ylabel("error (%)")
     ax1.set_title("errors")
     gvals = [getattr(bv, g) for g in GAPS]
-    colours = ["C3" if g == bv.largest else "C0" for g in GAPS]
+    colours = ["C3" if g == bv.named else ("lightgray" if bv.within_noise(g) else "C0") for g in GAPS]
+    gcis = [bv.gap_intervals.get(g, NAN_INTERVAL) for g in GAPS]
     ax2.bar([g.replace("_", " ").replace("overfitting to dev", "overfit dev") for g in GAPS],
-            [0.0 if math.isnan(v) else 100 * v for v in gvals], color=colours)
+            [0.0 if math.isnan(v) else 100 * v for v in gvals], color=colours, yerr=yerr(gcis, gvals), capsize=3)
     ax2.axhline(0, color="black", linewidth=0.8)
     ax2.set_ylabel("gap (percent points)")
-    ax2.set_title("gaps (largest in red)")
+    ax2.set_title("gaps, 95% intervals (red: stands out; grey: within noise)" if bv.counts else "gaps (largest in red)",
+                  fontsize=9)
     ax2.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"bias / variance{(' — ' + title) if title else ''}")
     fig.tight_layout()
@@ -247,9 +410,12 @@ def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
 class BiasVarianceReporter:
     """Reporter ``bias_variance``, in every scope.
 
-    * ``trial`` and ``model`` scopes: metrics ``bias_variance/<gap>`` (fraction points);
-      artifacts ``bias_variance.md``, ``bias_variance.png`` and, given ``context.trials``,
-      ``bias_variance_trials.md`` (:func:`render_search_table`).
+    * ``trial`` and ``model`` scopes: metrics ``bias_variance/<gap>`` (fraction points) and, with
+      the split sizes (``context.counts`` or the predictions), ``bias_variance/<gap>_ci_low`` /
+      ``_ci_high`` (95%, fraction points) and ``bias_variance/stands_out`` (1: the largest gap is
+      named, 0: none stands out beyond the noise); artifacts ``bias_variance.md``,
+      ``bias_variance.png`` and, given ``context.trials``, ``bias_variance_trials.md``
+      (:func:`render_search_table`).
     * ``search`` scope: only ``bias_variance_trials.md``, the table over the trials that
       finished (with metrics), human-level error from ``context.errors["human"]``.
     """
@@ -266,8 +432,9 @@ class BiasVarianceReporter:
         if context.scope == SCOPE_SEARCH:
             return self._search(context)
         e: Mapping[str, float] = context.errors
+        counts = context.split_counts()
         bv = bias_variance(e.get("human", float("nan")), e.get("train", float("nan")),
-                           e.get("train_dev"), e.get("dev"), e.get("test"))
+                           e.get("train_dev"), e.get("dev"), e.get("test"), counts=counts)
         md = render_markdown(bv, context.title)
         out = Path(context.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -275,22 +442,36 @@ class BiasVarianceReporter:
         path.write_text(md)
         artifacts = [path, plot_bias_variance(bv, out / "bias_variance.png", context.title)]
         if context.trials:
-            table = render_search_table(context.trials, bv.human, context.title)
+            table = render_search_table(context.trials, bv.human, context.title, counts=counts)
             tpath = out / "bias_variance_trials.md"
             tpath.write_text(table)
             artifacts.append(tpath)
         metrics = {f"bias_variance/{g}": v for g, v in bv.gaps().items() if not math.isnan(v)}
-        summary = (
-            f"largest gap: {bv.largest.replace('_', ' ')} ({_pct(getattr(bv, bv.largest))})"
-            if bv.largest else "no positive gap"
-        )
+        for g, ci in bv.gap_intervals.items():
+            if not math.isnan(ci.value):
+                metrics[f"bias_variance/{g}_ci_low"], metrics[f"bias_variance/{g}_ci_high"] = ci.low, ci.high
+        if bv.stands_out is not None:
+            metrics["bias_variance/stands_out"] = float(bv.stands_out)
+        if bv.largest is None:
+            summary = "no positive gap"
+        elif bv.named is not None:
+            ci = bv.gap_intervals.get(bv.largest)
+            summary = f"largest gap: {bv.largest.replace('_', ' ')} ({_pct(getattr(bv, bv.largest))}" + \
+                      (f", 95% {_pts(ci)} points)" if ci is not None else ")")
+        else:
+            summary = (f"no gap stands out beyond the noise (largest: {bv.largest.replace('_', ' ')} "
+                       f"{_pct(getattr(bv, bv.largest))}, 95% {_pts(bv.gap_intervals[bv.largest])} points); "
+                       "first knob: a bigger dev / train-dev set"
+                       + (" (" + ", ".join(f"{s.replace('_', '-')} ~{n:,}" for s, n in bv.resolve.items()) + ")"
+                          if bv.resolve else ""))
         return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
 
     def _search(self, context: ReportContext) -> Report:
         rows = [t for t in context.trials if t.get("metrics")]  # a failed trial has no errors
         if not rows:
             return Report(summary="no finished trials")
-        table = render_search_table(rows, human=context.errors.get("human"), title=context.title)
+        table = render_search_table(rows, human=context.errors.get("human"), title=context.title,
+                                    counts=context.split_counts())
         out = Path(context.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "bias_variance_trials.md"
