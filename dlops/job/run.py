@@ -105,7 +105,7 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
 
     from dlops.models.weights import parse_weights_ref
     from dlops.search.resources import check_resources
-    from dlops.tracking.store import ensure_experiment
+    from dlops.tracking.store import check_artifact_root, ensure_experiment
 
     check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
     missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
@@ -118,7 +118,10 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
     client = MlflowClient(uri)
+    existed = client.get_experiment_by_name(cfg.experiment_name) is not None
     exp_id = ensure_experiment(client, cfg.experiment_name, uri, cfg.tracking.artifact_location)
+    if not cfg.tracking.artifact_location:  # an explicit location is the user's (e.g. a shared NFS folder)
+        check_artifact_root(client, exp_id, uri, created=not existed)  # before any run or training
     mlflow.set_experiment(experiment_id=exp_id)
     if resume:
         from dlops.search.resume import find_resumable, reopen

@@ -87,3 +87,34 @@ def end_open_runs(client: Any, run_ids: list[str], status: str = "KILLED") -> li
         except Exception:  # a run that cannot be read cannot be ended either; keep going
             continue
     return ended
+
+
+def check_artifact_root(client: Any, experiment_id: str, uri: str, created: bool = False) -> None:
+    """With a tracking server (``http(s)://``), the experiment's artifacts must go where both the
+    server and every client can reach them: the server's artifact proxy (``mlflow-artifacts:``,
+    ``mlflow server --serve-artifacts``) or an object store (``s3://``, ``gs://``, ...). A
+    ``file://`` (or plain path) root is a folder on the server's machine: a client would write its
+    artifacts to its own disk instead, where the server and other clients never see them.
+
+    Args:
+        created: the experiment was just created for this check's caller; it is deleted again
+            when the check fails (nothing is left behind).
+
+    Raises:
+        TrackingError: naming the experiment's artifact location and how to fix the server.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    loc = client.get_experiment(experiment_id).artifact_location or ""
+    if loc.startswith("file:") or "://" not in loc and not loc.startswith("mlflow-artifacts:"):
+        if created:
+            try:
+                client.delete_experiment(experiment_id)
+            except Exception:  # noqa: BLE001
+                pass
+        raise TrackingError(
+            f"--tracking-uri {uri}: the experiment's artifact location {loc!r} is a folder on the server's "
+            "machine; this client would write its models there on its own disk, where the server cannot "
+            "serve them. Start the server with --serve-artifacts (artifacts proxied as mlflow-artifacts:/) "
+            "or an object store every client reaches (--default-artifact-root s3://...), or set "
+            "tracking.artifact_location to storage both see")

@@ -9,12 +9,21 @@ import json
 
 import pytest
 
-from dlops_testing import run_dlops
 from dlops.search.space import Constraint
 from dlops.tracking.promotion import fingerprint
 
 FP = fingerprint("classification", ["0", "1", "2"], "dev0", "test0", "dev/error", "min")
 CONS = (Constraint("latency_ms", "<=", 50.0),)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_settle():
+    """The gate's settle wait (for concurrent registrations) is tested in test_concurrency.py."""
+    from dlops.tracking import registry
+
+    old, registry.SETTLE_S = registry.SETTLE_S, 0.01
+    yield
+    registry.SETTLE_S = old
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +57,12 @@ def _alias(store, name, alias):
 
 
 def _cli(store, *args):
-    return run_dlops([*args, "--tracking-uri", store["uri"]], cwd=store["dir"], timeout=120)
+    """The CLI in-process (click's runner): exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+
+    return CliRunner().invoke(main, [*args, "--tracking-uri", store["uri"]], catch_exceptions=False)
 
 
 def test_gate_aliases_and_history_in_the_registry(store):
@@ -89,31 +103,31 @@ def test_promote_refuses_forces_and_rolls_back_through_the_cli(store):
     a = _reg(store, "cli", 0.10)
     b = _reg(store, "cli", 0.30)
     r = _cli(store, "promote", "cli", b.version)
-    assert r.returncode == 1, r.stderr
+    assert r.exit_code == 1, r.stderr
     assert "refused" in r.stderr and "does not beat champion" in r.stderr
     assert _alias(store, "cli", "champion") == a.version
     r = _cli(store, "promote", "cli", b.version, "--dry-run")
-    assert r.returncode == 1 and _alias(store, "cli", "champion") == a.version
+    assert r.exit_code == 1 and _alias(store, "cli", "champion") == a.version
     r = _cli(store, "promote", "cli", b.version, "--force")  # --force needs a reason
-    assert r.returncode == 2 and "--reason" in r.stderr
+    assert r.exit_code == 2 and "--reason" in r.stderr
     r = _cli(store, "promote", "cli", b.version, "--force", "--reason", "canary looked better")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert _alias(store, "cli", "champion") == b.version
     r = _cli(store, "models", "show", "cli", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     last = info["history"][-1]
     assert last["decision"] == "forced" and "canary looked better" in last["reason"] and last["from"] == a.version
     assert [v["version"] for v in info["versions"]] == [b.version, a.version]  # newest first
     assert info["versions"][0]["satisficing"] == {"latency_ms <= 50": 1.0}
     r = _cli(store, "rollback", "cli")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert _alias(store, "cli", "champion") == a.version
     r = _cli(store, "rollback", "cli")  # the first champion had no predecessor
-    assert r.returncode == 2 and "no earlier version" in r.stderr
+    assert r.exit_code == 2 and "no earlier version" in r.stderr
     assert _alias(store, "cli", "champion") == a.version
     r = _cli(store, "models", "list")
-    assert r.returncode == 0 and "cli" in r.stdout and f"@champion -> v{a.version} dev/error=0.1" in r.stdout
+    assert r.exit_code == 0 and "cli" in r.stdout and f"@champion -> v{a.version} dev/error=0.1" in r.stdout
 
 
 @pytest.mark.parametrize("args,named", [
@@ -130,7 +144,7 @@ def test_bad_input_exits_2_naming_it_and_changes_nothing(store, args, named):
         _reg(store, "other", 0.05)
     before = store["client"].get_registered_model("gate2").tags
     r = _cli(store, *args)
-    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
     assert named in r.stderr and "Traceback" not in r.stderr
     assert store["client"].get_registered_model("gate2").tags == before
 
