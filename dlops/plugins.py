@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("bias_variance", "dlops_plugins.reporters.bias_variance"),
     ("error_analysis", "dlops_plugins.reporters.error_analysis"),
     ("learning_curves", "dlops_plugins.reporters.learning_curves"),
+    ("data_curve", "dlops_plugins.reporters.data_curve"),
     ("ensemble", "dlops_plugins.ensemble.average"),
 )
 

@@ -38,6 +38,9 @@ def setup(ctx: JobContext) -> None:
     if data.skipped:
         ctx.out(f"  skipped {len(data.skipped)} unusable files (listed in data_manifest.json), e.g. "
                 + "; ".join(f"{p}: {r}" for p, r in data.skipped[:3]))
+    for w in data.warnings:  # the data checks (dlops.data.checks): legal but unwise
+        ctx.out(f"  warning: {w}")
+    ctx.summary.warnings = ctx.summary.warnings + list(data.warnings)
     kind = "labels" if cfg.task == "multilabel" else "classes"
     ctx.out(f"  {cfg.task}: {len(data.class_names)} {kind}; train {len(data.train)}, train-dev "
             f"{len(data.train_dev)}, dev {len(data.dev)}, test {len(data.test)} examples")
@@ -144,23 +147,43 @@ def register(ctx: JobContext) -> None:
 def report(ctx: JobContext) -> None:
     from dlops.plugins import get_registry
     from dlops.reporting import ReportContext, SplitPredictions, report_model, report_search, run_history
+    from dlops.reporting.contract import Report
+    from dlops.reporting.runner import log_report
+    from dlops.reporting.stats import error_metrics
 
     cfg, reg, best = ctx.config, get_registry(), ctx.best_model
     runs = ctx.outcome.callback.trial_runs
     trials = [{"trial_id": t.trial_id, "run_id": runs[t.trial_id], "params": dict(t.config), "metrics": dict(t.metrics)}
               for t in ctx.plan.outcomes() if t.trial_id in runs]
-    report_search(ctx.client, reg, ctx.search_run_id, trials, cfg.human_level_error, cfg.report.reporters)
     splits = ctx.splits
+    counts = {k: len(v.y) for k, v in splits.items()}
+    report_search(ctx.client, reg, ctx.search_run_id, trials, cfg.human_level_error, cfg.report.reporters, counts)
     errors = {"human": cfg.human_level_error, **{k: best.evals[k].error for k in splits}}
+    ctx.summary.split_counts = counts
+    intervals = Report(metrics=error_metrics(errors, counts))  # <split>/n, <split>/error_ci_low, _high
+    for rid in (ctx.search_run_id, best.run_id):
+        log_report(ctx.client, rid, intervals)
     preds = {k: SplitPredictions(v.y, best.probs[k], images=v.x, tags=ctx.data.tags.get(k)) for k, v in splits.items()}
     with tempfile.TemporaryDirectory() as td:
         rctx = ReportContext(errors=errors, out_dir=Path(td), predictions=preds, class_names=best.spec["class_names"],
                              history=run_history(ctx.client, best.run_id), title=f"{best.name} v{best.version}",
-                             trials=trials)
+                             trials=trials, counts=counts, train_context=train_context(ctx))
         reports = report_model(ctx.client, reg, [ctx.search_run_id, best.run_id], cfg.report.reporters, rctx)
     for name, rep in reports.items():
         ctx.summary.report_summaries[name] = rep.summary
         ctx.out(f"  {name}: {rep.summary}")
+
+
+def train_context(ctx: JobContext) -> Any:
+    """What a reporter that trains (``data_curve``) needs: the best trial's configuration, the
+    data, the spec and the source network (:class:`dlops.reporting.contract.TrainContext`)."""
+    from dlops.reporting.contract import TrainContext
+
+    cfg = ctx.config
+    return TrainContext(config=dict(ctx.best.config), data=ctx.data, spec=ctx.spec, source_state=ctx.source_state,
+                        freeze=cfg.model.freeze, seed=cfg.seed, default_epochs=cfg.search.default_epochs,
+                        task=cfg.task, weights=cfg.model.weights, policy=cfg.augmentation.policy,
+                        magnitude=cfg.augmentation.magnitude)
 
 
 def ensemble(ctx: JobContext) -> None:

@@ -31,6 +31,7 @@ class RunSummary:
     n_trials: int = 0
     n_failed: int = 0
     warnings: list[str] = field(default_factory=list)
+    split_counts: dict[str, int] = field(default_factory=dict)  # examples per split (intervals)
 
     @property
     def wall_s(self) -> float:
@@ -41,6 +42,17 @@ class RunSummary:
 def shown_alias(aliases: tuple[str, ...]) -> str:
     """The alias to show for a registered version: ``champion`` when it holds it, else ``challenger``."""
     return "champion" if "champion" in aliases else "challenger"
+
+
+def _interval(m: dict[str, float], split: str, n: Optional[int]) -> str:
+    """``dev [0.0177, 0.0557] n=348``: a split's error interval (Wilson 1927, 95%)."""
+    from dlops.reporting.stats import error_interval
+
+    e = m.get(f"{split}/error", float("nan"))
+    if n is None or e != e:
+        return f"{split.replace('_', '-')} n/a"
+    ci = error_interval(e, n)
+    return f"{split.replace('_', '-')} [{ci.low:.4f}, {ci.high:.4f}] n={n}"
 
 
 def format_summary(s: RunSummary) -> str:
@@ -55,6 +67,9 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"errors         train {m.get('train/error', float('nan')):.4f}  train-dev "
                      f"{m.get('train_dev/error', float('nan')):.4f}  dev {m.get('dev/error', float('nan')):.4f}  "
                      f"test {m.get('test/error', float('nan')):.4f}")
+        if s.split_counts:
+            lines.append("  95% (Wilson)  " + "  ".join(_interval(m, k, s.split_counts.get(k)) for k in
+                                                       ("train", "train_dev", "dev", "test")))
     lines.append(f"model          {s.model_uri}  (aliases: {', '.join(s.model_aliases)}; {s.promotion_reason})")
     if s.ensemble_uri:
         lines.append(f"ensemble       {s.ensemble_uri}  test error {s.ensemble_test_error:.4f} vs best single "

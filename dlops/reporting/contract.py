@@ -64,6 +64,38 @@ class SplitPredictions:
 
 
 @dataclass
+class TrainContext:
+    """What a reporter that trains needs (the ``data_curve`` reporter), given in the ``model``
+    scope of the main job.
+
+    Attributes:
+        config: the chosen (best) trial's hyperparameters.
+        data: the task's splits (:class:`dlops.data.sources.TaskData`): ``train`` is the
+            training pool, ``dev`` the set the curve is scored on.
+        spec: the base model spec (:func:`dlops.models.transfer.build_model`).
+        source_state: the source network's state dict (transfer), or None.
+        freeze: the freeze policy of the project.
+        seed: the project's seed.
+        default_epochs: epochs of a trial whose config has none.
+        task: ``classification`` or ``multilabel``.
+        weights: the project's ``model.weights`` (None: trained from scratch).
+        policy, magnitude: the augmentation policy and magnitude of the project.
+    """
+
+    config: Mapping[str, Any]
+    data: Any
+    spec: Mapping[str, Any]
+    source_state: Any = None
+    freeze: str = "none"
+    seed: int = 0
+    default_epochs: int = 1
+    task: str = "classification"
+    weights: str | None = None
+    policy: str = "none"
+    magnitude: float = 0.0
+
+
+@dataclass
 class ReportContext:
     """Everything a reporter may use.
 

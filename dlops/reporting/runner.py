@@ -85,7 +85,7 @@ def _run(reporter: Any, context: ReportContext, name: str, scope: str) -> Report
 
 
 def report_trials(client: Any, registry: Any, trials: Sequence[Mapping[str, Any]], human: float,
-                  names: Sequence[str]) -> None:
+                  names: Sequence[str], counts: Mapping[str, int] | None = None) -> None:
     """The ``trial`` scope: each configured trial-scope reporter on each finished trial, logged to
     the trial's run. A trial without metrics (failed) is skipped.
 
@@ -96,6 +96,7 @@ def report_trials(client: Any, registry: Any, trials: Sequence[Mapping[str, Any]
             the final metrics (errors as fractions).
         human: human-level error, a fraction in [0, 1].
         names: the configured reporters (``report.reporters``); names no plugin provides are skipped.
+        counts: examples per split (the same for every trial), for the intervals.
     """
     scoped = _scoped(registry, names, SCOPE_TRIAL)
     if not scoped:
@@ -105,13 +106,14 @@ def report_trials(client: Any, registry: Any, trials: Sequence[Mapping[str, Any]
             if not t.get("metrics"):
                 continue
             ctx = ReportContext(errors=trial_errors(t["metrics"], human), out_dir=Path(td) / str(t["trial_id"]),
-                                history=run_history(client, t["run_id"]), title=f"trial {t['trial_id']}")
+                                history=run_history(client, t["run_id"]), title=f"trial {t['trial_id']}",
+                                counts=dict(counts or {}))
             for n, reporter in scoped:
                 log_report(client, t["run_id"], _run(reporter, ctx, n, SCOPE_TRIAL))
 
 
 def report_search(client: Any, registry: Any, parent_run_id: str, trials: Sequence[Mapping[str, Any]],
-                  human: float, names: Sequence[str]) -> dict[str, Report]:
+                  human: float, names: Sequence[str], counts: Mapping[str, int] | None = None) -> dict[str, Report]:
     """The ``trial`` scope (:func:`report_trials`), then the ``search`` scope: each configured
     search-scope reporter once, with every trial in ``context.trials``, logged to the parent run.
 
@@ -123,6 +125,7 @@ def report_search(client: Any, registry: Any, parent_run_id: str, trials: Sequen
             the final metrics (errors as fractions; empty for a failed trial).
         human: human-level error, a fraction in [0, 1].
         names: the configured reporters; names no plugin provides are skipped.
+        counts: examples per split (the same for every trial), for the intervals.
 
     Returns:
         The search-scope reports by reporter name.
@@ -130,14 +133,14 @@ def report_search(client: Any, registry: Any, parent_run_id: str, trials: Sequen
     Raises:
         dlops.errors.PluginError: a reporter declares a bad scope.
     """
-    report_trials(client, registry, trials, human, names)
+    report_trials(client, registry, trials, human, names, counts)
     out: dict[str, Report] = {}
     scoped = _scoped(registry, names, SCOPE_SEARCH)
     if not scoped:
         return out
     with tempfile.TemporaryDirectory() as td:
         ctx = ReportContext(errors={"human": float(human)}, out_dir=Path(td), title="all trials",
-                            trials=[dict(t) for t in trials])
+                            trials=[dict(t) for t in trials], counts=dict(counts or {}))
         for n, reporter in scoped:
             rep = _run(reporter, ctx, n, SCOPE_SEARCH)
             log_report(client, parent_run_id, rep)

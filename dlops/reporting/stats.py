@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 #: z of a two-sided 95% interval (the 0.975 quantile of the standard normal)
 Z95 = 1.959963984540054
@@ -215,3 +215,58 @@ def error_metrics(errors: Mapping[str, float], counts: Mapping[str, int], z: flo
         if not math.isnan(ci.value):
             out[f"{s}/error_ci_low"], out[f"{s}/error_ci_high"] = ci.low, ci.high
     return out
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """``error(n) = a · n^(-b)`` fitted to a learning curve (``n`` examples, error a fraction)."""
+
+    a: float
+    b: float
+
+    def __call__(self, n: float) -> float:
+        return self.a * float(n) ** (-self.b)
+
+
+def fit_power_law(n: list[float], error: list[float], floor: float = 1e-4) -> PowerLaw:
+    """Least squares of ``log error = log a - b · log n`` (the power law of learning curves:
+    Hestness et al. 2017, "Deep learning scaling is predictable, empirically", arXiv:1712.00409).
+
+    Args:
+        n: training-set sizes (> 0), at least two distinct.
+        error: the error at each size (fractions); values below ``floor`` are raised to it (a
+            zero error has no logarithm).
+
+    Returns:
+        :class:`PowerLaw`; ``b > 0`` means the error falls with more data.
+
+    Raises:
+        ValueError: fewer than two distinct sizes, or lengths that differ.
+    """
+    if len(n) != len(error):
+        raise ValueError(f"n has {len(n)} sizes but error has {len(error)} values")
+    pts = [(math.log(float(x)), math.log(max(float(e), floor))) for x, e in zip(n, error)
+           if x and x > 0 and not math.isnan(float(e))]
+    if len({p[0] for p in pts}) < 2:
+        raise ValueError("a power law needs errors at two or more distinct training-set sizes")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    return PowerLaw(a=math.exp(my - slope * mx), b=-slope)
+
+
+def paired_counts(wrong_a: Any, wrong_b: Any) -> tuple[int, int, int, int]:
+    """The 2x2 table of two models on the same examples: ``(both, only_a, only_b, neither)``
+    wrong, from two boolean sequences of equal length (for :func:`difference_paired`).
+
+    Raises:
+        ValueError: lengths differ.
+    """
+    a, b = [bool(v) for v in wrong_a], [bool(v) for v in wrong_b]
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same examples: {len(a)} vs {len(b)}")
+    both = sum(x and y for x, y in zip(a, b))
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    return both, only_a, only_b, len(a) - both - only_a - only_b

@@ -11,7 +11,9 @@ Artifacts (under ``context.out_dir``): ``confusion_matrix.csv`` and ``confusion_
 images, when images are given), ``error_tags.csv`` (when tags are given) and
 ``error_analysis.md``. Metrics: ``error_analysis/error``, ``error_analysis/n_errors``,
 ``error_analysis/tag_share/<tag>`` (fraction of the mistakes) and
-``error_analysis/tag_ceiling/<tag>`` (fraction points of dev error: share * error).
+``error_analysis/tag_ceiling/<tag>`` (fraction points of dev error: share * error), each with
+its Wilson 95% interval (``error_analysis/tag_share_ci_low/<tag>``, ``..._ci_high/<tag>``, and
+the same for ``tag_ceiling``; Wilson 1927).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from dlops import hookimpl
 from dlops.reporting import SCOPE_MODEL, Report, ReportContext, SplitPredictions
+from dlops.reporting.stats import Interval, wilson
 
 _METRIC_SAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
 
@@ -81,12 +84,25 @@ class TagShare:
         count: misclassified examples carrying it.
         share: count / number of misclassified examples (fraction of the mistakes).
         ceiling: count / number of examples (fraction points of error that fixing it can win at most).
+        n_wrong, n: the misclassified examples and all examples of the split.
     """
 
     tag: str
     count: int
     share: float
     ceiling: float
+    n_wrong: int = 0
+    n: int = 0
+
+    @property
+    def share_ci(self) -> Interval:
+        """Wilson 95% interval of :attr:`share` (``count`` of ``n_wrong``; Wilson 1927)."""
+        return wilson(self.count, self.n_wrong)
+
+    @property
+    def ceiling_ci(self) -> Interval:
+        """Wilson 95% interval of :attr:`ceiling` (``count`` of ``n``; Wilson 1927)."""
+        return wilson(self.count, self.n)
 
 
 def tag_shares(wrong: np.ndarray, tags: Sequence[Sequence[str]]) -> list[TagShare]:
@@ -113,7 +129,7 @@ def tag_shares(wrong: np.ndarray, tags: Sequence[Sequence[str]]) -> list[TagShar
             continue
         for t in {ts} if isinstance(ts, str) else set(ts):
             counts[str(t)] = counts.get(str(t), 0) + 1
-    out = [TagShare(t, c, c / n_wrong if n_wrong else 0.0, c / n if n else 0.0) for t, c in counts.items()]
+    out = [TagShare(t, c, c / n_wrong if n_wrong else 0.0, c / n if n else 0.0, n_wrong, n) for t, c in counts.items()]
     out.sort(key=lambda s: (-s.count, s.tag))
     return out
 
@@ -260,18 +276,31 @@ class ErrorAnalysisReporter:
             tags_csv = out / "error_tags.csv"
             with tags_csv.open("w", newline="") as f:
                 wr = csv.writer(f)
-                wr.writerow(["tag", "count", "share_of_mistakes", "ceiling_error_points"])
+                wr.writerow(["tag", "count", "share_of_mistakes", "share_ci_low", "share_ci_high",
+                             "ceiling_error_points", "ceiling_ci_low", "ceiling_ci_high"])
                 for s in shares:
-                    wr.writerow([s.tag, s.count, f"{s.share:.6f}", f"{s.ceiling:.6f}"])
+                    sc, cc = s.share_ci, s.ceiling_ci
+                    wr.writerow([s.tag, s.count, f"{s.share:.6f}", f"{sc.low:.6f}", f"{sc.high:.6f}",
+                                 f"{s.ceiling:.6f}", f"{cc.low:.6f}", f"{cc.high:.6f}"])
             artifacts.append(tags_csv)
             lines += ["## Tagged mistakes (ceiling on what fixing each cause can win)", ""]
             if shares:
-                lines += ["| tag | mistakes | share of mistakes | ceiling (error points) |", "|---|---|---|---|"]
+                lines += ["| tag | mistakes | share of mistakes | 95% interval | ceiling (error points) | 95% interval |",
+                          "|---|---|---|---|---|---|"]
                 for s in shares:
-                    lines.append(f"| {s.tag} | {s.count} | {100 * s.share:.1f}% | {100 * s.ceiling:.2f} |")
-                    metrics[f"error_analysis/tag_share/{metric_key(s.tag)}"] = s.share
-                    metrics[f"error_analysis/tag_ceiling/{metric_key(s.tag)}"] = s.ceiling
-                lines += ["", "An example may carry several tags, so shares can sum to more than 100%."]
+                    sc, cc = s.share_ci, s.ceiling_ci
+                    lines.append(f"| {s.tag} | {s.count} / {s.n_wrong} | {100 * s.share:.1f}% | "
+                                 f"[{100 * sc.low:.1f}, {100 * sc.high:.1f}] % | {100 * s.ceiling:.2f} | "
+                                 f"[{100 * cc.low:.2f}, {100 * cc.high:.2f}] |")
+                    key = metric_key(s.tag)
+                    metrics[f"error_analysis/tag_share/{key}"] = s.share
+                    metrics[f"error_analysis/tag_ceiling/{key}"] = s.ceiling
+                    metrics[f"error_analysis/tag_share_ci_low/{key}"] = sc.low
+                    metrics[f"error_analysis/tag_share_ci_high/{key}"] = sc.high
+                    metrics[f"error_analysis/tag_ceiling_ci_low/{key}"] = cc.low
+                    metrics[f"error_analysis/tag_ceiling_ci_high/{key}"] = cc.high
+                lines += ["", "An example may carry several tags, so shares can sum to more than 100%. Intervals: "
+                          "Wilson (1927) score intervals, 95%."]
             else:
                 lines.append("No tags on the mistakes.")
             lines.append("")

@@ -32,7 +32,7 @@ def job(tmp_path_factory):
         uri = f"sqlite:///{d}/mlflow.db"
         cfg = load_config(EXAMPLE, TINY + [f"tracking.uri={uri}", f"ray.storage_path={d}/ray_results",
                                            "ray.num_cpus=2",
-                                           "report.reporters=[bias_variance, error_analysis, learning_curves]"])
+                                           "report.reporters=[bias_variance, error_analysis, learning_curves, data_curve]"])
         lines: list[str] = []
         first = run_project(cfg, out=lines.append)
         second = run_project(cfg, out=lines.append)
@@ -173,7 +173,30 @@ def test_bias_variance_report_matches_logged_errors(job):
     assert "reports/bias_variance.md" in arts
     local = c.download_artifacts(s.search_run_id, "reports/bias_variance.md", str(job["dir"]))
     text = Path(local).read_text()
-    assert "avoidable bias" in text and "Largest gap" in text or "No positive gap" in text
+    assert "avoidable bias" in text and "errors / examples" in text and "95% interval" in text
+    # a gap is named only when it stands out beyond the noise (issue 16)
+    if m["bias_variance/stands_out"] == 1.0:
+        assert "Largest gap" in text
+    else:
+        assert "No gap stands out beyond the noise" in text and "Largest gap" not in text
+    # every error carries its count and Wilson interval, in the parent run and the model's run
+    for rid in (s.search_run_id, s.best_run_id):
+        mm = c.get_run(rid).data.metrics
+        for split, n in (("train", 150), ("train_dev", 50), ("dev", 348), ("test", 348)):
+            assert mm[f"{split}/n"] == n
+            assert mm[f"{split}/error_ci_low"] <= m[f"best/{split}/error"] <= mm[f"{split}/error_ci_high"]
+    from dlops.job import format_summary
+
+    assert "95% (Wilson)" in format_summary(s) and "dev [" in format_summary(s)
+
+
+def test_data_curve_trains_transfer_and_scratch_in_the_report_phase(job):
+    c, s = job["client"], job["first"]
+    m = c.get_run(s.search_run_id).data.metrics
+    assert m["data_curve/transfer/n/all"] == 150 and m["data_curve/scratch/n/all"] == 150
+    assert m["data_curve/transfer/n/1_8"] == 20
+    arts = {a.path for a in c.list_artifacts(s.search_run_id, "reports")}
+    assert {"reports/data_curve.png", "reports/data_curve.md", "reports/data_curve.csv"} <= arts
 
 
 def test_per_trial_reports_agree_with_each_trials_own_errors(job):

@@ -35,6 +35,9 @@ def test_tag_shares_multi_tag_ceiling():
     assert s["blurry"].count == 2 and s["blurry"].share == pytest.approx(0.5)  # correct example not counted
     assert s["blurry"].ceiling == pytest.approx(2 / 5)
     assert s["dark"].share == pytest.approx(0.25) and s["mislabeled"].share == pytest.approx(0.25)
+    # Wilson 95% intervals of 2 of 4 mistakes and 2 of 5 examples (Wilson 1927)
+    assert (s["blurry"].share_ci.low, s["blurry"].share_ci.high) == pytest.approx((0.1500, 0.8500), abs=5e-5)
+    assert (s["blurry"].ceiling_ci.low, s["blurry"].ceiling_ci.high) == pytest.approx((0.1176, 0.7693), abs=5e-5)
     with pytest.raises(ValueError, match="one list per example"):
         tag_shares(wrong, tags[:3])
 
@@ -63,6 +66,9 @@ def test_report_artifacts_and_metrics(tmp_path):
     assert rep.metrics["error_analysis/tag_share/blurry"] == pytest.approx(3 / 4)
     assert rep.metrics["error_analysis/tag_share/rotated"] == pytest.approx(2 / 4)
     assert rep.metrics["error_analysis/tag_ceiling/blurry"] == pytest.approx(3 / 8)
+    assert rep.metrics["error_analysis/tag_share_ci_low/blurry"] < 3 / 4 < rep.metrics["error_analysis/tag_share_ci_high/blurry"]
+    assert rep.metrics["error_analysis/tag_ceiling_ci_low/blurry"] < 3 / 8 < rep.metrics["error_analysis/tag_ceiling_ci_high/blurry"]
+    assert "| blurry | 3 / 4 | 75.0% | [" in rep.markdown
     assert "| two | zero | 2 |" in rep.markdown
     assert "two -> zero" in rep.summary
 
