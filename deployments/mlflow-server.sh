@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An MLflow tracking server: PostgreSQL backend store, artifacts proxied to an object store.
-# Environment: MLFLOW_DB_URI (postgresql://user:pass@host:5432/mlflow), MLFLOW_ARTIFACTS (s3://bucket/mlflow),
+# Environment: MLFLOW_DB_URI (postgresql+psycopg2://user:pass@host:5432/mlflow; pip install psycopg2-binary), MLFLOW_ARTIFACTS (s3://bucket/mlflow, or file:///srv/mlflow-artifacts
+# on the server: clients reach it through the proxy only),
 # MLFLOW_HOST (default 127.0.0.1: put an authenticating reverse proxy in front before opening it wider).
 set -euo pipefail
 exec mlflow server \
