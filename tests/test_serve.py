@@ -195,7 +195,7 @@ def test_serve_ensemble_with_ten_crop_tta(store):
     import mlflow
 
     cfg = store["cfg"]
-    srv = Server([f"models:/{cfg.ensemble_name}@challenger", "--tracking-uri", store["uri"], "--tta", "ten_crop",
+    srv = Server([f"models:/{cfg.ensemble_name}/1", "--tracking-uri", store["uri"], "--tta", "ten_crop",
                   "--crop-fraction", "0.75"], store["dir"])
     try:
         srv.wait_ready()
