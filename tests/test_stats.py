@@ -101,3 +101,12 @@ def test_search_table_marks_noise_instead_of_negative_variance():
     # without counts: as before
     md = render_search_table([{"trial": "t1", "train": 0.04, "train_dev": 0.02, "dev": 0.03}], human=0.01)
     assert "(~" not in md
+
+
+def test_an_error_of_one_plots(tmp_path: Path):
+    # a diverged trial gets every example wrong: Wilson's upper end must be exactly 1, not 1 - 1e-16
+    from dlops_plugins.reporters.bias_variance import plot_bias_variance
+
+    assert wilson(10, 10).high == 1.0 and wilson(0, 10).low == 0.0
+    bv = bias_variance(human=0.0, train=1.0, train_dev=1.0, dev=1.0, counts={"train": 7, "train_dev": 3, "dev": 9})
+    assert plot_bias_variance(bv, tmp_path / "bv.png").stat().st_size > 0

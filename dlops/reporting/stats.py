@@ -88,7 +88,8 @@ def wilson(k: int, n: int, z: float = Z95) -> Interval:
     denom = 1.0 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return Interval(p, max(0.0, center - half), min(1.0, center + half))
+    # clamped to [0, 1] and to contain p (at k = n, center + half is 1 up to rounding)
+    return Interval(p, min(p, max(0.0, center - half)), max(p, min(1.0, center + half)))
 
 
 def error_interval(error: float, n: int, z: float = Z95) -> Interval:

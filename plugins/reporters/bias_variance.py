@@ -380,8 +380,10 @@ def plot_bias_variance(bv: BiasVariance, path: Path, title: str = "") -> Path:
     def yerr(cis: list[Interval], vs: list[float]) -> list[list[float]] | None:
         if not any(not math.isnan(c.value) for c in cis):
             return None
-        return [[0.0 if math.isnan(c.value) else 100 * (v - c.low) for c, v in zip(cis, vs)],
-                [0.0 if math.isnan(c.value) else 100 * (c.high - v) for c, v in zip(cis, vs)]]
+        # the bar is the error as given; its interval comes from round(error * n) errors, so a value
+        # that is not a whole count of n may sit a hair outside it: clamp the bars at 0
+        return [[0.0 if math.isnan(c.value) or math.isnan(v) else max(0.0, 100 * (v - c.low)) for c, v in zip(cis, vs)],
+                [0.0 if math.isnan(c.value) or math.isnan(v) else max(0.0, 100 * (c.high - v)) for c, v in zip(cis, vs)]]
 
     cis = [bv.intervals.get(s, NAN_INTERVAL) for s in splits]
     ax1.bar([s.replace("_", "-") for s in splits], [0.0 if math.isnan(v) else 100 * v for v in vals],

@@ -151,7 +151,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
     ax = fig.add_subplot(1, 1, 1)
     for i, c in enumerate(curves):
         v = [100 * e.value for e in c.errors]
-        yerr = [[100 * (e.value - e.low) for e in c.errors], [100 * (e.high - e.value) for e in c.errors]]
+        yerr = [[max(0.0, 100 * (e.value - e.low)) for e in c.errors], [max(0.0, 100 * (e.high - e.value)) for e in c.errors]]
         ax.errorbar(c.n, v, yerr=yerr, marker="o", capsize=3, color=f"C{i}", label=c.name)
         if c.fit is not None:
             xs = np.geomspace(c.n[0], 2 * c.n[-1], 30)

@@ -98,3 +98,12 @@ def test_validate_refuses_bad_data_with_exit_2(tmp_path: Path, case: str, expect
     assert r.exit_code == 2, r.output
     assert expect in r.output
     assert "ok (" not in r.output
+
+
+def test_validate_checks_the_resource_request_against_a_running_cluster(local_ray):
+    # no node of the local Ray (2 CPUs, no GPUs asked for) has 64 GPUs: exit 2 naming the key and the fix
+    r = CliRunner().invoke(main, ["validate", str(EXAMPLE), "--ray-address", "auto", "--set", "search.resources.gpu=64"])
+    assert r.exit_code == 2, r.output
+    assert "search.resources" in r.output and "gpu=64" in r.output and "lower the request" in r.output
+    ok = CliRunner().invoke(main, ["validate", str(EXAMPLE), "--ray-address", "auto"])
+    assert ok.exit_code == 0 and "resources fit auto" in ok.output
