@@ -181,3 +181,42 @@ def test_a_bad_declared_scope_is_named_when_run(store):
     reg.reporters["broken"] = _Reporter(("trial", "weekly"))
     with pytest.raises(PluginError, match="broken.*'weekly'"):
         report_search(store["client"], reg, store["parent"], store["trials"], 0.0, ["broken"])
+
+
+class _WritesWithoutMkdir:
+    """Writes into ``context.out_dir`` as the contract says, without creating it."""
+
+    scopes = ("trial", "model")
+
+    def report(self, context):
+        path = Path(context.out_dir) / "plain.md"
+        path.write_text(context.title)
+        return Report(metrics={"plain/ok": 1.0}, artifacts=[path], summary="ok")
+
+
+class _Raises:
+    scopes = ("trial", "model")
+
+    def report(self, context):
+        raise ZeroDivisionError("a bug in a third-party reporter")
+
+
+def test_out_dir_exists_and_a_raising_reporter_is_named_and_skipped(store):
+    from dlops.plugins import build_registry
+    from dlops.reporting import report_model, report_search
+
+    c, parent, trials = store["client"], store["parent"], store["trials"]
+    reg = build_registry()
+    reg.reporters["plain"] = _WritesWithoutMkdir()
+    reg.reporters["raises"] = _Raises()
+    with pytest.warns(RuntimeWarning, match="reporter 'raises' failed in the trial scope: ZeroDivisionError"):
+        report_search(c, reg, parent, trials, 0.0, ["raises", "plain"])
+    for t in trials[:2]:  # the reporter after the broken one still ran and was logged
+        assert "reports/plain.md" in _arts(c, t["run_id"])
+        assert c.get_run(t["run_id"]).data.metrics["plain/ok"] == 1.0
+    ctx = ReportContext(errors={"human": 0.0, "dev": 0.1}, out_dir=store["dir"] / "not-made-yet", title="m")
+    with pytest.warns(RuntimeWarning, match="reporter 'raises' failed in the model scope"):
+        reps = report_model(c, reg, [parent], ["raises", "plain", "bias_variance"], ctx)
+    assert reps["raises"].summary.startswith("FAILED (ZeroDivisionError") and not reps["raises"].metrics
+    assert reps["plain"].summary == "ok" and "bias_variance" in reps
+    assert "reports/plain.md" in _arts(c, parent)

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -80,8 +81,20 @@ def _scoped(registry: Any, names: Sequence[str], scope: str) -> list[tuple[str, 
 
 
 def _run(reporter: Any, context: ReportContext, name: str, scope: str) -> Report:
-    """One reporter on ``context``, writing under ``context.out_dir / name``, in ``scope``."""
-    return reporter.report(dataclasses.replace(context, out_dir=Path(context.out_dir) / name, scope=scope))
+    """One reporter on ``context``, writing under ``context.out_dir / name`` (created here), in ``scope``.
+
+    A reporter that raises does not take the job down (a broken plugin is named and skipped): it
+    gets a :class:`RuntimeWarning` naming it and the error, and an empty report whose ``summary``
+    says it failed (nothing is logged for it).
+    """
+    out_dir = Path(context.out_dir) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return reporter.report(dataclasses.replace(context, out_dir=out_dir, scope=scope))
+    except Exception as exc:  # noqa: BLE001  (a plugin's bug must not undo the job's work)
+        why = f"reporter {name!r} failed in the {scope} scope: {type(exc).__name__}: {exc}"
+        warnings.warn(f"dlops: {why}", RuntimeWarning, stacklevel=2)
+        return Report(summary=f"FAILED ({type(exc).__name__}: {exc})"[:500])
 
 
 def report_trials(client: Any, registry: Any, trials: Sequence[Mapping[str, Any]], human: float,
