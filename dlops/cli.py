@@ -2,8 +2,10 @@
 
 Exit codes, mapped in one place (:class:`DlopsGroup`): 0 success; 2 bad input (project file,
 override, data, resources, plugin name, tracking store, CLI option): any :class:`~dlops.errors.DlopsError`,
-one clear line, nothing half-written; 1 a search that failed as a whole (the failure budget,
-nothing to register); 130 interrupted (Ctrl-C; every open MLflow run is marked KILLED);
+one clear line, nothing half-written (for the registry commands: an unknown model, version or alias,
+a version of another model, nothing to roll back to: :class:`~dlops.errors.RegistryError`, nothing
+changed); 1 a search that failed as a whole (the failure budget, nothing to register), or a
+promotion the gate refused (:class:`~dlops.errors.GateRefusedError`, its reason on stderr); 130 interrupted (Ctrl-C; every open MLflow run is marked KILLED);
 143 SIGTERM during ``dlops run`` (:mod:`dlops.signals`).
 """
 
@@ -28,7 +30,8 @@ def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 class DlopsGroup(click.Group):
     """The one place where errors become exit codes: a :class:`DlopsError` prints ``error: <message>``
-    and exits with its ``exit_code`` (2 bad input, 1 a failed search); Ctrl-C exits 130."""
+    and exits with its ``exit_code`` (2 bad input, 1 a failed search or a refused promotion); Ctrl-C
+    exits 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
