@@ -421,7 +421,7 @@ def validate_semantics(cfg: ProjectConfig, path: str = "project file") -> None:
             ref = parse_weights_ref(w)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        if ref.kind in ("file", "run") and not Path(w).is_file():
+        if ref.kind == "file" and not Path(w).is_file():
             raise ConfigError(f"{path}: model.weights: no such file {w!r} (a state_dict saved with torch.save, "
                               "models:/NAME@ALIAS, a torchvision weights name such as DEFAULT, pretrain or null)")
     from dlops.models import available_models

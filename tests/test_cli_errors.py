@@ -39,8 +39,11 @@ def test_bad_weights_file_is_exit_2_before_any_run(tmp_path):
     r = run_dlops(["run", str(EXAMPLE), *_sets(tmp_path, f"model.weights={bad}")], tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: model.weights")
-    assert str(bad) in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: model.weights") and str(bad) in lines[-1]
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert "weights_only" not in lines[-1].replace("torch.load(weights_only=True)", "")  # no unsafe advice
+    assert not (tmp_path / "m.db").exists()  # found before Ray started or any run (or store) was created
 
 
 def test_unknown_ensemble_method_is_a_config_error(tmp_path):

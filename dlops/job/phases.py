@@ -68,7 +68,8 @@ def pretrain(ctx: JobContext) -> None:
                                                                 ctx.experiment_id, ctx.out)
             ctx.client.set_tag(ctx.search_run_id, "dlops.pretrain_run_id", s.pretrain_run_id)
     elif w:
-        ctx.source_state = load_source_state(w, ctx.spec)
+        if ctx.source_state is None:  # a file was read before Ray started (dlops.job.run.check_weights)
+            ctx.source_state = load_source_state(w, ctx.spec)
         ctx.out(f"  source weights from {w}")
     s.train_s += time.perf_counter() - t0
 

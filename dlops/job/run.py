@@ -50,6 +50,7 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     check_tracking_server(uri)  # an unreachable server is bad input, found before anything starts
     data = load_data(cfg)  # bad data is found before Ray starts or any run is created
+    source_state = check_weights(cfg, data, uri)  # so are bad weights
     t_ray = time.perf_counter()
     started = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"), cfg.ray.num_cpus,
                        cfg.ray.num_gpus)
@@ -58,6 +59,7 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
     try:
         ctx = open_context(cfg, data, uri, out, resume)
         ctx.summary.phase_s["ray_start"] = t_ray
+        ctx.source_state = source_state
         signals.set_cleanup(lambda: end_open(ctx, "KILLED", timeout=10.0))  # a SIGTERM: see dlops.signals
         run_phases(ctx)
         return ctx.summary
@@ -103,7 +105,6 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     import mlflow
     from mlflow import MlflowClient
 
-    from dlops.models.weights import parse_weights_ref
     from dlops.search.resources import check_resources
     from dlops.tracking.store import check_artifact_root, ensure_experiment
 
@@ -112,9 +113,6 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     if resume and missing_store:
         raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
                                    "run without --resume to start a new search")
-    w = cfg.model.weights or ""
-    if w and parse_weights_ref(w).kind == "registry":
-        check_registered_model(MlflowClient(uri) if not missing_store else None, w, uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
     client = MlflowClient(uri)
@@ -137,6 +135,37 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     return JobContext(config=cfg, data=data, client=client, tracking_uri=uri, experiment_id=exp_id,
                       search_run_id=parent_id, search_id=search_id, out=out, resume=resume, open_runs=[parent_id],
                       summary=RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id))
+
+
+def check_weights(cfg: ProjectConfig, data: Any, uri: str) -> Optional[dict[str, Any]]:
+    """``model.weights`` checked before Ray starts or any run is created: a registered model must
+    exist in the store; a state-dict file is read and fitted to the project's network now (and
+    returned, so the pretrain phase does not read it again).
+
+    Returns:
+        The source network's state dict for a file; None for ``pretrain``, none, a registered
+        model or a torchvision weights name (those load in the pretrain phase).
+
+    Raises:
+        DataError: naming ``model.weights``, the file or model, and the reason.
+    """
+    from dlops.models.weights import load_source_state, parse_weights_ref
+
+    w = cfg.model.weights or ""
+    if not w or w == "pretrain":
+        return None
+    ref = parse_weights_ref(w)
+    if ref.kind == "registry":
+        from mlflow import MlflowClient
+
+        missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+        check_registered_model(MlflowClient(uri) if not missing_store else None, w, uri)
+        return None
+    if ref.kind == "file":
+        from dlops.job.source import make_spec
+
+        return load_source_state(ref, make_spec(cfg, data))
+    return None
 
 
 def check_registered_model(client: Any, uri_or_alias: str, tracking_uri: str) -> None:

@@ -212,12 +212,6 @@ def normalise_state_dict(obj: Any, source: str = "state dict") -> dict[str, torc
     return {_strip_prefixes(str(k)): v for k, v in obj.items()}
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (torch.load's errors run to many lines of advice)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def read_state_dict(weights: Union[str, os.PathLike[str], WeightsRef]) -> dict[str, torch.Tensor]:
     """Read and normalise (:func:`normalise_state_dict`) the state dict of a file or MLflow model.
 
@@ -256,8 +250,8 @@ def read_state_dict(weights: Union[str, os.PathLike[str], WeightsRef]) -> dict[s
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(
-            f"cannot read weights file {source!r} with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {_first_line(exc)}. Save a state_dict: torch.save(model.state_dict(), path)"
+            f"cannot read weights file {source!r}: not a state dict that torch.load(weights_only=True) "
+            f"reads ({type(exc).__name__}). Save one with torch.save(model.state_dict(), path)"
         ) from exc
     return normalise_state_dict(obj, source)
 
