@@ -7,7 +7,8 @@ registry aliases; stages are deprecated) into Ray Serve replicas. The HTTP proxy
 HTTP API (JSON), on the route prefix (default ``/``):
 
 * ``GET``: the model: ``{"model_uri", "name", "version", "kind": "single"|"ensemble", "task",
-  "classes", "input_shape": [C, H, W], "tta"}``.
+  "classes", "input_shape": [C, H, W], "tta", "ensemble_method"}`` (``ensemble_method`` None for a
+  single model).
 * ``POST`` ``{"inputs": [...]}``, an array (N, C, H, W) of float32 images preprocessed as in
   training (the model metadata's ``model_spec``: ``image_size``, ``mean``, ``std``): returns
   ``{"probabilities": (N, K), "predictions": [...]}``; for ``classification`` the predicted class
@@ -202,7 +203,8 @@ class ModelServer:
     def describe(self) -> dict[str, Any]:
         return {"model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version, "kind": self.ref.kind,
                 "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
-                "preprocessing": self.preprocessing, "max_request_mb": self.max_request_mb}
+                "preprocessing": self.preprocessing, "max_request_mb": self.max_request_mb,
+                "ensemble_method": self.ref.method}
 
     def predict(self, x: Any) -> dict[str, Any]:
         """Probabilities (N, K) and decoded predictions for float32 inputs (N, C, H, W)."""

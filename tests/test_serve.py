@@ -135,7 +135,7 @@ def test_serve_champion_predicts_like_the_registered_model(store):
     try:
         srv.wait_ready()
         info = srv.get()
-        assert info["kind"] == "single" and info["name"] == cfg.model_name and info["version"] == "1"
+        assert info["kind"] == "single" and info["ensemble_method"] is None and info["name"] == cfg.model_name and info["version"] == "1"
         assert info["max_request_mb"] == 0.05
         assert info["classes"] == ["5", "6", "7", "8", "9"] and info["input_shape"] == [1, 8, 8]
         x, y = _digits()
@@ -200,7 +200,7 @@ def test_serve_ensemble_with_ten_crop_tta(store):
     try:
         srv.wait_ready()
         info = srv.get()
-        assert info["kind"] == "ensemble" and info["tta"] == "ten_crop"
+        assert info["kind"] == "ensemble" and info["tta"] == "ten_crop" and info["ensemble_method"] == "average"
         x, _ = _digits(6)
         status, out = srv.post({"inputs": x.tolist()})
         assert status == 200, out
