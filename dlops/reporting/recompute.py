@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dlops.errors import ReportTargetError
+from dlops.errors import PluginError, ReportTargetError
 from dlops.reporting.contract import SPLITS, Report, ReportContext, SplitPredictions
 from dlops.reporting.runner import report_model, run_history
 
@@ -196,8 +196,12 @@ def recompute_reports(target: str, tracking_uri: str, split: str = "dev",
     cfg = load_project(client, target, search_id)
     names = list(reporters) if reporters else list(cfg.report.reporters)
     registry = get_registry()
-    for n in names:
-        registry.get("reporters", n)  # an unknown name fails before the data are rebuilt
+    for n in names:  # an unknown name fails before the data are rebuilt
+        if n not in registry.reporters and not reporters:
+            raise PluginError(f"report.reporters of the project that made {target} names reporter {n!r}, which "
+                              f"no installed plugin provides (available: {sorted(registry.reporters)}); "
+                              "choose with --reporter NAME")
+        registry.get("reporters", n)
     data = rebuild_data(cfg, target)
     logged = _download_json(client, search_id, "data_manifest.json")
     if logged is not None and json.loads(json.dumps(data.manifest)) != logged:
