@@ -28,6 +28,17 @@ def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
+def _load(project_file: str, overrides: tuple[str, ...]) -> Any:
+    """The validated project; a BROKEN plugin (named, with its reason) is a warning on stderr first,
+    so that an "unknown reporter" or "unknown policy" error reads in its light."""
+    from dlops.config import load_config
+    from dlops.plugins import get_registry
+
+    for name, why in get_registry().errors.items():
+        click.echo(f"warning: plugin {name} is BROKEN and was skipped: {why}", err=True)
+    return load_config(project_file, list(overrides))
+
+
 class DlopsGroup(click.Group):
     """The one place where errors become exit codes: a :class:`DlopsError` prints ``error: <message>``
     and exits with its ``exit_code`` (2 bad input, 1 a failed search or a refused promotion); Ctrl-C
@@ -64,10 +75,9 @@ def main() -> None:
 def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str], ray_address: Optional[str],
         resume: bool) -> None:
     """Run the main job of PROJECT_FILE: setup, pretrain, search, register, report, ensemble."""
-    from dlops.config import load_config
     from dlops.job import format_summary, run_project
 
-    cfg = load_config(project_file, list(overrides))
+    cfg = _load(project_file, overrides)
     try:
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
                               out=lambda s: click.echo(s, err=True), resume=resume)
@@ -84,10 +94,9 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
               help="Also check the trial's resource request (GPUs) against this running Ray cluster.")
 def validate(project_file: str, overrides: tuple[str, ...], ray_address: Optional[str]) -> None:
     """Check PROJECT_FILE and its data without training anything (exit 2 on a problem)."""
-    from dlops.config import load_config
     from dlops.job.run import load_data
 
-    cfg = load_config(project_file, list(overrides))
+    cfg = _load(project_file, overrides)
     data = load_data(cfg)  # the data checks of dlops run (dlops.data.checks)
     address = ray_address or cfg.ray.address
     if address:
@@ -145,11 +154,10 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
     The project file's folder is the job's working dir (run outputs excluded). Exit code: the
     job's (0 succeeded, 1 failed); 2 for a bad file or an unreachable tracking store, before
     anything is submitted. Ctrl-C stops following; the job keeps running."""
-    from dlops.config import load_config
     from dlops.submit import exit_code, submit as submit_job, wait
     from dlops.tracking.store import resolve_tracking_uri
 
-    cfg = load_config(project_file, list(overrides))
+    cfg = _load(project_file, overrides)
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     sub = submit_job(project_file, list(overrides), address, uri, resume=resume)
     click.echo(f"submitted {sub.submission_id} to {address}: {sub.entrypoint}", err=True)

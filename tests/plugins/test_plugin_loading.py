@@ -210,3 +210,22 @@ def test_an_ensemble_method_without_combine_is_the_wrong_shape(tmp_path, monkeyp
         assert "fake_no_combine" not in reg.ensemble_methods
     finally:
         sys.modules.pop("fake_bad_method_plugin", None)
+
+
+def test_validate_warns_about_a_broken_plugin(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+    from dlops.plugins import get_registry
+
+    _dist(tmp_path, "fake_misspelled2", {"fake_misspelled2": "fake_misspelled2_plugin"},
+          {"fake_misspelled2_plugin": MISSPELLED})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    get_registry.cache_clear()
+    try:
+        r = CliRunner().invoke(main, ["validate", str(Path(__file__).resolve().parents[2] / "examples" / "digits-transfer.yaml")])
+        assert r.exit_code == 0, r.output
+        assert "warning: plugin fake_misspelled2 is BROKEN" in r.output and "dlops_reporter" in r.output
+    finally:
+        get_registry.cache_clear()
+        sys.modules.pop("fake_misspelled2_plugin", None)
