@@ -67,12 +67,23 @@ def test_n_for_half_width_and_stands_out():
 BIG = {"train": 10_000, "train_dev": 10_000, "dev": 10_000, "test": 10_000}
 
 
-def test_the_seeds_two_cases_at_realistic_sizes():
+def test_the_seeds_two_cases_at_realistic_sizes(tmp_path: Path):
     bv = bias_variance(human=0.01, train=0.08, dev=0.10, counts=BIG)
     assert bv.stands_out and bv.named == "avoidable_bias"
     bv = bias_variance(human=0.075, train=0.08, dev=0.10, counts=BIG)
     assert bv.stands_out and bv.named == "variance"
     assert bv.within_noise("avoidable_bias")
+    # through the public reporter API
+    for human, gap in ((0.01, "avoidable bias"), (0.075, "variance")):
+        ctx = ReportContext(errors={"human": human, "train": 0.08, "dev": 0.10}, out_dir=tmp_path / str(human),
+                            counts={"train": 10_000, "dev": 10_000})
+        rep = BiasVarianceReporter().report(ctx)
+        assert rep.metrics["bias_variance/stands_out"] == 1.0
+        assert rep.summary.startswith(f"largest gap: {gap} ")
+        assert f"**Largest gap: {gap}**" in rep.markdown
+    # the same errors on 200 examples each: noise, no gap named
+    small = bias_variance(human=0.075, train=0.08, dev=0.10, counts={"train": 200, "dev": 200})
+    assert small.stands_out is False and small.named is None and small.resolve
 
 
 def test_the_demo_names_no_gap_and_gives_a_size(tmp_path: Path):
