@@ -97,7 +97,7 @@ def test_the_demo_names_no_gap_and_gives_a_size(tmp_path: Path):
     md = (tmp_path / "bias_variance.md").read_text()
     assert "No gap stands out beyond the noise" in md and "Largest gap" not in md
     assert "| train-dev | 2.00% | 1 / 50 |" in md
-    assert "would stand out with about" in md
+    assert "would be told from 0 with about" in md and "would stand out from every other gap with about" in md
     assert "no gap stands out" in rep.summary
     assert (tmp_path / "bias_variance.png").stat().st_size > 0
 

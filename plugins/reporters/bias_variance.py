@@ -84,6 +84,8 @@ class BiasVariance:
         gap_intervals: ``{gap: Interval}`` (Newcombe 1998a, method 10).
         resolve: ``{split: examples}`` that would make the largest gap stand out at the observed
             rates (every split grown by one factor), ``{}`` when it already does or none would.
+        resolve_zero: the same for the largest gap's interval to lie above 0 (the gap is real),
+            ``{}`` when it already does or none would.
     """
 
     human: float
@@ -102,6 +104,7 @@ class BiasVariance:
     gap_intervals: Mapping[str, Interval] = field(default_factory=dict)
     stands_out: bool | None = None
     resolve: Mapping[str, int] = field(default_factory=dict)
+    resolve_zero: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def named(self) -> str | None:
@@ -139,10 +142,12 @@ def _verdict(largest: str | None, gis: Mapping[str, Interval]) -> bool:
     return stands_out(gis[largest], [v for k, v in gis.items() if k != largest])
 
 
-def _resolve(vals: Mapping[str, float], counts: Mapping[str, int], largest: str) -> dict[str, int]:
+def _resolve(vals: Mapping[str, float], counts: Mapping[str, int], largest: str,
+             above_zero_only: bool = False) -> dict[str, int]:
     """The split sizes (every measured split grown by one factor) at which ``largest`` would
-    stand out at the observed error rates; ``{}`` if no factor up to :data:`MAX_GROWTH` does
-    (the gaps are too close to tell apart)."""
+    stand out at the observed error rates (with ``above_zero_only``: at which its interval
+    would lie above 0); ``{}`` if no factor up to :data:`MAX_GROWTH` does (the gaps are too
+    close to tell apart)."""
     grow = [s for s in GROWABLE if counts.get(s) and not math.isnan(vals[s])]
     if not grow:
         return {}
@@ -151,7 +156,8 @@ def _resolve(vals: Mapping[str, float], counts: Mapping[str, int], largest: str)
         k *= 1.25
         n = {s: int(math.ceil(counts[s] * k)) if s in grow else counts.get(s) for s in ERR_SPLITS}
         cis = {s: error_interval(vals[s], n[s]) if n.get(s) else NAN_INTERVAL for s in ERR_SPLITS}
-        if _verdict(largest, _gap_intervals(vals["human"], cis)):
+        gis = _gap_intervals(vals["human"], cis)
+        if (gis[largest].low > 0) if above_zero_only else _verdict(largest, gis):
             return {s: n[s] for s in grow}
     return {}
 
@@ -206,16 +212,19 @@ def bias_variance(
     gis: dict[str, Interval] = {}
     verdict: bool | None = None
     resolve: dict[str, int] = {}
+    real: dict[str, int] = {}
     if counts:
         cis = {s: error_interval(vals[s], counts[s]) if s in counts else NAN_INTERVAL for s in ERR_SPLITS}
         gis = _gap_intervals(h, cis)
         verdict = _verdict(largest, gis)
         if largest is not None and not verdict:
             resolve = _resolve(vals, counts, largest)
+            if gis[largest].low <= 0:
+                real = _resolve(vals, counts, largest, above_zero_only=True)
     return BiasVariance(
         human=h, train=tr, train_dev=td, dev=dv, test=te, **gaps, largest=largest,
         better_than_human=(not math.isnan(tr) and not math.isnan(h) and tr < h),
-        counts=counts, intervals=cis, gap_intervals=gis, stands_out=verdict, resolve=resolve,
+        counts=counts, intervals=cis, gap_intervals=gis, stands_out=verdict, resolve=resolve, resolve_zero=real,
     )
 
 
@@ -225,6 +234,10 @@ def _pct(x: float) -> str:
 
 def _pts(ci: Interval) -> str:
     return "n/a" if math.isnan(ci.value) else f"[{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
+
+
+def _sizes(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{n:,} {s.replace('_', '-')}" for s, n in sizes.items())
 
 
 def verdict_lines(bv: BiasVariance) -> list[str]:
@@ -243,12 +256,14 @@ def verdict_lines(bv: BiasVariance) -> list[str]:
     out = [f"**No gap stands out beyond the noise**: the largest, {g} ({_pct(getattr(bv, bv.largest))}, "
            f"95% interval {_pts(bv.gap_intervals[bv.largest])} points), overlaps 0 or another gap's interval. "
            "The first knob is a bigger dev / train-dev set, not a change of the model."]
+    now = " (now " + ", ".join(f"{bv.counts.get(s, 0):,}" for s in bv.counts if s in ERR_SPLITS) + ")"
+    if bv.resolve_zero:
+        out.append(f"At the observed error rates, {g} would be told from 0 with about "
+                   + _sizes(bv.resolve_zero) + " examples" + now + ".")
     if bv.resolve:
-        out.append("At the observed error rates, " + g + " would stand out with about "
-                   + ", ".join(f"{n:,} {s.replace('_', '-')}" for s, n in bv.resolve.items())
-                   + " examples (now " + ", ".join(f"{bv.counts.get(s, 0):,}" for s in bv.resolve) + ").")
+        out.append(f"It would stand out from every other gap with about " + _sizes(bv.resolve) + " examples.")
     else:
-        out.append("The two largest gaps are too close to tell apart at any realistic set size.")
+        out.append("It cannot be told apart from the next largest gap at any realistic set size: they are too close.")
     return out
 
 
@@ -464,8 +479,7 @@ class BiasVarianceReporter:
             summary = (f"no gap stands out beyond the noise (largest: {bv.largest.replace('_', ' ')} "
                        f"{_pct(getattr(bv, bv.largest))}, 95% {_pts(bv.gap_intervals[bv.largest])} points); "
                        "first knob: a bigger dev / train-dev set"
-                       + (" (" + ", ".join(f"{s.replace('_', '-')} ~{n:,}" for s, n in bv.resolve.items()) + ")"
-                          if bv.resolve else ""))
+                       + (" (told from 0 at about " + _sizes(bv.resolve_zero) + ")" if bv.resolve_zero else ""))
         return Report(metrics=metrics, artifacts=artifacts, markdown=md, summary=summary)
 
     def _search(self, context: ReportContext) -> Report:
