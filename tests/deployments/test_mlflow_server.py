@@ -128,6 +128,12 @@ def test_a_run_against_the_server_leaves_nothing_local_and_loads_from_a_third_di
     for local in ("mlruns", "mlartifacts", "mlflow.db"):
         assert not (work / local).exists(), local
     assert any(server["artifacts"].rglob("MLmodel"))  # the model is in the server's artifact folder
+    from mlflow import MlflowClient
+
+    mv = MlflowClient(server["uri"]).get_model_version_by_alias("digits-transfer", "champion")
+    fp = json.loads(mv.tags["dlops.fingerprint"])  # what the metric means, stored by dlops run
+    assert fp["classes"] == ["5", "6", "7", "8", "9"] and fp["metric"] == "dev/error" and fp["mode"] == "min"
+    assert json.loads(mv.tags["dlops.gate"])["constraints"] == ["latency_ms <= 50"]
     code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/digits-transfer@champion'); "
             "print(np.asarray(m.predict(np.zeros((2, 1, 8, 8), np.float32))).shape)")
     env = dict(subprocess_env(), MLFLOW_TRACKING_URI=server["uri"])
