@@ -312,6 +312,8 @@ def models_show(name: str, tracking_uri: Optional[str], as_json: bool) -> None:
     for a, e in info["aliases"].items():
         if e["dangling"] or e["version"] not in present:
             click.echo(f"  @{a} -> version {e['version']}: DANGLING (the version was deleted; never followed)")
+    for a, v in info.get("lost_aliases", {}).items():
+        click.echo(f"  @{a}: points nowhere: its version {v} was deleted (dlops promote NAME VERSION to set it)")
     for v in info["versions"]:
         g = v.get("gate") or {}
         click.echo(f"  version {v['version']}" + (f"  [{', '.join('@' + a for a in v['aliases'])}]" if v["aliases"]

@@ -533,5 +533,10 @@ def show_model(client: Any, name: str) -> dict[str, Any]:
     events = [{"time": e.time, "user": e.user, "alias": e.alias, "from": e.from_version, "to": e.to_version,
                "decision": e.decision, "reason": e.reason, "command": e.command,
                "to_deleted": e.to_version not in present} for e in parse_history(rm.tags or {})]
+    last: dict[str, str] = {}
+    for e in events:
+        last[e["alias"]] = e["to"]
+    # MLflow drops an alias with its version: name the aliases whose last version was deleted
+    lost = {a: v for a, v in last.items() if a not in aliases and v not in present}
     return {"name": name, "kind": (rm.tags or {}).get(KIND_TAG), "aliases": aliases, "versions": versions,
-            "history": events}
+            "history": events, "lost_aliases": lost}

@@ -179,3 +179,9 @@ def test_a_deleted_version_is_never_followed(store):
         promote(c, "del", a.version)
     info = show_model(c, "del")
     assert [h["to_deleted"] for h in info["history"] if h["to"] == a.version] == [True, True]
+    c.delete_model_version("del", b.version)  # champion's own version: MLflow drops the alias with it
+    info = show_model(c, "del")
+    assert info["lost_aliases"] == {"champion": b.version, "challenger": b.version}
+    assert _cli(store, "models", "show", "del").output.count("points nowhere") == 2
+    r = _cli(store, "serve", "models:/del@champion")
+    assert r.exit_code == 2 and "del@champion" in r.stderr
