@@ -23,6 +23,7 @@ and its fingerprint as ``dlops.fingerprint``; the history is kept as registered-
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -371,9 +372,6 @@ def register_and_promote(
     Raises:
         mlflow.exceptions.MlflowException: the registry refused (the new version is removed).
     """
-    import json as _json
-    import time
-
     import mlflow
 
     spec = GateSpec(metric, mode, tuple(constraints))
@@ -383,7 +381,7 @@ def register_and_promote(
                      if isinstance(v, (int, float)) and math.isfinite(float(v))})
     all_tags[GATE_TAG] = spec.to_json()
     if fingerprint is not None:
-        all_tags[FINGERPRINT_TAG] = _json.dumps(dict(fingerprint), sort_keys=True)
+        all_tags[FINGERPRINT_TAG] = json.dumps(dict(fingerprint), sort_keys=True)
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     try:
         client.get_registered_model(name)
@@ -505,7 +503,7 @@ def show_model(client: Any, name: str) -> dict[str, Any]:
     for a, e in aliases.items():
         by_version.setdefault(e["version"], []).append(a)
     versions = []
-    mvs = client.search_model_versions(f"name = '{name}'", max_results=1000) if True else []
+    mvs = client.search_model_versions(f"name = '{name}'", max_results=1000)
     for mv in sorted(mvs, key=lambda m: -int(m.version)):
         tags = mv.tags or {}
         metrics = version_metrics(mv)
@@ -525,7 +523,7 @@ def show_model(client: Any, name: str) -> dict[str, Any]:
             entry["data_manifest"] = f"runs:/{entry['search_run_id']}/data_manifest.json"
         if "dlops.members" in tags:
             try:
-                entry["members"] = __import__("json").loads(tags.get("dlops.member_uris") or tags["dlops.members"])
+                entry["members"] = json.loads(tags.get("dlops.member_uris") or tags["dlops.members"])
             except ValueError:
                 entry["members"] = tags["dlops.members"]
         versions.append(entry)
