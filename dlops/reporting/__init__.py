@@ -25,6 +25,7 @@ from dlops.reporting.contract import (
     Report,
     ReportContext,
     SplitPredictions,
+    TrainContext,
     reporter_scopes,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "Report",
     "ReportContext",
     "SplitPredictions",
+    "TrainContext",
     "reporter_scopes",
     *_LAZY,
 ]
