@@ -153,7 +153,15 @@ def human_resolvable_n(human: float) -> int:
     return int(math.ceil(_Z * _Z * (1.0 - human) / human))
 
 
-def check_task(data: Any, human_level_error: float = 0.0, where: str = "data") -> list[str]:
+#: the key that sizes each split, per data source (for the fixes in the messages)
+SHARE_KEYS: dict[str, dict[str, str]] = {
+    "digits": {"train_dev": "data.train_dev_per_class", "dev": "data.dev_fraction", "test": "data.dev_fraction (lower)"},
+    "files": {"train_dev": "data.train_dev_share", "dev": "data.dev_share",
+              "test": "data.target_train_share or data.dev_share (lower)"},
+}
+
+
+def check_task(data: Any, human_level_error: float = 0.0, where: str = "data", source: str = "files") -> list[str]:
     """The checks on the loaded splits (:class:`dlops.data.sources.TaskData`).
 
     Args:
@@ -161,6 +169,7 @@ def check_task(data: Any, human_level_error: float = 0.0, where: str = "data") -
             ``task``, ``manifest``).
         human_level_error: fraction in [0, 1]; 0 skips the resolvability check.
         where: the data folder or file, for the messages.
+        source: ``digits`` or ``files`` (image folder, list): which keys the fixes name.
 
     Returns:
         Warning lines (legal but unwise).
@@ -189,10 +198,12 @@ def check_task(data: Any, human_level_error: float = 0.0, where: str = "data") -
             if missing:
                 warnings.append(f"{where}: class {c!r} has no example in {' or '.join(missing)} ({got}): its errors "
                                 "there go unmeasured; add examples of it")
+    keys = SHARE_KEYS["digits" if source == "digits" else "files"]
     for k in ("train_dev", "dev", "test"):
         if sizes[k] < TINY_SPLIT:
             warnings.append(f"{where}: the {k.replace('_', '-')} set has {sizes[k]} examples (one error is "
-                            f"{100 / sizes[k]:.1f} points); aim for at least {TINY_SPLIT}")
+                            f"{100 / sizes[k]:.1f} points); aim for at least {TINY_SPLIT}: raise {keys[k]} "
+                            "or add data")
     h = float(human_level_error or 0.0)
     if 0.0 < h < 1.0:
         need = human_resolvable_n(h)

@@ -90,7 +90,7 @@ def load_data(cfg: ProjectConfig) -> Any:
         raise DataError(f"data: {exc}") from None
     d = cfg.data
     where = {"digits": "data (digits)", "imagefolder": d.target_dir, "list": d.target_csv}[d.source]
-    data.warnings = check_task(data, cfg.human_level_error, str(where))  # before any trial (dlops.data.checks)
+    data.warnings = check_task(data, cfg.human_level_error, str(where), d.source)  # before any trial (dlops.data.checks)
     return data
 
 

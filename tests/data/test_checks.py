@@ -69,6 +69,8 @@ def test_validate_ok_with_the_default_shares(tmp_path: Path):
     r = _validate(tmp_path, _folder(tmp_path / "imgs", {"a": 20, "b": 20}))
     assert r.exit_code == 0, r.output
     assert "train-dev" in r.output and "dev 8, test 8" in r.output
+    # legal but unwise: tiny sets are warnings that name the key to change
+    assert "warning:" in r.output and "the dev set has 8 examples" in r.output and "raise data.dev_share" in r.output
 
 
 @pytest.mark.parametrize("case, expect", [
