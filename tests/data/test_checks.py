@@ -109,3 +109,15 @@ def test_validate_checks_the_resource_request_against_a_running_cluster(local_ra
     assert "search.resources" in r.output and "gpu=64" in r.output and "lower the request" in r.output
     ok = CliRunner().invoke(main, ["validate", str(EXAMPLE), "--ray-address", "auto"])
     assert ok.exit_code == 0 and "resources fit auto" in ok.output
+
+
+def test_validate_refuses_a_list_label_the_training_classes_lack(tmp_path: Path):
+    root = _folder(tmp_path / "imgs", {"a": 12, "b": 12, "c": 12})
+    src, tgt = tmp_path / "source.csv", tmp_path / "target.csv"
+    src.write_text("path,label\n" + "".join(f"{root / c / f'{i}.png'},{c}\n" for c in "ab" for i in range(6)))
+    tgt.write_text("path,label\n" + "".join(f"{root / c / f'{i}.png'},{c}\n" for c in "abc" for i in range(6, 12)))
+    args = ["validate", str(EXAMPLE), "--set", "data.source=list", "--set", f"data.source_csv={src}",
+            "--set", f"data.target_csv={tgt}", "--set", "data.image_size=8", "--set", "model.weights=null"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    assert "'c'" in r.output and "training classes" in r.output
