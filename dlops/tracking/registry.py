@@ -247,8 +247,20 @@ class Move:
 def move_alias(client: Any, name: str, alias: str, to_version: str, from_version: Optional[str], decision: str,
                reason: str, command: str) -> Event:
     """Point ``alias`` at ``to_version`` (one call) and append the event to the history. When the
-    history cannot be written, the alias is put back where it was and the error re-raised."""
-    client.set_registered_model_alias(name, alias, str(to_version))
+    history cannot be written, the alias is put back where it was and the error re-raised.
+
+    Two clients setting the same alias at once can make the store refuse one of them (a unique
+    constraint on the alias row): the call is retried up to 4 more times, 0.2-1 s apart."""
+    import time
+
+    for attempt in range(5):
+        try:
+            client.set_registered_model_alias(name, alias, str(to_version))
+            break
+        except Exception:  # noqa: BLE001  (IntegrityError behind an MlflowException / REST error)
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     try:
         return record_event(client, name, alias, from_version, to_version, decision, reason, command)
     except BaseException:
