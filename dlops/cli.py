@@ -343,7 +343,8 @@ def models_show(name: str, tracking_uri: Optional[str], as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--alias", default="champion", show_default=True)
+@click.option("--alias", default="champion", show_default=True, type=click.Choice(["champion", "challenger"]),
+              help="The alias to move (what each means: README, 'The model registry').")
 @click.option("--force", is_flag=True, help="Move the alias even when the gate refuses (needs --reason; recorded).")
 @click.option("--reason", default=None, help="Why, with --force (recorded in the promotion history).")
 @click.option("--dry-run", is_flag=True, help="Print the gate's decision only (exit 1 when it refuses).")
@@ -363,7 +364,8 @@ def promote(name: str, version: str, alias: str, force: bool, reason: Optional[s
 
 @main.command()
 @click.argument("name")
-@click.option("--alias", default="champion", show_default=True)
+@click.option("--alias", default="champion", show_default=True, type=click.Choice(["champion", "challenger"]),
+              help="The alias to move (what each means: README, 'The model registry').")
 @click.option("--dry-run", is_flag=True, help="Print the target version only.")
 @_TRACKING
 def rollback(name: str, alias: str, dry_run: bool, tracking_uri: Optional[str]) -> None:

@@ -209,7 +209,8 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
              if promo.aliases else promo.uri)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "not evaluated"
     return (f"registered {promo.name} version {promo.version} ({where}) of {', '.join(uris)}: {shown}; "
-            f"aliases {list(promo.aliases)} ({promo.reason})")
+            f"aliases {list(promo.aliases)} ({promo.reason})"
+            + ("" if promo.aliases else f"; no alias: serve it as {promo.uri}, or keep serving models:/{name}@champion"))
 
 
 def _evaluate(client: Any, mvs: list[Any], uris: list[str], specs: list[dict[str, Any]], fp: dict[str, Any],

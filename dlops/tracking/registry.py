@@ -311,7 +311,8 @@ def promote(client: Any, name: str, version: Any, alias: str = CHAMPION, force: 
     spec = gate_spec(mv)
     ok, why = decide(candidate(mv), candidate(holder) if holder else None, spec, baseline_of(mv))
     if not ok:
-        raise GateRefusedError(f"{name} version {v} -> @{alias} refused: {why}")
+        would = "would be refused (dry run, nothing changed)" if dry_run else "refused"
+        raise GateRefusedError(f"{name} version {v} -> @{alias} {would}: {why}")
     if not dry_run:
         # re-read the holder immediately before the move: another client may have moved it
         now = alias_version(client, name, alias)
@@ -345,7 +346,8 @@ def rollback(client: Any, name: str, alias: str = CHAMPION, dry_run: bool = Fals
         raise RegistryError(f"{name}@{alias}: the earlier version {target} was deleted; nothing to roll back to") \
             from None
     current = alias_version(client, name, alias)
-    why = f"rolled back by {current_user()} from version {current} to {target}"
+    was = f"version {current}" if current is not None else "no version (its version was deleted)"
+    why = f"rolled back by {current_user()} from {was} to {target}"
     if not dry_run:
         move_alias(client, name, alias, target, current, "rollback", why, "rollback")
     return Move(name, alias, current, target, not dry_run, "rollback", why)

@@ -135,6 +135,7 @@ def test_promote_refuses_forces_and_rolls_back_through_the_cli(store):
     (["promote", "gate2", "99"], "no version 99"),
     (["promote", "gate2", "x1"], "'x1'"),
     (["rollback", "gate2", "--alias", "shadow"], "shadow"),
+    (["promote", "gate2", "1", "--alias", "nosuch"], "nosuch"),  # no new alias is made up
     (["models", "show", "nope"], "nope"),
 ])
 def test_bad_input_exits_2_naming_it_and_changes_nothing(store, args, named):
