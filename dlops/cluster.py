@@ -5,6 +5,33 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from dlops.errors import ClusterError
+
+
+#: seconds to wait for a TCP connection to a cluster address before giving up
+CONNECT_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at ``address`` (``host:port`` or ``ray://host:port``; ``auto``
+    and other forms are left to Ray), instead of Ray's minutes of retries.
+
+    Raises:
+        ClusterError: naming the address, when a TCP connection is refused or times out.
+    """
+    import socket
+
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"--ray-address: nothing answers at {address} ({exc.strerror or exc}); "
+                           "is the Ray head running there (ray start --head)?") from None
+
 
 def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float]) -> bool:
     """Connect to ``address`` or start a local Ray that listens on 127.0.0.1 only, without the
@@ -17,13 +44,25 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
     Returns:
         True when this call started or connected Ray (the caller shuts it down), False when Ray
         was already initialised in this process.
+
+    Raises:
+        ClusterError: nothing answers at ``address`` (after :data:`CONNECT_TIMEOUT_S` seconds), or
+            Ray refuses the connection (e.g. a token-authenticated cluster without ``RAY_AUTH_MODE=token``).
     """
     import ray
 
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        probe_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001  (ConnectionError, RuntimeError, auth errors ...)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
+                    "~/.ray/auth_token)" if "auth" in str(exc).lower() else "")
+            raise ClusterError(f"--ray-address: cannot connect to the Ray cluster at {address}: "
+                               f"{type(exc).__name__}: {text[:300]}{hint}") from None
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     kwargs: dict[str, Any] = {}

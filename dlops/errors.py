@@ -54,6 +54,12 @@ class ResourceError(DlopsError, ValueError):
     kind = "resources"
 
 
+class ClusterError(DlopsError, ValueError):
+    """The Ray cluster at the given address cannot be reached or refuses this client."""
+
+    kind = "cluster"
+
+
 class TrackingError(DlopsError, ValueError):
     """The tracking store cannot be used (found before anything starts)."""
 
@@ -101,7 +107,7 @@ class NothingToRegisterError(SearchFailedError):
 
 
 __all__ = [
-    "DlopsError", "ConfigError", "DataError", "PluginError", "ResourceError", "TrackingError",
+    "DlopsError", "ConfigError", "DataError", "PluginError", "ResourceError", "ClusterError", "TrackingError",
     "NothingToResumeError", "ReportTargetError", "ServeError", "SubmitError", "SearchFailedError",
     "TooManyFailuresError", "NothingToRegisterError", "EXIT_BAD_INPUT", "EXIT_SEARCH_FAILED",
 ]

@@ -50,3 +50,19 @@ def test_unknown_ensemble_method_is_a_config_error(tmp_path):
     r = run_dlops(["validate", str(EXAMPLE), "--set", "ensemble.method=median"], tmp_path)
     assert r.returncode == 2
     assert "ensemble.method: unknown ensemble method 'median'" in r.stderr and "average" in r.stderr
+
+
+def test_a_ray_address_where_nothing_listens_is_exit_2_at_once(tmp_path):
+    import time
+
+    from dlops_testing import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    for cmd in (["validate", str(EXAMPLE), "--ray-address", address],
+                ["run", str(EXAMPLE), *_sets(tmp_path), "--ray-address", address]):
+        t0 = time.monotonic()
+        r = run_dlops(cmd, tmp_path, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and f"nothing answers at {address}" in r.stderr
+        assert time.monotonic() - t0 < 60  # not Ray's minutes of retries
+    assert not (tmp_path / "m.db").exists()  # dlops run created no store and no run
