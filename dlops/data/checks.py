@@ -49,14 +49,14 @@ def split_sizes(n_source: int, n_target: int, target_train_share: float, train_d
 
 def suggest_shares(n_source: int, n_target: int, target_train_share: float, train_dev_share: float) -> dict[str, float]:
     """Shares that leave no split empty for this data: ``target_train_share`` kept (0.6 without a
-    source if it leaves too little), ``dev_share`` half of the target data not trained on, and
+    source when it is outside [0.2, 0.8]), ``dev_share`` half of the target data not trained on, and
     ``train_dev_share`` kept (raised to one example).
 
     Returns:
         ``{"target_train_share", "dev_share", "train_dev_share"}``.
     """
     tts = float(target_train_share)
-    if n_source == 0 and (tts <= 0 or tts > 0.8):
+    if n_source == 0 and not 0.2 <= tts <= 0.8:  # the split is per class: a sliver leaves classes without train
         tts = 0.6
     dev = round((1.0 - tts) / 2.0, 3)
     tds = float(train_dev_share)
