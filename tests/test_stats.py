@@ -11,7 +11,7 @@ import pytest
 from dlops.reporting import ReportContext
 from dlops.reporting.stats import constant, difference_independent, difference_paired, error_interval, \
     error_metrics, n_for_half_width, stands_out, wilson
-from dlops_plugins.reporters.bias_variance import BiasVarianceReporter, bias_variance, render_search_table
+from dlops_plugins.reporters.bias_variance import BiasVarianceReporter, bias_variance, render_search_table, verdict_lines
 
 
 def test_wilson_known_values():
@@ -121,3 +121,11 @@ def test_an_error_of_one_plots(tmp_path: Path):
     assert wilson(10, 10).high == 1.0 and wilson(0, 10).low == 0.0
     bv = bias_variance(human=0.0, train=1.0, train_dev=1.0, dev=1.0, counts={"train": 7, "train_dev": 3, "dev": 9})
     assert plot_bias_variance(bv, tmp_path / "bv.png").stat().st_size > 0
+
+
+def test_a_gap_whose_split_has_no_count_is_not_judged():
+    # newcomer review: counts for dev only gave "cannot be told apart ... at any realistic set size" for 7 vs 2 points
+    bv = bias_variance(human=0.01, train=0.08, dev=0.10, counts={"dev": 10000})
+    assert bv.stands_out is None and bv.named == "avoidable_bias" and not bv.resolve
+    text = " ".join(verdict_lines(bv))
+    assert "noise is not judged" in text and "any realistic set size" not in text

@@ -213,9 +213,13 @@ def bias_variance(
     verdict: bool | None = None
     resolve: dict[str, int] = {}
     real: dict[str, int] = {}
+    uses = {"avoidable_bias": ("train",), "variance": ("train", "dev" if math.isnan(td) else "train_dev"),
+            "data_mismatch": ("train_dev", "dev"), "overfitting_to_dev": ("dev", "test")}
+    judged = bool(counts) and all(s in counts for g in finite for s in uses[g])  # else the noise is not judged
     if counts:
         cis = {s: error_interval(vals[s], counts[s]) if s in counts else NAN_INTERVAL for s in ERR_SPLITS}
         gis = _gap_intervals(h, cis)
+    if judged:
         verdict = _verdict(largest, gis)
         if largest is not None and not verdict:
             resolve = _resolve(vals, counts, largest)
@@ -251,7 +255,7 @@ def verdict_lines(bv: BiasVariance) -> list[str]:
         if bv.stands_out:
             head += " It stands out beyond the noise (its 95% interval lies above 0 and above every other gap's)."
         else:
-            head += " (No example counts: the noise is not judged.)"
+            head += " (Not every split in the gaps has its example count: the noise is not judged.)"
         return [head + " Knobs:"] + [f"- {k}" for k in KNOBS[bv.largest]]
     out = [f"**No gap stands out beyond the noise**: the largest, {g} ({_pct(getattr(bv, bv.largest))}, "
            f"95% interval {_pts(bv.gap_intervals[bv.largest])} points), overlaps 0 or another gap's interval. "
