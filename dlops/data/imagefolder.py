@@ -278,7 +278,8 @@ def scan_image_folder(
         if unknown:
             raise UnknownClassError(
                 f"image folder {str(rootp)!r}: class folder(s) {unknown} not seen in the training data; "
-                f"training classes: {sorted(cmap, key=cmap.__getitem__)}"
+                f"training classes: {sorted(cmap, key=cmap.__getitem__)}; add those classes to the training "
+                "data (data.source_dir) or remove their folders"
             )
     samples: list[tuple[str, int]] = []
     for d in class_dirs:
@@ -294,7 +295,8 @@ def scan_image_folder(
         if not here:
             detail = (f"; skipped there: {[f'{Path(s.path).name}: {s.reason}' for s in here_skipped[:5]]}"
                       if here_skipped else " (the folder is empty)")
-            raise EmptyClassError(f"class folder {str(d)!r} has no usable image{detail}")
+            raise EmptyClassError(f"class folder {str(d)!r} has no usable image{detail}; add images to it or "
+                                  "remove the folder")
         samples.extend(here)
     classes = sorted(cmap, key=cmap.__getitem__)
     return FolderScan(root=str(rootp), classes=classes, class_to_idx=cmap, samples=samples, skipped=skipped)

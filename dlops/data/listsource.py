@@ -159,9 +159,12 @@ class ListSource:
             for r in rows:
                 unknown = [lab for lab in r["labels"] + r["missing"] if lab not in cmap]
                 if unknown:
+                    n_rows = sum(1 for q in rows if set(q["labels"] + q["missing"]) & set(unknown))
                     raise UnknownClassError(
-                        f"list file {self.csv_path!r}, line {r['line']}: label(s) {unknown} not seen in "
-                        f"the training data; training classes: {sorted(cmap, key=cmap.__getitem__)}"
+                        f"list file {self.csv_path!r}, line {r['line']} (and {n_rows - 1} more rows): label(s) "
+                        f"{unknown} not seen in the training data; training classes: "
+                        f"{sorted(cmap, key=cmap.__getitem__)}; add examples of them to the training list "
+                        "(data.source_csv) or drop those rows"
                     )
         self.class_to_idx: dict[str, int] = cmap
         self.classes: list[str] = sorted(cmap, key=cmap.__getitem__)

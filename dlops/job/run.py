@@ -82,12 +82,12 @@ def load_data(cfg: ProjectConfig) -> Any:
     from dlops.data.checks import check_task
     from dlops.data.sources import load_task
 
+    key = {"digits": "data", "imagefolder": "data.target_dir", "list": "data.target_csv"}[cfg.data.source]
     try:
         data = load_task(cfg.data, cfg.seed, cfg.task)
-    except DataError:
-        raise
-    except (ValueError, OSError) as exc:
-        raise DataError(f"data: {exc}") from None
+    except (ValueError, OSError) as exc:  # DataError included: the message gets the key it is about
+        text = str(exc)
+        raise DataError(text if text.startswith("data") else f"{key}: {text}") from None
     d = cfg.data
     where = {"digits": "data (digits)", "imagefolder": d.target_dir, "list": d.target_csv}[d.source]
     data.warnings = check_task(data, cfg.human_level_error, str(where), d.source)  # before any trial (dlops.data.checks)

@@ -75,7 +75,7 @@ def test_validate_ok_with_the_default_shares(tmp_path: Path):
 
 @pytest.mark.parametrize("case, expect", [
     ("one_class", "at least 2 classes"),
-    ("empty_class", "has no usable image"),
+    ("empty_class", "data.target_dir: class folder"),
     ("shares", "test would be empty"),
     ("duplicates", "same content as a training file"),
     ("small_class", "class 'b' has 2 examples"),
@@ -121,6 +121,7 @@ def test_validate_refuses_a_list_label_the_training_classes_lack(tmp_path: Path)
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2, r.output
     assert "'c'" in r.output and "training classes" in r.output
+    assert "data.target_csv: " in r.output and "(and 5 more rows)" in r.output and "data.source_csv" in r.output
 
 
 def test_a_sliver_of_target_train_is_not_suggested_back():
