@@ -24,9 +24,6 @@ PROJECT_NAME = "dlops"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-#: the phases of the main job, in order (:mod:`dlops.job.phases`)
-PHASE_NAMES = ("setup", "pretrain", "search", "register", "report", "ensemble")
-
 
 # -- providers ---------------------------------------------------------------------------------
 
@@ -74,7 +71,8 @@ def dlops_ensemble_methods() -> dict[str, Any]:
 
 @hookspec
 def dlops_before_phase(phase: str, context: JobContext) -> None:
-    """Called in the driver before phase ``phase`` (one of :data:`PHASE_NAMES`) of ``dlops run``.
+    """Called in the driver before phase ``phase`` (``setup``, ``pretrain``, ``search``, ``register``, ``report``,
+    ``ensemble``: :data:`dlops.job.phases.PHASES`) of ``dlops run``.
 
     Args:
         phase: the phase's name.

@@ -109,7 +109,7 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     from dlops.tracking.store import check_artifact_root, ensure_experiment
 
     check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
-    missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    missing_store = store_missing(uri)
     if resume and missing_store:
         raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
                                    "run without --resume to start a new search")
@@ -137,6 +137,11 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
                       summary=RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id))
 
 
+def store_missing(uri: str) -> bool:
+    """A ``sqlite:///`` store whose file does not exist yet (nothing to resume from, no registry)."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def check_weights(cfg: ProjectConfig, data: Any, uri: str) -> Optional[dict[str, Any]]:
     """``model.weights`` checked before Ray starts or any run is created: a registered model must
     exist in the store; a state-dict file is read and fitted to the project's network now (and
@@ -158,8 +163,7 @@ def check_weights(cfg: ProjectConfig, data: Any, uri: str) -> Optional[dict[str,
     if ref.kind == "registry":
         from mlflow import MlflowClient
 
-        missing_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
-        check_registered_model(MlflowClient(uri) if not missing_store else None, w, uri)
+        check_registered_model(MlflowClient(uri) if not store_missing(uri) else None, w, uri)
         return None
     if ref.kind == "file":
         from dlops.job.source import make_spec

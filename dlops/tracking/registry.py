@@ -77,34 +77,6 @@ class Promotion:
         return f"models:/{self.name}/{self.version}"
 
 
-def gate(
-    challenger: Mapping[str, float],
-    champion: Optional[Mapping[str, float]],
-    metric: str,
-    mode: str,
-    constraints: Sequence[Constraint] = (),
-) -> tuple[bool, str]:
-    """Should the challenger become champion? Pure; returns (decision, reason).
-
-    A challenger whose optimizing metric is NaN/missing or that breaks a constraint never wins.
-    """
-    v = challenger.get(metric)
-    if v is None or not math.isfinite(float(v)):
-        return False, f"challenger has no finite {metric}"
-    broken = [str(c) for c in constraints if not c.holds(challenger)]
-    if broken:
-        return False, f"challenger breaks {', '.join(broken)}"
-    if champion is None:
-        return True, "first champion: there was none before"
-    cv = champion.get(metric)
-    if cv is None or not math.isfinite(float(cv)):
-        return True, f"champion has no finite {metric}"
-    better = float(v) < float(cv) if mode == "min" else float(v) > float(cv)
-    if better:
-        return True, f"{metric} {float(v):.4g} beats champion's {float(cv):.4g}"
-    return False, f"{metric} {float(v):.4g} does not beat champion's {float(cv):.4g}"
-
-
 def version_metrics(mv: Any) -> dict[str, float]:
     """The ``dlops.metric.*`` tags of a model version as floats."""
     out = {}
