@@ -1,0 +1,105 @@
+"""What ``dlops serve`` checks in the driver before Ray starts: the registered version behind a
+``models:/`` URI, the options, and that the port is free. Light: no torch, ray or mlflow at
+module level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from dlops.errors import ServeError
+
+#: default cap on a POST body, in MB (10**6 bytes): ~10 float32 images of 3 x 224 x 224 as JSON
+DEFAULT_MAX_REQUEST_MB = 32.0
+
+
+@dataclass
+class ModelRef:
+    """A registered model version resolved from ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+
+    uri: str
+    name: str
+    version: str
+    kind: str  # "single" | "ensemble"
+    method: Optional[str] = None  # an ensemble's method (a plugin's ``dlops_ensemble_methods``)
+
+
+def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
+    """The registered version behind ``model_uri``, checked before anything starts.
+
+    Raises:
+        ServeError: not a ``models:/`` URI, or no such model, alias or version in the store
+            (the message names them and the store).
+    """
+    from mlflow import MlflowClient
+
+    from dlops.tracking.store import is_local_store
+
+    if not model_uri.startswith("models:/") or len(model_uri) <= len("models:/"):
+        raise ServeError(f"MODEL_URI: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+    if is_local_store(tracking_uri):
+        from pathlib import Path
+
+        path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else None
+        if path is not None and not Path(path).exists():
+            raise ServeError(f"--tracking-uri: the store {tracking_uri} does not exist (no {model_uri} to serve)")
+    from dlops.tracking.store import TrackingError, check_tracking_server
+
+    try:
+        check_tracking_server(tracking_uri)
+    except TrackingError as exc:
+        raise ServeError(str(exc)) from None
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from dlops.tracking.registry import get_model_version
+
+    try:
+        mv = get_model_version(client, model_uri)
+    except LookupError:
+        raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
+    tags = mv.tags or {}
+    if "dlops.members" not in tags:
+        return ModelRef(model_uri, mv.name, str(mv.version), "single")
+    from dlops.ensemble import DEFAULT_METHOD
+    from dlops.errors import PluginError
+    from dlops.plugins import get_registry
+
+    method = tags.get("dlops.ensemble_method", DEFAULT_METHOD)
+    try:
+        get_registry().get("ensemble_methods", method)
+    except PluginError as exc:
+        raise ServeError(f"MODEL_URI: {model_uri} is an ensemble whose method no installed plugin provides: {exc}") from None
+    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method)
+
+
+def port_free(host: str, port: int) -> None:
+    """Raises ServeError naming ``--port`` when ``host:port`` cannot be bound (in use, or not an
+    address of this machine), before Ray starts."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise ServeError(f"--port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def check_options(replicas: int = 1, num_cpus: float = 1.0, tta: Optional[str] = None,
+                  crop_fraction: float = 0.875, max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
+    """Raises ServeError naming the option: replicas < 1, num_cpus <= 0, an unknown ``tta``,
+    ``crop_fraction`` outside (0, 1], or ``max_request_mb`` not > 0."""
+    import math
+
+    from dlops.predict import check_tta
+
+    if not (isinstance(max_request_mb, (int, float)) and math.isfinite(max_request_mb) and max_request_mb > 0):
+        raise ServeError(f"--max-request-mb must be a number > 0 (MB), got {max_request_mb}")
+    if replicas < 1:
+        raise ServeError(f"--replicas must be >= 1, got {replicas}")
+    if num_cpus <= 0:
+        raise ServeError(f"--num-cpus must be > 0, got {num_cpus}")
+    try:
+        check_tta(tta or "none", crop_fraction)
+    except ValueError as exc:
+        raise ServeError(str(exc).replace("ensemble.tta", "--tta").replace("ensemble.crop_fraction",
+                                                                            "--crop-fraction")) from None
