@@ -73,79 +73,9 @@ class SkippedFile:
 # --------------------------------------------------------------------------- pixels
 
 
-def to_model_channels(image: Any, channels: int, background: int = 0) -> np.ndarray:
-    """Convert a PIL image to the model's channels; the one conversion used in training and serving.
-
-    EXIF orientation is applied first. Modes: ``1``, ``L``, ``P`` (palette; its transparency is
-    honoured), ``LA``/``PA``/``RGBA`` (alpha-composited over a uniform ``background`` grey
-    level, default black, i.e. transparent = no signal), ``RGB``, ``CMYK``, ``YCbCr``, 16-bit and
-    32-bit integer grey (``I;16*``, ``I``: scaled from 0..65535 to 0..255) and float grey (``F``:
-    taken as 0..255, clipped). Grey -> RGB replicates the grey; RGB -> grey uses ITU-R 601-2 luma
-    (PIL's ``L = 0.299 R + 0.587 G + 0.114 B``).
-
-    Args:
-        image: a ``PIL.Image.Image``.
-        channels: 1 (grey) or 3 (RGB).
-        background: grey level 0..255 under transparent pixels.
-
-    Returns:
-        ``np.ndarray`` of shape (H, W, channels), dtype uint8, values 0..255.
-
-    Raises:
-        ValueError: ``channels`` not 1 or 3, ``background`` outside 0..255, or an unsupported mode.
-    """
-    from PIL import Image, ImageOps
-
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if not 0 <= int(background) <= 255:
-        raise ValueError(f"background must be in 0..255, got {background}")
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected a PIL image, got {type(image).__name__}")
-    img = ImageOps.exif_transpose(image)
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.ndim == 3:  # some I;16 variants come as (H, W, 1)
-            arr = arr[..., 0]
-        grey = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        img = Image.fromarray(grey, mode="L")
-    elif mode == "F":
-        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(grey, mode="L")
-    elif mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode in ("L", "1") and "transparency" in img.info:
-        img = img.convert("LA")
-    elif mode == "RGB" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    mode = img.mode
-    if mode in ("LA", "RGBA", "La", "RGBa"):
-        img = _composite(img, int(background))
-        mode = img.mode
-    target = "L" if channels == 1 else "RGB"
-    if mode != target:
-        try:
-            img = img.convert(target)
-        except ValueError as exc:
-            raise ValueError(f"cannot convert image mode {mode!r} to {target}: {exc}") from exc
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr)
-
-
-def _composite(img: Any, background: int) -> Any:
-    """Alpha-composite an LA/RGBA image over a uniform grey ``background``; returns L or RGB."""
-    from PIL import Image
-
-    grey = img.mode in ("LA", "La")
-    arr = np.asarray(img.convert("LA" if grey else "RGBA"), dtype=np.float64)
-    colour, alpha = arr[..., :-1], arr[..., -1:] / 255.0
-    out = np.clip(np.rint(colour * alpha + background * (1.0 - alpha)), 0, 255).astype(np.uint8)
-    return Image.fromarray(out[..., 0] if grey else out, mode="L" if grey else "RGB")
+# the one pixel conversion lives in dlops.data.decode (serving decodes request bytes with it too);
+# re-exported here for existing callers
+from dlops.data.decode import _composite, to_model_channels  # noqa: E402,F401
 
 
 def check_image_file(path: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> str | None:
