@@ -55,7 +55,7 @@ from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH, TAG_STAGE, TA
 
 #: result keys that are logged as MLflow metrics (everything else is Tune bookkeeping)
 def is_logged_metric(key: str) -> bool:
-    return "/" in key or key in ("latency_ms", "size_mb")
+    return "/" in key or key in ("latency_ms", "size_mb", "gpu_mem_mb")
 
 
 try:  # MLflow's per-call limits of log_batch (its client splits bigger batches into several calls)
