@@ -82,9 +82,25 @@ def run(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[st
         summary = run_project(cfg, tracking_uri=tracking_uri, ray_address=ray_address,
                               out=lambda s: click.echo(s, err=True), resume=resume)
     except KeyboardInterrupt:
-        click.echo("interrupted: open MLflow runs were marked KILLED", err=True)
+        click.echo("interrupted: open MLflow runs were marked KILLED; to continue this search run:\n  "
+                   + resume_command(project_file, overrides, tracking_uri, ray_address), err=True)
         sys.exit(130)
     click.echo(format_summary(summary))
+
+
+def resume_command(project_file: str, overrides: tuple[str, ...], tracking_uri: Optional[str],
+                   ray_address: Optional[str]) -> str:
+    """The exact command that continues an interrupted ``dlops run`` (shell-quoted)."""
+    import shlex
+
+    args = ["dlops", "run", project_file]
+    for o in overrides:
+        args += ["--set", o]
+    if tracking_uri:
+        args += ["--tracking-uri", tracking_uri]
+    if ray_address:
+        args += ["--ray-address", ray_address]
+    return shlex.join(args + ["--resume"])
 
 
 @main.command()

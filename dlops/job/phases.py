@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -34,7 +35,11 @@ def setup(ctx: JobContext) -> None:
     from dlops.job.source import make_spec
 
     cfg, data = ctx.config, ctx.data
-    log_project(cfg, data, ctx.client, ctx.search_run_id)
+    if ctx.resume:  # the run keeps the project it started from (params, project.json); this one beside it
+        ctx.client.log_text(ctx.search_run_id, json.dumps(cfg.model_dump(mode="json"), indent=2),
+                            "project_resumed.json")
+    else:
+        log_project(cfg, data, ctx.client, ctx.search_run_id)
     if data.skipped:
         ctx.out(f"  skipped {len(data.skipped)} unusable files (listed in data_manifest.json), e.g. "
                 + "; ".join(f"{p}: {r}" for p, r in data.skipped[:3]))

@@ -51,13 +51,14 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
     check_tracking_server(uri)  # an unreachable server is bad input, found before anything starts
     data = load_data(cfg)  # bad data is found before Ray starts or any run is created
     source_state = check_weights(cfg, data, uri)  # so are bad weights
+    changes = check_resume(cfg, uri) if resume else []  # so is a change that would alter the search
     t_ray = time.perf_counter()
     started = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"), cfg.ray.num_cpus,
                        cfg.ray.num_gpus)
     t_ray = time.perf_counter() - t_ray
     sigterm = signals.install()  # after ray.init, whose native SIGTERM handler aborts: see dlops.signals
     try:
-        ctx = open_context(cfg, data, uri, out, resume)
+        ctx = open_context(cfg, data, uri, out, resume, changes)
         ctx.summary.phase_s["ray_start"] = t_ray
         ctx.source_state = source_state
         signals.set_cleanup(lambda: end_open(ctx, "KILLED", timeout=10.0))  # a SIGTERM: see dlops.signals
@@ -94,10 +95,37 @@ def load_data(cfg: ProjectConfig) -> Any:
     return data
 
 
-def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], None], resume: bool) -> JobContext:
+def check_resume(cfg: ProjectConfig, uri: str) -> list[dict[str, Any]]:
+    """Before Ray starts: compare the project file with the one the search to resume started
+    from (:func:`dlops.search.resume.check_resume_changes`). Reads the store only.
+
+    Returns:
+        The safe changes it accepts (recorded on the search run once it is reopened).
+
+    Raises:
+        ConfigError: a change that would alter the search (its keys named); the search run is
+            left as it was.
+        NothingToResumeError: the experiment has no unfinished search.
+    """
+    from mlflow import MlflowClient
+
+    from dlops.search.resume import check_resume_changes, find_resumable
+
+    if store_missing(uri):
+        return []  # open_context says there is nothing to resume from
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is None:
+        return []
+    point = find_resumable(client, exp.experiment_id, cfg.ray.storage_path, cfg.name)
+    return check_resume_changes(client, point, cfg.model_dump(mode="json"))
+
+
+def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], None], resume: bool,
+                 resume_changes: Optional[list[dict[str, Any]]] = None) -> JobContext:
     """Check resources and the source model, open the store and the experiment, and create (or,
     with ``resume``, reopen) the search run. A request the cluster cannot meet leaves no run and no
-    new store.
+    new store. ``resume_changes`` (from :func:`check_resume`) are recorded on the reopened run.
 
     Raises:
         ResourceError, NothingToResumeError, DataError, TrackingError: as :func:`run_project`.
@@ -128,6 +156,12 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
         reopen(client, point)
         parent_id, search_id = point.parent_run_id, point.search_id
         out(f"[resume] search {search_id} (parent run {parent_id}, was {point.status})")
+        if resume_changes:
+            from dlops.search.resume import record_resume_changes
+
+            record_resume_changes(client, parent_id, resume_changes)
+            out("  resume: accepted changes " + ", ".join(f"{c['key']}: {c['old']} -> {c['new']}" for c in resume_changes)
+                + " (tag dlops.resume_changes)")
     else:
         search_id = uuid.uuid4().hex[:12]
         parent_id = client.create_run(exp_id, run_name=f"search-{cfg.name}",
