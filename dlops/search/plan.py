@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, initial_box, sample_box
-from dlops.search.zoom import ZoomRule, zoom
+from dlops.search.zoom import ZoomRule, on_inner_edge, stage_improved, trust_box, trust_step, zoom
 
 FINISHED = "FINISHED"
 
@@ -97,6 +97,8 @@ class StagedPlan:
         self.zoom_log: list[dict[str, Any]] = []  # per finished stage: selected, edges, reason
         self._pending: list[dict[str, Any]] = []
         self._draws = 0
+        self.trust_width = 1.0  # kind="trust": the box width, a fraction of the original width
+        self.restart_stage = 0  # kind="trust": centres use the trials of this stage on
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -116,9 +118,13 @@ class StagedPlan:
     def _fill(self, k: int) -> None:
         rng = np.random.default_rng([self.seed, k])
         st = self.stages[k]
+        n_explore = int(self.rule.explore * st.n_trials) if k > 0 and self.boxes[k] != self.original else 0
         self._pending = sample_box(
-            self.params, self.boxes[k], st.n_trials, rng, st.method, self._fixed(k), st.perturb
+            self.params, self.boxes[k], st.n_trials - n_explore, rng, st.method, self._fixed(k), st.perturb
         )
+        if n_explore:  # the exploration share: drawn in the original box (own stream: same zoomed draws)
+            rng_x = np.random.default_rng([self.seed, k, 1])
+            self._pending += sample_box(self.params, self.original, n_explore, rng_x, "random", self._fixed(k))
 
     def suggest(self, key: str) -> dict[str, Any] | str | None:
         """Next configuration for trial ``key``; ``None`` at a stage barrier; ``FINISHED`` at the end.
@@ -166,6 +172,11 @@ class StagedPlan:
             held = set(self._fixed(k))
             tuned = [p for p in self.params if p.name not in held]
             trials = self.outcomes(k)
+            if self.rule.kind == "trust":
+                self.boxes.append(self._trust_advance(k, tuned, old))
+                self.stage = k + 1
+                self._pending = []
+                return
             if self.rule.use_history:
                 mine = set(self._stage_keys(k))
                 trials = [t for t in self.outcomes() if t.trial_id in mine or _inside(tuned, old, t.config)]
@@ -181,6 +192,49 @@ class StagedPlan:
             )
         self.stage = k + 1
         self._pending = []
+
+    def _stage_best(self, trials: Sequence[TrialOutcome]) -> float | None:
+        from dlops.search.space import select_top
+
+        top = select_top(trials, self.metric, self.mode, self.constraints, k=1)
+        return float(top[0].metrics[self.metric]) if top else None
+
+    def _trust_advance(self, k: int, tuned: Sequence[Param], old: Box) -> Box:
+        """The trust-region step after stage ``k`` (``rule.kind == "trust"``): the next box. The first
+        zoom after the global stage (the first, or the one after a restart) has width ``shrink``."""
+        recent = [t for t in self.outcomes() if self.trial_stage[t.trial_id] >= self.restart_stage]
+        before = [t for t in recent if self.trial_stage[t.trial_id] < k]
+        improved = stage_improved(self._stage_best(before), self._stage_best(self.outcomes(k)), self.mode)
+        res = zoom(tuned, self.original, self.original, recent, self.metric, self.mode, self.constraints,
+                   ZoomRule(kind="shrink", top_k=self.rule.top_k, top_fraction=self.rule.top_fraction,
+                            shrink=1.0, min_width=0.0, tie_break=self.rule.tie_break,
+                            tie_tolerance=self.rule.tie_tolerance, rank=self.rule.rank,
+                            smooth_k=self.rule.smooth_k, centre=self.rule.centre,
+                            edge_tolerance=self.rule.edge_tolerance))
+        best = self.suggested.get(res.selected[0]) if res.selected else None
+        edge = best is not None and on_inner_edge(tuned, old, self.original, best, 0.1)
+        if best is None:
+            width, restarted = self.trust_width, False
+        elif k == self.restart_stage:  # after the (re)started global stage: the first zoom, width `shrink`
+            width, restarted = self.rule.shrink, False
+        else:
+            width, restarted = trust_step(self.trust_width, improved, edge, self.rule)
+        self.trust_width = width
+        choices = dict(self.original.choices)
+        if not restarted and not (self.rule.keep_choices and k + 2 < len(self.stages)):
+            choices.update(res.box.choices)
+        if restarted or best is None:
+            box = Box(dict(self.original.intervals), choices, {})
+            if restarted:
+                self.restart_stage = k + 1
+        else:
+            box = trust_box(self.original, res.box.anchor, width, choices)
+        reason = "restart: the box got narrower than min_width" if restarted else (
+            f"trust region {'grown' if improved else 'moved' if edge else 'shrunk'} to width {width:.3g}"
+            if best else res.reason)
+        self.zoom_log.append({"stage": k, "selected": list(res.selected), "edges": list(res.edges), "reason": reason,
+                              "width": width})
+        return box
 
     def record(self, key: str, metrics: Mapping[str, Any] | None) -> None:
         """Record the end of trial ``key`` (``metrics`` None or {} when it failed)."""
@@ -215,6 +269,8 @@ class StagedPlan:
             "results": self.results,
             "zoom_log": self.zoom_log,
             "pending": self._pending,
+            "trust_width": self.trust_width,
+            "restart_stage": self.restart_stage,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -226,6 +282,50 @@ class StagedPlan:
         self.results = {k: dict(v) for k, v in state["results"].items()}
         self.zoom_log = list(state["zoom_log"])
         self._pending = [dict(c) for c in state["pending"]]
+        self.trust_width = float(state.get("trust_width", 1.0))
+        self.restart_stage = int(state.get("restart_stage", 0))
+
+
+def stage_sizes(
+    budget: int,
+    concurrency: int = 1,
+    dim: int = 1,
+    first: float = 0.25,
+    per_dim: float = 1.0,
+    min_stage: int = 4,
+) -> list[int]:
+    """Trials per stage for a search of ``budget`` trials with ``concurrency`` trials in flight.
+
+    The first stage takes ``ceil(first * budget)`` trials and at least ``dim + 1``; every zoom stage
+    ``max(min_stage, ceil(per_dim * dim))`` trials; both are rounded up to a multiple of
+    ``concurrency`` (a stage then fills whole batches: no worker idles at a barrier except in the
+    last batch of the search) and capped by what is left. The remainder goes to the last stage.
+
+    Guarantees (property-tested): the sizes sum to ``budget``; each is >= 1; every stage but the
+    last is a multiple of ``concurrency`` when the budget allows it.
+
+    Raises:
+        ValueError: ``budget``, ``concurrency`` or ``dim`` < 1, ``first`` outside (0, 1].
+    """
+    if budget < 1 or concurrency < 1 or dim < 1:
+        raise ValueError(f"budget, concurrency and dim must be >= 1, got {budget}, {concurrency}, {dim}")
+    if not (0 < first <= 1):
+        raise ValueError(f"first must be in (0, 1], got {first}")
+
+    def up(n: int) -> int:
+        return -(-n // concurrency) * concurrency
+
+    n0 = min(budget, up(max(int(np.ceil(first * budget - 1e-9)), dim + 1)))
+    sizes = [n0]
+    step = up(max(min_stage, int(np.ceil(per_dim * dim - 1e-9)), 1))
+    left = budget - n0
+    while left > 0:
+        s = min(step, left)
+        sizes.append(s)
+        left -= s
+    if len(sizes) > 2 and sizes[-1] < step:  # a short tail stage cannot zoom on much: merge it
+        sizes[-2] += sizes.pop()
+    return sizes
 
 
 def _default(p: Param) -> Any:
@@ -257,6 +357,37 @@ def _inside(params: Sequence[Param], box: Box, config: Mapping[str, Any]) -> boo
             if repr(config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
                 return False
     return True
+
+
+def run_plan_batched(plan: StagedPlan, objective: Any, concurrency: int, prefix: str = "t") -> int:
+    """Drive ``plan`` with ask/tell batches of up to ``concurrency`` trials (a simulation of that many
+    trials in flight: a batch is asked for, evaluated, then told). Returns the number of batches
+    (the wall time in trial durations)."""
+    i, rounds = 0, 0
+    while True:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        done = False
+        while len(batch) < concurrency:
+            key = f"{prefix}{i:05d}"
+            cfg = plan.suggest(key)
+            if cfg == FINISHED:
+                done = True
+                break
+            if cfg is None:
+                break
+            batch.append((key, cfg))  # type: ignore[arg-type]
+            i += 1
+        if not batch:
+            if done:
+                return rounds
+            raise RuntimeError("stage barrier reached with no trial running")
+        rounds += 1
+        for key, cfg in batch:
+            try:
+                metrics = objective(cfg)
+            except Exception:
+                metrics = {}
+            plan.record(key, metrics)
 
 
 def run_plan(plan: StagedPlan, objective: Any, prefix: str = "t") -> StagedPlan:

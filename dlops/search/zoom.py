@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -64,9 +64,24 @@ class ZoomRule:
             mean / median of the selected trials (``top_k``/``top_fraction``); robust to one
             lucky point, and the mean of points along a ridge (e.g. ``lr / (1 - momentum)``
             constant, a line in ``u``) stays on the ridge. Ignored by ``box``.
+        grow: ``trust`` only: the width factor after a stage that improved on the best so far
+            (>= 1; the box never gets wider than the original range).
+        explore: share of every zoom stage's trials drawn in the *original* box instead of the
+            zoomed one (in [0, 1); rounded down per stage), so a wrong zoom can still be noticed.
+            Applied by :class:`dlops.search.plan.StagedPlan`.
+
+    ``kind="trust"`` is a trust region (TuRBO, Eriksson et al. 2019, per stage instead of per
+    trial): one width for all numeric dimensions, a fraction of the original width; after a stage
+    that improved on the best so far it grows by ``grow``, after one that did not it shrinks by
+    ``shrink``, unless the best sits on an edge of the old box (not of the original range): then
+    the box moves onto it at the same width. Once the width falls below ``min_width`` the search
+    restarts in the original box (:func:`trust_step`) and later centres use only the trials from
+    the restart on. The box is centred like ``shrink`` (``centre``) on the best of *all* trials
+    (since the last restart), not only those inside the old box, and fitted inside the original
+    range (:func:`trust_box`).
     """
 
-    kind: Literal["shrink", "box", "adaptive"] = "shrink"
+    kind: Literal["shrink", "box", "adaptive", "trust"] = "shrink"
     top_k: int = 3
     top_fraction: float | None = None
     margin: float = 0.25
@@ -80,12 +95,18 @@ class ZoomRule:
     rank: Literal["value", "smooth"] = "value"
     smooth_k: int = 4
     centre: Literal["best", "mean", "median"] = "best"
+    grow: float = 2.0
+    explore: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("shrink", "box", "adaptive"):
+        if self.kind not in ("shrink", "box", "adaptive", "trust"):
             raise ValueError(
-                f"search.zoom.kind: unknown rule {self.kind!r}; use 'shrink', 'box' or 'adaptive'"
+                f"search.zoom.kind: unknown rule {self.kind!r}; use 'shrink', 'box', 'adaptive' or 'trust'"
             )
+        if not (self.grow >= 1 and math.isfinite(self.grow)):
+            raise ValueError(f"search.zoom.grow must be a finite number >= 1, got {self.grow}")
+        if not (0 <= self.explore < 1):
+            raise ValueError(f"search.zoom.explore must be in [0, 1), got {self.explore}")
         if not (0 < self.shrink <= 1):
             raise ValueError(f"search.zoom.shrink must be in (0, 1], got {self.shrink}")
         if self.margin < 0:
@@ -270,3 +291,93 @@ def zoom(
     return ZoomResult(
         Box(intervals, choices, anchor), tuple(t.trial_id for t in top), tuple(edges), "zoomed"
     )
+
+
+# ---- the trust-region rule (kind="trust") ----------------------------------------------------
+
+
+def stage_improved(prev_best: float | None, stage_best: float | None, mode: Mode) -> bool:
+    """Whether a stage improved on the best value before it (strictly; ``None``: no feasible trial).
+
+    A stage with no feasible trial never improves; a first feasible value always does.
+    """
+    if stage_best is None or not math.isfinite(stage_best):
+        return False
+    if prev_best is None or not math.isfinite(prev_best):
+        return True
+    return stage_best < prev_best if mode == "min" else stage_best > prev_best
+
+
+def trust_step(width: float, improved: bool, on_edge: bool, rule: ZoomRule) -> tuple[float, bool]:
+    """The trust region's next width (a fraction of the original width) and whether it restarts.
+
+    ``improved``: grow by ``rule.grow`` (at most 1). Not improved and ``on_edge`` (the best sits
+    on an edge of the old box that is not an edge of the original range): keep the width (the box
+    moves). Otherwise shrink by ``rule.shrink``. A width below ``rule.min_width`` restarts: the
+    next width is 1 (the original box) and the second value is True.
+
+    Guarantees (property-tested): the result lies in ``(0, 1]``; it is never smaller than
+    ``width`` after an improving stage and never larger after one that did not improve.
+    """
+    if not (0 < width <= 1):
+        raise ValueError(f"trust region width must be in (0, 1], got {width}")
+    if improved:
+        w = min(1.0, width * rule.grow)
+    elif on_edge:
+        w = width
+    else:
+        w = width * rule.shrink
+    if w < rule.min_width:
+        return 1.0, True
+    return float(w), False
+
+
+def on_inner_edge(
+    params: Sequence[Param], old: Box, original: Box, config: Mapping[str, Any], tol: float
+) -> bool:
+    """Whether ``config`` lies within ``tol`` (a fraction of the old width) of a bound of ``old``
+    that is not (within the same distance) a bound of ``original``: the best lies where the old
+    box cut the range, so the optimum may be outside it."""
+    for p in params:
+        if not (p.is_numeric and p.name in old.intervals and p.name in config):
+            continue
+        lo, hi = old.intervals[p.name]
+        olo, ohi = original.intervals[p.name]
+        w = hi - lo
+        if w <= 0:
+            continue
+        u = p.to_u(float(config[p.name]))
+        d = tol * w
+        if (u - lo <= d and lo - olo > d) or (hi - u <= d and ohi - hi > d):
+            return True
+    return False
+
+
+def trust_box(original: Box, centre: Mapping[str, float], width: float, choices: Mapping[str, tuple[Any, ...]] | None = None) -> Box:
+    """The box of width ``width`` (fraction of each original interval) centred on ``centre`` (the
+    sampling scale), shifted, not cut, to lie inside ``original``.
+
+    Guarantees (property-tested): every interval lies inside the original one and has ``width``
+    times its width; it contains the centre (clipped into the original interval); a parameter
+    without a centre keeps its original interval. ``choices`` (default: the original ones) are
+    carried as they are; the anchor is the clipped centre.
+    """
+    if not (0 < width <= 1):
+        raise ValueError(f"trust region width must be in (0, 1], got {width}")
+    intervals: dict[str, tuple[float, float]] = {}
+    anchor: dict[str, float] = {}
+    for name, (olo, ohi) in original.intervals.items():
+        if name not in centre:
+            intervals[name] = (olo, ohi)
+            continue
+        c = min(ohi, max(olo, float(centre[name])))
+        w = width * (ohi - olo)
+        lo, hi = c - w / 2, c + w / 2
+        if lo < olo:
+            lo, hi = olo, olo + w
+        if hi > ohi:
+            lo, hi = ohi - w, ohi
+        lo, hi = max(olo, lo), min(ohi, hi)
+        intervals[name] = (float(lo), float(hi))
+        anchor[name] = c
+    return Box(intervals, dict(choices if choices is not None else original.choices), anchor)
