@@ -75,6 +75,9 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))
         loaded = [load_member(context.artifacts[k]) for k in keys]
         self.members = [m for m, _ in loaded]
+        from dlops.stacked import StackedMembers
+
+        self.stacked = StackedMembers(self.members)  # built once: one forward per architecture
         tasks = {sp.get("task", "classification") for _, sp in loaded}
         if len(tasks) != 1:
             raise ValueError(f"ensemble members mix tasks: {sorted(tasks)}")
@@ -92,5 +95,6 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         from dlops.predict import member_probabilities
 
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        probs = member_probabilities(self.members, x, self.task, self.tta, self.crop_fraction)
+        probs = member_probabilities(getattr(self, "stacked", None) or self.members, x, self.task, self.tta,
+                                     self.crop_fraction)
         return np.asarray(self.method.combine(probs), dtype=np.float32)

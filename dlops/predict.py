@@ -74,10 +74,11 @@ def tta_views(x: Any, mode: str = "none", crop_fraction: float = 0.875) -> Any:
 
 def predict_tta(predict: Callable[[Any], np.ndarray], x: Any, mode: str = "none",
                 crop_fraction: float = 0.875) -> np.ndarray:
-    """Mean of ``predict`` over the views of ``x`` (an unweighted mean over the V views).
+    """Mean of ``predict`` over the views of ``x`` (an unweighted mean over the V views), with one
+    call of ``predict`` over all N * V views (not one per view).
 
     Args:
-        predict: maps a tensor (N, C, H, W) to probabilities (N, K) (softmax rows or per-label
+        predict: maps a tensor (B, C, H, W) to probabilities (B, K) (softmax rows or per-label
             sigmoids).
         x: tensor (N, C, H, W).
         mode, crop_fraction: see :func:`tta_views`.
@@ -88,19 +89,25 @@ def predict_tta(predict: Callable[[Any], np.ndarray], x: Any, mode: str = "none"
     Raises:
         ValueError: as :func:`tta_views`.
     """
-    views = tta_views(x, mode, crop_fraction)
-    return np.stack([np.asarray(predict(v), dtype=np.float64) for v in views]).mean(axis=0)
+    views = tta_views(x, mode, crop_fraction)  # (V, N, C, H, W)
+    v, n = int(views.shape[0]), int(views.shape[1])
+    p = np.asarray(predict(views.reshape(v * n, *views.shape[2:])), dtype=np.float64)
+    return p.reshape(v, n, -1).mean(axis=0)
 
 
 def member_probabilities(models: Any, x: Any, task: str = "classification", mode: str = "none",
-                         crop_fraction: float = 0.875) -> np.ndarray:
-    """Each model's probabilities on ``x``, averaged over its test-time views.
+                         crop_fraction: float = 0.875, batch_size: int = 512) -> np.ndarray:
+    """Each model's probabilities on ``x``, averaged over its test-time views: one forward over
+    all N * V views, the members of one architecture stacked (:class:`dlops.stacked.StackedMembers`).
 
     Args:
-        models: M torch modules (eval mode, on CPU).
+        models: M torch modules (eval mode, on CPU), or a :class:`dlops.stacked.StackedMembers`
+            built once from them (what a long-lived server keeps).
         x: tensor (N, C, H, W), preprocessed as in training.
         task: ``classification`` (softmax rows) or ``multilabel`` (one sigmoid per label).
         mode, crop_fraction: see :func:`tta_views`.
+        batch_size: the most images (views) in one forward; x is cut into chunks of
+            ``max(1, batch_size // V)`` images.
 
     Returns:
         (M, N, K) float64: what an ensemble method's ``combine`` takes.
@@ -108,7 +115,21 @@ def member_probabilities(models: Any, x: Any, task: str = "classification", mode
     Raises:
         ValueError: as :func:`tta_views`.
     """
-    from dlops.train.loop import predict_proba
+    import torch
 
-    return np.stack([predict_tta(lambda v, m=m: predict_proba(m, v, task=task), x, mode, crop_fraction)
-                     for m in models])
+    from dlops.stacked import StackedMembers
+
+    members = models if isinstance(models, StackedMembers) else StackedMembers(models)
+    v = VIEWS[mode] if mode in VIEWS else 1
+    step = max(1, int(batch_size) // v)
+    out = []
+    for i in range(0, int(x.shape[0]), step):
+        views = tta_views(x[i:i + step], mode, crop_fraction)  # (V, n, C, H, W)
+        n = int(views.shape[1])
+        logits = members(views.reshape(v * n, *views.shape[2:])).float()  # (M, V*n, K)
+        prob = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
+        out.append(prob.double().numpy().reshape(len(members), v, n, -1).mean(axis=1))
+    if not out:
+        tta_views(x, mode, crop_fraction)  # the same ValueError for a bad mode or shape
+        return np.zeros((len(members), 0, 0))
+    return np.concatenate(out, axis=1)
