@@ -21,7 +21,8 @@ import numpy as np
 
 from dlops.errors import DataError
 
-__all__ = ["DECODE_FORMATS", "ImageDecodeError", "MAX_PIXELS", "decode_image", "open_image", "to_model_channels"]
+__all__ = ["DECODE_FORMATS", "ImageDecodeError", "ImageTooLargeError", "MAX_PIXELS", "decode_image", "open_image",
+           "to_model_channels"]
 
 #: Pillow format names :func:`decode_image` accepts (those of the image-folder extensions)
 DECODE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
@@ -32,7 +33,11 @@ MAX_PIXELS = 64_000_000
 
 
 class ImageDecodeError(DataError):
-    """Bytes that are not a decodable image of an accepted format, or an image too large/too small."""
+    """Bytes that are not a decodable image of an accepted format, or an image too large."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image with more pixels than the decoder's limit (:data:`MAX_PIXELS`), refused before decoding."""
 
 
 def to_model_channels(image: Any, channels: int, background: int = 0) -> np.ndarray:
@@ -120,7 +125,8 @@ def open_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS) -
 
     Raises:
         ImageDecodeError: empty bytes, a format not in :data:`DECODE_FORMATS`, bytes Pillow cannot
-            decode (truncated, corrupt), or more than ``max_pixels`` pixels; the message names ``what``.
+            decode (truncated, corrupt); :class:`ImageTooLargeError` (a subclass) for more than
+            ``max_pixels`` pixels. The message names ``what``.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -135,7 +141,7 @@ def open_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS) -
         raise ImageDecodeError(f"{what}: cannot decode image: {type(exc).__name__}: {exc}") from None
     w, h = im.size
     if w * h > max_pixels:
-        raise ImageDecodeError(f"{what}: {w}x{h} image is larger than {max_pixels:,} pixels")
+        raise ImageTooLargeError(f"{what}: {w}x{h} image is larger than {max_pixels:,} pixels")
     try:
         im.load()
     except Exception as exc:  # noqa: BLE001  (truncated file, DecompressionBombError, ...)

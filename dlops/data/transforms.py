@@ -5,6 +5,12 @@ tensor: augmentation policy (train only, from a plugin) -> resize -> scale to [0
 Evaluation and serving call exactly the evaluation transform of training (``train=False``).
 Inputs may be uint8 in [0, 255] or float in [0, 1]: both give the same tensor, so nothing is
 normalised twice.
+
+Raw images of any size (files, request bytes) are first brought to the model's input size by
+:func:`resize_image` (Pillow's bilinear filter on uint8, antialiased when shrinking: what the
+image-folder and list sources do when they load files). :func:`eval_transform` and
+:func:`preprocess_images` are the one evaluation path of a registered model's ``model_spec``:
+``dlops report``, the register phase and serving (:mod:`dlops.serving.inputs`) call them.
 """
 
 from __future__ import annotations
@@ -157,3 +163,81 @@ def build_transform(
     # batched form for loaders (dlops.train.loop.make_loader); None when a policy augments per image
     transform.batch = batch if aug is None else None  # type: ignore[attr-defined]
     return transform
+
+
+#: the resize filter of :func:`resize_image` (Pillow's name), as GET of ``dlops serve`` documents it
+RESIZE_INTERPOLATION = "bilinear"
+
+
+def resize_image(image: np.ndarray, size: int | None) -> np.ndarray:
+    """(H, W, C) uint8 -> (size, size, C) uint8 with Pillow's bilinear filter (antialiased when
+    shrinking); the one resize of raw images (training's file loaders and serving).
+
+    A float image in [0, 1] is first quantised to uint8 (:func:`to_uint8`, at most 0.5/255 off), so
+    an image and the same image as float in [0, 1] resize to the same pixels. ``size`` None or equal
+    to the image's side returns the image unchanged (a uint8 copy for floats).
+
+    Raises:
+        ValueError: not (H, W) or (H, W, C); a float image outside [0, 1].
+    """
+    from PIL import Image
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"images must be (H, W, C) or (H, W), got shape {img.shape}")
+    if size is None or (img.shape[0] == size and img.shape[1] == size):
+        return img
+    u8 = to_uint8(img)
+    c = u8.shape[2]
+    if c in (1, 3):
+        out = np.asarray(Image.fromarray(u8[..., 0] if c == 1 else u8).resize((size, size), Image.BILINEAR))
+    else:  # other channel counts: the same filter per channel
+        out = np.stack([np.asarray(Image.fromarray(u8[..., k]).resize((size, size), Image.BILINEAR))
+                        for k in range(c)], axis=-1)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return np.ascontiguousarray(out)
+
+
+def eval_transform(spec: dict) -> Callable[[np.ndarray], Any]:
+    """The evaluation transform of a model spec (``image_size``, ``mean``, ``std``): the
+    :func:`build_transform` of training with ``train=False``.
+
+    Raises:
+        KeyError: the spec lacks ``mean`` or ``std``.
+        ValueError: bad mean/std (see :func:`build_transform`).
+    """
+    return build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+
+
+def preprocess_images(images: Sequence[np.ndarray], spec: dict, transform: Any = None) -> np.ndarray:
+    """Raw images -> the model's input: each (H_i, W_i, C) uint8 (or float in [0, 1]) image resized
+    by :func:`resize_image` to the spec's ``image_size``, then the spec's :func:`eval_transform`.
+
+    Args:
+        images: a sequence of (H, W, C) or (H, W) arrays, sizes may differ; C is 1 or the spec's
+            channel count.
+        spec: a model spec (``image_size``, ``mean``, ``std``).
+        transform: a prebuilt :func:`eval_transform` of ``spec`` (built here when None).
+
+    Returns:
+        float32 numpy array (N, C, S, S), S = ``spec["image_size"]``.
+
+    Raises:
+        ValueError: an image that is not 2-D/3-D, a float image outside [0, 1], or a channel count
+            that matches neither the spec's mean/std nor 1.
+    """
+    t = transform or eval_transform(spec)
+    size = spec.get("image_size")
+    size = int(size) if size is not None else None
+    resized = [resize_image(im, size) for im in images]
+    if not resized:
+        return np.zeros((0, len(spec.get("mean") or [1]), size or 0, size or 0), dtype=np.float32)
+    batch = getattr(t, "batch", None)
+    if batch is not None and len({r.shape for r in resized}) == 1:
+        return batch(np.stack(resized)).numpy()
+    import torch
+
+    return torch.stack([t(r) for r in resized]).numpy()
