@@ -1,74 +1,136 @@
 """The Ray Serve application: the deployment class (:class:`ModelServer`), :func:`build_app` and
-:func:`start`."""
+:func:`start`.
+
+A request's path through a replica: the body is read with a size cap (:mod:`dlops.serving.body`:
+413 for a longer one, the rest drained so that the client sees the 413), parsed on its own
+(:func:`dlops.serving.inputs.parse_request`: a bad request fails alone with its 4xx), then its
+images join those of other clients in one batch (``@serve.batch``, up to ``max_batch_size``
+images, waiting at most ``batch_wait_timeout_s``), one forward runs in a worker thread (the event
+loop keeps reading requests meanwhile), and each request gets its own rows back. The queue is
+bounded by Ray Serve itself: ``max_ongoing_requests`` per replica, ``max_queued_requests`` at the
+proxy, beyond which the proxy answers 503 at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
+
+from ray import serve
 
 from dlops.errors import ServeError
 from dlops.serving._private import loopback_replica_grpc
+from dlops.serving.body import read_body_capped, too_large_response
+from dlops.serving.options import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, ServeOptions
 from dlops.serving.outputs import decode
 from dlops.serving.resolve import DEFAULT_MAX_REQUEST_MB, ModelRef, check_options
-from dlops.serving.tensors import check_inputs
+
+#: the readiness path under the route prefix
+READY_PATH = "/-/ready"
+
+
+def _images(items: list[Any]) -> int:
+    """``@serve.batch``'s batch size: images, not requests."""
+    return sum(int(x.shape[0]) for x in items)
+
+
+def _parser() -> tuple[Any, type, Any]:
+    """``(parse_request, RequestError, describe_inputs)`` of :mod:`dlops.serving.inputs`; before
+    that module existed, the JSON tensor check."""
+    try:
+        from dlops.serving.inputs import RequestError, describe_inputs, parse_request
+
+        return parse_request, RequestError, describe_inputs
+    except ImportError:  # pragma: no cover  (older tree)
+        import json
+
+        from dlops.serving.tensors import check_inputs
+
+        class RequestError(ServeError):  # type: ignore[no-redef]
+            def __init__(self, status: int, message: str) -> None:
+                super().__init__(message)
+                self.status = status
+
+        def parse_request(body: bytes, content_type: Optional[str], spec: dict) -> Any:
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                raise RequestError(400, "request body: not JSON") from None
+            c, s = int(spec.get("in_channels", 3)), int(spec["image_size"])
+            try:
+                return check_inputs(obj, (c, s, s))
+            except ServeError as exc:
+                raise RequestError(400, str(exc)) from None
+
+        return parse_request, RequestError, lambda spec: {}
 
 
 class ModelServer:
     """The Ray Serve deployment's class (wrapped by :func:`build_app`): one replica holds one
-    copy of the model on CPU."""
+    copy of the model on CPU (:class:`dlops.serving.engine.Engine`), in eval mode."""
 
     def __init__(self, ref: ModelRef, tracking_uri: str, tta: Optional[str], crop_fraction: float,
-                 loopback: bool = True, max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
-        import mlflow
+                 loopback: bool = True, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+                 max_batch_size: int = DEFAULT_MAX_BATCH, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S,
+                 num_threads: int = 1) -> None:
+        if loopback:  # before Serve starts this replica's gRPC server (after the constructor)
+            loopback_replica_grpc()
+        from dlops.serving.engine import Engine
 
         self.max_request_mb = float(max_request_mb)
         self.max_request_bytes = int(self.max_request_mb * 1e6)
-
-        if loopback:  # before Serve starts this replica's gRPC server (after the constructor)
-            loopback_replica_grpc()
-
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        self.max_batch_size = int(max_batch_size)
+        self.batch_wait_timeout_s = float(batch_wait_timeout_s)
         self.ref = ref
-        # the version itself, not the alias: a replica serves what was resolved at start-up
-        uri = f"models:/{ref.name}/{ref.version}"
-        info = mlflow.models.get_model_info(uri)
-        meta = info.metadata or {}
-        spec = meta.get("model_spec") or {}
-        self.task = spec.get("task", "classification")
-        ci = meta.get("class_index") or {}
-        self.classes = [ci[str(i)] for i in range(len(ci))] if ci else [str(c) for c in spec.get("class_names", [])]
-        self.shape = (int(spec.get("in_channels", 3)), int(spec["image_size"]), int(spec["image_size"]))
-        self.preprocessing = {"layout": "NCHW", "dtype": "float32", "image_size": int(spec["image_size"]),
-                              "channels": self.shape[0], "mean": spec.get("mean"), "std": spec.get("std"),
-                              "formula": "(pixel / 255 - mean) / std, per channel"}
-        self.crop_fraction = crop_fraction
-        if ref.kind == "ensemble":
-            cfg = {"tta": tta, "crop_fraction": crop_fraction} if tta else None
-            self.model = mlflow.pyfunc.load_model(uri, model_config=cfg)
-            self.tta = tta or meta.get("tta", "none")
-        else:
-            self.model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-            self.tta = tta or "none"
+        self.engine = Engine(ref, tracking_uri, tta, crop_fraction, num_threads=num_threads)
+        self.task, self.classes, self.shape = self.engine.task, self.engine.classes, self.engine.shape
+        self.tta = self.engine.tta
+        self._parse, self._request_error, describe_inputs = _parser()
+        self._inputs_doc = describe_inputs(self.engine.spec)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlops-forward")
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+        self._ready_at = time.time()
 
     def describe(self) -> dict[str, Any]:
+        spec = self.engine.spec
+        pre = {"layout": "NCHW", "dtype": "float32", "image_size": self.shape[1], "channels": self.shape[0],
+               "mean": spec.get("mean"), "std": spec.get("std"), "formula": "(pixel / 255 - mean) / std, per channel"}
         return {"model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version, "kind": self.ref.kind,
                 "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
-                "preprocessing": self.preprocessing, "max_request_mb": self.max_request_mb,
+                "preprocessing": pre, "inputs": self._inputs_doc, "max_request_mb": self.max_request_mb,
+                "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
                 "ensemble_method": self.ref.method}
 
-    def predict(self, x: Any) -> dict[str, Any]:
-        """Probabilities (N, K) and decoded predictions for float32 inputs (N, C, H, W)."""
+    def ready(self) -> dict[str, Any]:
+        """What the readiness endpoint returns (a replica answers only once its model is loaded)."""
+        return {"ready": True, "model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version,
+                "kind": self.ref.kind, "load_s": round(self.engine.load_s, 3)}
+
+    async def _forward(self, x: Any) -> Any:
+        """One forward (N, C, H, W) -> (N, K) in the worker thread (torch releases the GIL)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.forward, x)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S, batch_size_fn=_images)
+    async def _batched(self, xs: list[Any]) -> list[Any]:
+        """The requests' arrays (n_i, C, H, W), concatenated, one forward, split back per request."""
         import numpy as np
-        import torch
 
-        if self.ref.kind == "ensemble":
-            prob = np.asarray(self.model.predict(x), dtype=np.float64)
-        else:
-            from dlops.predict import predict_tta
-            from dlops.train.loop import predict_proba
+        prob = await self._forward(np.concatenate(xs) if len(xs) > 1 else xs[0])
+        return np.split(prob, np.cumsum([len(x) for x in xs])[:-1])
 
-            prob = predict_tta(lambda v: predict_proba(self.model, v, task=self.task), torch.from_numpy(x),
-                               self.tta, self.crop_fraction)
+    async def predict(self, x: Any) -> dict[str, Any]:
+        """Probabilities (N, K) and decoded predictions for float32 inputs (N, C, H, W): batched
+        with other requests unless ``x`` alone fills a batch.
+
+        Raises:
+            ServeError: the outputs are not finite (inputs far outside the preprocessed range).
+        """
+        import numpy as np
+
+        prob = await (self._forward(x) if len(x) >= self.max_batch_size else self._batched(x))
         if not np.isfinite(prob).all():
             raise ServeError("inputs: the model's outputs are not finite for these values (far outside the "
                              "preprocessed range? see preprocessing in GET)")
@@ -77,53 +139,38 @@ class ModelServer:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
+        if request.url.path.rstrip("/").endswith(READY_PATH):
+            return JSONResponse(self.ready())
         if request.method == "GET":
             return JSONResponse(self.describe())
         if request.method != "POST":
             return JSONResponse({"error": f"method {request.method} not allowed: GET describes the model, POST "
                                           "predicts"}, status_code=405, headers={"Allow": "GET, POST"})
-        raw = await _read_body_capped(request, self.max_request_bytes)
+        raw = await read_body_capped(request, self.max_request_bytes)
         if raw is None:
-            return JSONResponse({"error": f"request body: more than {self.max_request_mb:g} MB (the server's "
-                                          "--max-request-mb); send fewer images per request"}, status_code=413)
+            return too_large_response(self.max_request_mb)
         try:
-            import json
-
-            body = json.loads(raw)
-        except Exception:
-            return JSONResponse({"error": "request body: not JSON"}, status_code=400)
-        try:
-            return JSONResponse(self.predict(check_inputs(body, self.shape)))
+            x = self._parse(raw, request.headers.get("content-type"), self.engine.spec)
+        except self._request_error as exc:
+            return JSONResponse({"error": str(exc)}, status_code=int(getattr(exc, "status", 400)))
         except ServeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            return JSONResponse(await self.predict(x))
+        except ServeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
 
 
-async def _read_body_capped(request: Any, cap: int) -> Optional[bytes]:
-    """The request body, or None once it is longer than ``cap`` bytes: refused from its
-    ``Content-Length`` before anything is read, or after the first chunk that crosses the cap
-    (chunked uploads announce no length)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > cap:
-        return None
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def build_app(ref: ModelRef, tracking_uri: str, replicas: int = 1, num_cpus: float = 1.0,
-              tta: Optional[str] = None, crop_fraction: float = 0.875, loopback: bool = True,
+def build_app(ref: ModelRef, tracking_uri: str, options: Optional[ServeOptions] = None, tta: Optional[str] = None,
+              crop_fraction: float = 0.875, loopback: bool = True,
               max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> Any:
     """The Ray Serve application (``Deployment.bind(...)``) serving ``ref``.
 
     Args:
         ref: from :func:`resolve_model`.
         tracking_uri: the MLflow store holding the registry (the replicas read it).
-        replicas: number of replicas (each loads the model once).
-        num_cpus: CPUs per replica.
+        options: replicas, autoscaling, queue bounds and batching (:mod:`dlops.serving.options`);
+            None for the defaults.
         tta: test-time augmentation (``none``, ``flip``, ``five_crop``, ``ten_crop``); None keeps
             the ensemble's own setting (``none`` for a single network).
         crop_fraction: crop side / image side for the crop modes.
@@ -132,24 +179,32 @@ def build_app(ref: ModelRef, tracking_uri: str, replicas: int = 1, num_cpus: flo
         max_request_mb: cap on a POST body, in MB (10**6 bytes); a longer one gets HTTP 413.
 
     Raises:
-        ServeError: replicas < 1, num_cpus <= 0, a bad ``tta`` / ``crop_fraction``, or
-            ``max_request_mb`` not > 0.
+        ServeError: a bad ``tta`` / ``crop_fraction``, or ``max_request_mb`` not > 0.
     """
-    from ray import serve
+    import math
 
-    check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
-    dep = serve.deployment(ModelServer, name="dlops-model", num_replicas=replicas,
-                           ray_actor_options={"num_cpus": num_cpus})
-    return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback, max_request_mb)
+    opts = options or ServeOptions()
+    num_cpus = float(opts.ray_actor_options.get("num_cpus", 1.0))
+    check_options(1, num_cpus, tta, crop_fraction, max_request_mb)
+    # one failed constructor is the answer (the real error, at once), not 20 retries of a model
+    # that will not load; replicas stop quickly on shutdown (no request outlives 5 s here)
+    dep = serve.deployment(ModelServer, name="dlops-model", max_constructor_retry_count=1,
+                           graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5,
+                           **opts.deployment_kwargs())
+    return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback, max_request_mb, opts.max_batch_size,
+                    opts.batch_wait_timeout_s, max(1, math.floor(num_cpus)))
 
 
 def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/",
           **app_kwargs: Any) -> Any:
     """Start Serve's HTTP proxy on ``host:port`` (127.0.0.1 by default) and run the app under
-    ``route_prefix``. Ray must be initialised. Returns the app's ``DeploymentHandle``."""
-    import logging
+    ``route_prefix``. Ray must be initialised. Returns the app's ``DeploymentHandle``.
 
-    from ray import serve
+    Raises:
+        ServeError: the deployment failed (a replica's constructor raised: the model does not
+            load); the message carries the replica's error.
+    """
+    import logging
 
     app = build_app(ref, tracking_uri, **app_kwargs)
     serve.start(http_options={"host": host, "port": port})
@@ -160,8 +215,22 @@ def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int =
     serve_logger.addFilter(notice)
     try:
         return serve.run(app, name="dlops", route_prefix=route_prefix)
+    except RuntimeError as exc:  # Serve: "Deploying application dlops failed: ..."
+        raise ServeError(f"{ref.uri} (version {ref.version}) failed to load in its replica: "
+                         f"{_last_error(str(exc))}") from None
     finally:
         serve_logger.removeFilter(notice)
+
+
+def _last_error(text: str) -> str:
+    """The replica's own exception line out of Serve's deployment-failure message (its last
+    ``Xxx: message`` line), or the whole text when there is none."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if ":" in ln and head.replace(".", "").replace("_", "").isalnum() and head[:1].isupper() and " " not in head:
+            return ln
+    return " ".join(lines[-3:]) if lines else text
 
 
 class _DropLogLine:

@@ -133,7 +133,8 @@ def _b64(item: Any, what: str) -> bytes:
     if isinstance(item, bytes):
         item = item.decode("ascii", "replace")
     if not isinstance(item, str):
-        raise RequestError(400, f"{what}: expected a base64 string of an encoded image, got {type(item).__name__}")
+        raise RequestError(400, f"{what}: expected a base64 string of an encoded image, got {type(item).__name__} "
+                                '(a preprocessed tensor goes in "inputs")')
     s = item.strip()
     if s.startswith("data:"):
         head, _, s = s.partition(",")
