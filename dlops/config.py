@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 #: metrics every trial reports, per epoch (fractions for errors, ms for latency, MB for size)
 REPORTED_METRICS = (
@@ -94,7 +94,12 @@ class DataConfig(_Model):
     dev_share: Optional[float] = Field(default=None, gt=0, lt=1)  # default: half the target not trained on
     image_size: Optional[int] = Field(default=None, ge=4)  # default: 32 for files, 8 for digits
     channels: Literal[1, 3] = 3
-    num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes per trial
+    # DataLoader worker processes per trial; None: the trial's CPUs minus one (dlops.data.loader)
+    num_workers: Optional[int] = Field(default=None, ge=0)
+    # decoded, resized images: auto | memory | disk (dlops.data.cache); disk beside ray.storage_path
+    cache: Literal["auto", "memory", "disk"] = "auto"
+    cache_dir: Optional[str] = None  # default: <ray.storage_path>/dlops_cache (local), else ~/.cache/dlops
+    cache_memory_mb: float = Field(default=256.0, ge=0)  # auto: disk above this decoded size (MB = 10**6 B)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -200,6 +205,17 @@ class ResourcesConfig(_Model):
     allow_cpu: bool = True
 
 
+class ConfirmConfig(_Model):
+    """Confirmation on a noisy objective (``search.confirm``): after the last stage the ``top_k``
+    best feasible configurations are trained again with ``seeds`` fresh seeds each (Tune trials
+    of a last stage, ``confirm``, tagged ``dlops.confirm``), and the winner is the configuration
+    with the best mean optimizing metric over those seeds (the satisficing constraints apply to
+    the means; :mod:`dlops.search.confirm`). The registered model is the winner's first trial."""
+
+    top_k: int = Field(default=3, ge=1)
+    seeds: int = Field(default=2, ge=1)
+
+
 class SearchConfig(_Model):
     metric: str = "dev/error"
     mode: Literal["min", "max"] = "min"
@@ -214,6 +230,7 @@ class SearchConfig(_Model):
     max_failures: Optional[int] = Field(default=None, ge=0)
     scheduler: Optional[Literal["asha"]] = None
     default_epochs: int = Field(default=5, ge=1)
+    confirm: Optional[ConfirmConfig] = None  # None: the best trial of the stages wins (no re-evaluation)
 
     @field_validator("stages")
     @classmethod
@@ -263,6 +280,16 @@ class ProjectConfig(_Model):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    _source_file: Optional[str] = PrivateAttr(default=None)  # the file load_config read (absolute)
+
+    @model_validator(mode="after")
+    def _cache_beside_storage(self) -> "ProjectConfig":
+        # the image cache (dlops.data.cache) lives beside ray.storage_path unless data.cache_dir says
+        if self.data.cache_dir is None:
+            from dlops.data.cache import default_cache_dir
+
+            self.data.cache_dir = default_cache_dir(self.ray.storage_path)
+        return self
 
     # resolved names ---------------------------------------------------------------------------
     @property
@@ -514,4 +541,5 @@ def load_config(path: Union[str, os.PathLike[str]], overrides: Optional[list[str
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(str(p), exc)) from None
     validate_semantics(cfg, str(p))
+    cfg._source_file = str(p.resolve())  # tag mlflow.source.name of the search run (dlops.tracking.context)
     return cfg

@@ -101,10 +101,15 @@ def check_image_file(path: str | os.PathLike, extensions: Iterable[str] = IMAGE_
         return "not a regular file"
     if size == 0:
         return "empty file (0 bytes)"
+    from dlops.data.decode import MAX_PIXELS
+
     try:
         with Image.open(p) as im:
             im.verify()
         with Image.open(p) as im:  # verify() leaves the image unusable; decode it for real
+            w, h = im.size
+            if w * h > MAX_PIXELS:  # the decoder's decompression-bomb guard (dlops.data.decode)
+                return f"image too large: {w}x{h} pixels, more than {MAX_PIXELS:,}"
             im.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         return f"cannot decode image: {type(exc).__name__}: {exc}"

@@ -67,24 +67,19 @@ class TaskData:
         return getattr(self, name)
 
 
-def _resize_all(paths: Sequence[str], channels: int, size: int) -> np.ndarray:
-    """Load, convert to ``channels`` and resize every image to (size, size): (N, size, size, C) uint8."""
-    from PIL import Image
+def _resize_all(paths: Sequence[str], channels: int, size: int, cfg: Any = None) -> np.ndarray:
+    """Load, convert to ``channels`` and resize every image to (size, size): (N, size, size, C) uint8,
+    through the project's image cache (``data.cache``, :mod:`dlops.data.cache`).
 
-    from dlops.data.imagefolder import to_model_channels
+    Raises:
+        DataError: a file that cannot be read or decoded any more (names it).
+    """
+    from dlops.data.cache import load_resized
 
-    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im.load()
-            arr = to_model_channels(im, channels)
-        if arr.shape[0] != size or arr.shape[1] != size:
-            pil = Image.fromarray(arr[..., 0] if channels == 1 else arr)
-            arr = np.asarray(pil.resize((size, size), Image.BILINEAR))
-            if arr.ndim == 2:
-                arr = arr[..., None]
-        out[i] = arr
-    return out
+    x, _ = load_resized(paths, channels, size, mode=getattr(cfg, "cache", "memory") or "memory",
+                        cache_dir=getattr(cfg, "cache_dir", None),
+                        memory_mb=float(getattr(cfg, "cache_memory_mb", 256.0)))
+    return x
 
 
 def _digits(cfg: Any, seed: int) -> TaskData:
@@ -147,8 +142,8 @@ def _files(cfg: Any, kind: str, task: str, seed: int) -> TaskData:
     sp = build_splits(len(source) if source is not None else 0, strat_s, len(target), strat_t,
                       target_train_share=share, train_dev_share=cfg.train_dev_share, dev_share=dev_share,
                       seed=seed)
-    x_s = _resize_all(source.paths, channels, size) if source is not None else None
-    x_t = _resize_all(target.paths, channels, size)
+    x_s = _resize_all(source.paths, channels, size, cfg) if source is not None else None
+    x_t = _resize_all(target.paths, channels, size, cfg)
     ids_s = list(source.paths) if source is not None else None
     tags_s = list(getattr(source, "tags", [[] for _ in source.paths])) if source is not None else None
     tags_t = list(getattr(target, "tags", [[] for _ in target.paths]))

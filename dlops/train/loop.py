@@ -61,21 +61,33 @@ def fit_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device | str = "cpu",
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    settings: Any = None,
 ) -> float:
     """One epoch of SGD; returns the mean training loss (per example).
+
+    Args:
+        settings: a :class:`dlops.train.device.DeviceSettings` (autocast dtype, ``channels_last``);
+            default :func:`dlops.train.device.device_settings` of ``device`` for a model without
+            convolutions (bf16 autocast on CUDA where supported; fp32 on the CPU).
 
     Raises:
         NonFiniteLossError: a batch loss is NaN or inf.
     """
+    from dlops.train.device import device_settings
+
     loss_fn = loss_fn or nn.functional.cross_entropy
+    if settings is None:
+        settings = device_settings(str(device), conv=False)
     model.train()
     total, n = 0.0, 0
-    cuda = str(device).startswith("cuda")
+    dtype = getattr(torch, settings.autocast_dtype) if settings.autocast_dtype else None
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if settings.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        # mixed precision on CUDA (bf16 autocast: no loss scaling needed); full fp32 on CPU
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        # mixed precision on CUDA where bf16 is supported (no loss scaling needed); fp32 otherwise
+        with torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = model(xb)
         loss = loss_fn(out.float(), yb)
         value = float(loss.item())  # one host sync per step, also for the NaN check
@@ -212,20 +224,22 @@ class PretransformedBatches:
     Yields ``(x (B, C, H, W) float32, y (B,) int64 or (B, L) float32)``.
     """
 
-    def __init__(self, xt: torch.Tensor, y: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator):
+    def __init__(self, xt: torch.Tensor, y: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator,
+                 drop_last: bool = False):
         y_a = np.asarray(y)
         self.xt, self.bs, self.shuffle, self.g = xt, int(batch_size), shuffle, generator
         self.yt = torch.as_tensor(y_a, dtype=torch.int64 if y_a.ndim == 1 else torch.float32)
+        self.drop_last = bool(drop_last)
 
     def __len__(self) -> int:
-        return (len(self.yt) + self.bs - 1) // self.bs
+        return len(self.yt) // self.bs if self.drop_last else (len(self.yt) + self.bs - 1) // self.bs
 
     def __iter__(self):
         n = len(self.yt)
         torch.empty((), dtype=torch.int64).random_(generator=self.g)  # the DataLoader's base-seed draw
         perm = torch.randperm(n, generator=self.g) if self.shuffle else torch.arange(n)
-        for i in range(0, n, self.bs):
-            idx = perm[i : i + self.bs]
+        for b in range(len(self)):
+            idx = perm[b * self.bs : (b + 1) * self.bs]
             yield self.xt[idx], self.yt[idx]
 
 
@@ -239,23 +253,29 @@ def make_loader(x: np.ndarray, y: np.ndarray, transform: Callable[[np.ndarray], 
     in the same order, as the per-image path, without its per-image overhead. ``pretransformed``
     (N, C, H', W'): ``transform`` already applied to every image (a trial computes it once, not
     once per epoch); used only on that augmentation-free path.
+
+    A shuffled (training) loader drops a last batch of exactly one example
+    (:func:`dlops.data.loader.drop_last_batch`: BatchNorm cannot train on one example).
     """
     from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
+    from dlops.data.loader import drop_last_batch
+
     g = torch.Generator()
     g.manual_seed(seed)
+    drop = bool(shuffle) and drop_last_batch(len(y), int(batch_size))
     batched = getattr(transform, "batch", None)
     if batched is not None and pretransformed is not None and num_workers == 0:
-        return PretransformedBatches(pretransformed, y, batch_size, shuffle, g)  # type: ignore[return-value]
+        return PretransformedBatches(pretransformed, y, batch_size, shuffle, g, drop_last=drop)  # type: ignore[return-value]
     if batched is not None:
         ds = BatchedImageDataset(x, y, batched, pretransformed)
         sampler = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
         # batch_size=None: each sampler item (a list of indices) is one fetch; the loader draws its
         # base seed from ``g`` before the permutation, as the per-image loader does
-        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=drop),
                           generator=g, num_workers=num_workers, worker_init_fn=worker_init_fn)
     return DataLoader(ImageDataset(x, y, transform), batch_size=batch_size, shuffle=shuffle, generator=g,
-                      num_workers=num_workers, worker_init_fn=worker_init_fn, drop_last=False)
+                      num_workers=num_workers, worker_init_fn=worker_init_fn, drop_last=drop)
 
 
 def finite(v: float) -> bool:

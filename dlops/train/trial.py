@@ -3,7 +3,8 @@ nothing to MLflow).
 
 Each epoch it reports ``train/loss``, ``train/error``, ``train_dev/error``, ``train_dev/loss``,
 ``dev/error``, ``dev/loss``, ``dev/f1``, ``latency_ms`` (median single-image forward pass, ms),
-``size_mb`` (MB), ``epoch`` (1-based) and ``node_id`` (the Ray node, a string) with
+``size_mb`` (MB), ``gpu_mem_mb`` (CUDA only: peak memory torch allocated in the trial, MB = 10**6
+bytes), ``epoch`` (1-based) and ``node_id`` (the Ray node, a string) with
 ``ray.tune.report`` and a checkpoint (:mod:`dlops.train.checkpoint`), so that an interrupted
 trial resumes from its last epoch. The MLflow logging happens in the driver
 (:class:`dlops.tracking.callback.MlflowTreeCallback`): one writer for the store.
@@ -24,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from dlops.train.checkpoint import read_checkpoint, save_checkpoint
+from dlops.train.device import select_device  # noqa: F401  (re-exported: the device rule's old home)
 
 REPLAY_KEY = "dlops_replay"  # result key: JSON list of the epochs before a restore
 
@@ -48,8 +50,10 @@ class TrialPayload:
         default_epochs: epochs of a trial whose config has no ``epochs``.
         gpu: GPUs per trial (a fraction allowed); > 0 trains on CUDA.
         allow_cpu: train on the CPU when a GPU is asked for and CUDA is absent.
-        threads: torch threads in the trial (its CPUs).
-        num_workers: DataLoader worker processes (0: in the trial's process).
+        threads: the trial's CPUs; its workers and threads are planned within them
+            (:func:`dlops.data.loader.thread_plan`).
+        num_workers: DataLoader worker processes (0: in the trial's process); None: the trial's
+            CPUs minus one, used only when an augmentation policy works per image.
         backbone_lr_mult: learning rate of unfrozen backbone layers relative to the head's, unless
             the trial's config sets it.
         unfreeze_epoch: gradual unfreezing: the frozen layers are unfrozen from this epoch on
@@ -68,7 +72,7 @@ class TrialPayload:
     gpu: float = 0.0
     allow_cpu: bool = True
     threads: int = 1
-    num_workers: int = 0
+    num_workers: Optional[int] = None
     source_state: Optional[Mapping[str, Any]] = None
     backbone_lr_mult: float = 1.0
     unfreeze_epoch: Optional[int] = None
@@ -82,21 +86,16 @@ def trial_spec(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict[
     return spec
 
 
-def select_device(gpu: float, allow_cpu: bool) -> str:
-    """``cuda`` when the trial asked for a GPU and CUDA is there; else ``cpu`` if allowed.
+def _ray_gpu_ids() -> Optional[list[Any]]:
+    """The GPUs Ray assigned this process (None outside a Ray worker)."""
+    try:
+        import ray
 
-    Raises:
-        RuntimeError: a GPU was asked for, CUDA is absent and ``allow_cpu`` is false.
-    """
-    import torch
-
-    if gpu > 0:
-        if torch.cuda.is_available():
-            return "cuda"
-        if not allow_cpu:
-            raise RuntimeError("search.resources.gpu > 0 but CUDA is not available on this node "
-                               "and search.resources.allow_cpu is false")
-    return "cpu"
+        if not ray.is_initialized():
+            return None
+        return list(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001  (not in a Ray worker: nothing assigned to check)
+        return None
 
 
 class _Trial:
@@ -108,15 +107,18 @@ class _Trial:
         from dlops.models.transfer import apply_freeze, build_model, transfer_features
 
         self.config, self.payload = config, payload
-        self.seed = int(payload.seed)
-        self.device = select_device(float(payload.gpu), bool(payload.allow_cpu))
+        self.seed = int(config.get("seed", payload.seed))  # a confirmation trial: a fresh seed (dlops.search.confirm)
+        from dlops.train.device import apply_settings, device_settings, has_conv2d
+
+        self.device = select_device(float(payload.gpu), bool(payload.allow_cpu), assigned_gpus=_ray_gpu_ids())
         self.spec = trial_spec(payload.spec, config)
         self.task = self.spec.get("task", "classification")
         self.model = build_model(self.spec)
         if payload.source_state is not None:
             transfer_features(self.model, payload.source_state)
         apply_freeze(self.model, payload.freeze)
-        self.model.to(self.device)
+        self.settings = device_settings(self.device, conv=has_conv2d(self.model))
+        apply_settings(self.model, self.settings)
         self.lr = float(config["lr"])
         self.mult = float(config.get("backbone_lr_mult", payload.backbone_lr_mult))
         ue = config.get("unfreeze_epoch", payload.unfreeze_epoch)
@@ -185,6 +187,11 @@ def _epoch_metrics(trial: _Trial, ev: Mapping[str, tuple[Any, np.ndarray]], trai
             metrics["dev/f1"] = e.f1
     metrics["latency_ms"] = latency_ms(trial.model, ev["dev"][0][:1], device=trial.device)
     metrics["size_mb"] = size_mb(trial.model)
+    from dlops.train.device import gpu_mem_mb
+
+    mem = gpu_mem_mb(trial.device)
+    if mem is not None:  # peak since the trial started, MB = 10**6 bytes (CUDA only)
+        metrics["gpu_mem_mb"] = mem
     return metrics
 
 
@@ -218,18 +225,21 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
 
     Raises:
         dlops.train.loop.NonFiniteLossError: the loss became NaN/inf (the trial is FAILED).
-        RuntimeError: a GPU was asked for, CUDA is absent and ``payload.allow_cpu`` is false.
+        dlops.errors.ResourceError: a GPU was asked for, none is usable and ``payload.allow_cpu``
+            is false (:func:`dlops.train.device.select_device`).
     """
     import ray
-    import torch
     from ray import tune
 
+    from dlops.data.loader import TrainLoader, cap_threads, thread_plan
     from dlops.data.transforms import build_transform
-    from dlops.train.loop import fit_epoch, make_loader, seed_everything
+    from dlops.train.device import reset_gpu_peak
+    from dlops.train.loop import fit_epoch, seed_everything
 
-    torch.set_num_threads(max(1, int(payload.threads)))
-    seed_everything(int(payload.seed))
+    cap_threads(max(1, int(payload.threads)))  # narrowed to the plan's below, once the transform is known
+    seed_everything(int(config.get("seed", payload.seed)))
     trial = _Trial(config, payload)
+    reset_gpu_peak(trial.device)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -244,14 +254,19 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     bs = int(config.get("batch_size", 32))
     xtr, ytr = payload.train
-    for epoch in range(trial.start, epochs):
-        if trial.unfreeze_epoch is not None and epoch + 1 == trial.unfreeze_epoch:
-            trial.unfreeze()
-        policy_obj = getattr(t_train, "policy", None)
-        if policy_obj is not None and hasattr(policy_obj, "reseed"):
-            policy_obj.reseed(seed + epoch)  # a resumed trial repeats the uninterrupted sequence
-        pre = ev["train"][0] if getattr(t_train, "batch", None) is not None else None  # no augmentation
-        loader = make_loader(xtr, ytr, t_train, bs, shuffle=True, seed=seed + epoch,
-                             num_workers=int(payload.num_workers), pretransformed=pre)
-        train_loss = fit_epoch(trial.model, loader, trial.opt, trial.device, loss_fn=trial.loss_fn)
-        _report(trial, _epoch_metrics(trial, ev, train_loss, epoch + 1), epoch + 1, node_id)
+    augments = getattr(t_train, "batch", None) is None  # per-image work: a policy augments
+    plan = thread_plan(float(payload.threads), payload.num_workers, per_image_work=augments)
+    cap_threads(plan.main_threads)  # workers cap themselves (dlops.data.loader.WorkerInit)
+    # built once: workers persist across epochs; epoch e reseeds them (a resumed trial repeats the
+    # uninterrupted sequence)
+    loader = TrainLoader(xtr, ytr, t_train, bs, seed, plan, pin_memory=trial.settings.pin_memory,
+                         pretransformed=None if augments else ev["train"][0])
+    try:
+        for epoch in range(trial.start, epochs):
+            if trial.unfreeze_epoch is not None and epoch + 1 == trial.unfreeze_epoch:
+                trial.unfreeze()
+            train_loss = fit_epoch(trial.model, loader.epoch(epoch), trial.opt, trial.device, loss_fn=trial.loss_fn,
+                                   settings=trial.settings)
+            _report(trial, _epoch_metrics(trial, ev, train_loss, epoch + 1), epoch + 1, node_id)
+    finally:
+        loader.close()
