@@ -1,10 +1,13 @@
 """``dlops submit``: run a project's main job on a Ray cluster through Ray's Jobs API.
 
 The project file is validated here first (a bad file exits 2 and submits nothing). Then its folder
-is uploaded as the job's ``working_dir`` (Ray's ``runtime_env``, minus run outputs) and the job's
-entrypoint is ``python -m dlops.cli run FILE --set ... --tracking-uri URI`` on the cluster, whose
-nodes must have dlops installed. Ray Jobs sets ``RAY_ADDRESS`` for the job, so its driver joins
-that cluster.
+is uploaded as the job's ``working_dir`` (Ray's ``runtime_env``, minus run outputs). A first tiny
+job (:data:`PROBE`) finds the cluster's Python that has dlops: Ray runs a job's entrypoint with the
+*first* ``python`` on the head's ``PATH``, which need not be the Python that runs Ray (a head
+started with ``.venv/bin/ray start --head`` from a shell without the venv). When no interpreter
+there imports dlops, :func:`submit` raises :class:`SubmitError` saying what to install, before the
+real job is submitted. The real job's entrypoint is ``/abs/python -m dlops.cli run FILE --set ...
+--tracking-uri URI``. Ray Jobs sets ``RAY_ADDRESS`` for the job, so its driver joins that cluster.
 
 The tracking URI must be one the cluster can reach: an ``http(s)://`` tracking server, or, for a
 cluster on this machine only, an absolute SQLite path. A local store with a remote cluster is
@@ -30,6 +33,36 @@ AGENT_RETRIES = 15
 
 #: Ray job states that are final
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+#: the module whose import makes an interpreter fit to run the job
+JOB_MODULE = "dlops.cli"
+
+#: seconds the probe job may take (it waits for the working dir's upload and runtime env set-up)
+PROBE_TIMEOUT_S = 180.0
+
+# The probe job's shell command (POSIX sh; Linux /proc for the first candidate). Candidates, in order:
+#  1. the Python the head's raylet starts Ray workers with, i.e. the one that ran `ray start`: the
+#     first word of its `--python_worker_command=` argument. The job supervisor that runs this
+#     command is such a worker (a child of the raylet), but Ray rewrites its process title
+#     (`ray::JobSupervisor`) and /proc/PID/exe resolves a venv's symlink to the base interpreter,
+#     so the raylet's command line is the one place on the node that names it. Ray has no public
+#     API for it; tests/test_submit.py checks this against a real `ray start --head` of this Ray.
+#  2. `python3` and `python` on the job's PATH (a container image or an activated environment).
+# It prints `dlops-probe: RAY PATH` for candidate 1, then tries each candidate with `import {module}`:
+# the first that works prints `dlops-probe: OK PATH` (its sys.executable, absolute), each one before
+# it `dlops-probe: NO CANDIDATE: last error line`.
+PROBE = r"""p=$PPID; found=""; i=0
+while [ -z "$found" ] && [ "$i" -lt 6 ] && [ -r "/proc/$p/cmdline" ]; do
+  found=$(tr '\0' '\n' < "/proc/$p/cmdline" | sed -n 's/^--python_worker_command=\([^ ]*\).*/\1/p' | head -n 1)
+  p=$(sed 's/.*) [A-Za-z] \([0-9]*\) .*/\1/' "/proc/$p/stat"); i=$((i + 1))
+done
+[ -n "$found" ] && echo "dlops-probe: RAY $found"
+for py in $found python3 python; do
+  if out=$("$py" -c 'import sys, {module}; print("dlops-probe: OK " + sys.executable)' 2>&1); then
+    echo "$out" | grep '^dlops-probe: OK ' | head -n 1; exit 0
+  fi
+  echo "dlops-probe: NO $py: $(echo "$out" | tail -n 1)"
+done"""
 
 
 
@@ -68,11 +101,13 @@ def job_tracking_uri(tracking_uri: str, address: str) -> str:
     return tracking_uri
 
 
-def build_entrypoint(project_name: str, overrides: list[str], tracking_uri: str, resume: bool = False) -> str:
-    """The job's shell command (arguments quoted with :func:`shlex.quote`)."""
+def build_entrypoint(project_name: str, overrides: list[str], tracking_uri: str, resume: bool = False,
+                     python: str = "python") -> str:
+    """The job's shell command (arguments quoted with :func:`shlex.quote`); ``python`` is the
+    cluster's interpreter (an absolute path from :func:`find_job_python`)."""
     import shlex
 
-    args = ["python", "-m", "dlops.cli", "run", project_name]
+    args = [python, "-m", "dlops.cli", "run", project_name]
     for o in overrides:
         args += ["--set", o]
     args += ["--tracking-uri", tracking_uri]
@@ -151,6 +186,86 @@ def use_local_token() -> bool:
     return False
 
 
+@dataclass
+class ProbeResult:
+    """What the probe job found: ``python``, the interpreter that imports dlops (None when none
+    does); ``ray_python``, the one the head's Ray runs (None when not found); ``failed``, each
+    candidate that did not import it, as ``CANDIDATE: last error line``."""
+
+    python: Optional[str]
+    ray_python: Optional[str]
+    failed: list[str]
+
+
+def parse_probe(logs: str) -> ProbeResult:
+    """The probe job's answer, from its logs (lines ``dlops-probe: OK|RAY|NO ...``)."""
+    got: dict[str, list[str]] = {"OK": [], "RAY": [], "NO": []}
+    for line in logs.splitlines():
+        head, _, rest = line.partition(" ")
+        kind, _, value = rest.partition(" ")
+        if head == "dlops-probe:" and kind in got:
+            got[kind].append(value.strip())
+    return ProbeResult((got["OK"] or [None])[0], (got["RAY"] or [None])[0], got["NO"])
+
+
+def _submit_with_retries(client: Any, address: str, **kwargs: Any) -> None:
+    for attempt in range(AGENT_RETRIES + 1):
+        try:
+            client.submit_job(**kwargs)
+            return
+        except RuntimeError as exc:
+            # a head that has just started answers 500 until its job agent is up
+            if "No available agent" in str(exc) and attempt < AGENT_RETRIES:
+                time.sleep(2.0)
+                continue
+            raise SubmitError(f"--address: the Ray Jobs API at {address} refused the job: {exc}") from None
+
+
+def find_job_python(client: Any, address: str, runtime_env: dict[str, Any], sid: str, module: str = JOB_MODULE,
+                    timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """Run the probe job (:data:`PROBE`, submission id ``SID-probe``) with the real job's
+    ``runtime_env`` and return the absolute path of the cluster's Python that imports ``module``.
+
+    Args:
+        client: a ``ray.job_submission.JobSubmissionClient`` of ``address``.
+        address: the Jobs API address (for messages).
+        runtime_env: the real job's runtime env (its working dir, pip packages, env vars apply).
+        sid: the real job's submission id.
+        module: the module the interpreter must import.
+        timeout_s: seconds to wait for the probe job, in s.
+
+    Raises:
+        SubmitError: no interpreter there imports ``module`` (the message names each candidate,
+            its error and what to install), the probe job failed or did not end in ``timeout_s``.
+    """
+    probe_id = f"{sid}-probe"
+    _submit_with_retries(client, address, entrypoint=PROBE.replace("{module}", module), submission_id=probe_id,
+                         runtime_env=runtime_env, metadata={"dlops.probe": "python"})
+    t0 = time.time()
+    while True:
+        status = str(client.get_job_status(probe_id).value)
+        if status in TERMINAL:
+            break
+        if time.time() - t0 > timeout_s:
+            client.stop_job(probe_id)
+            raise SubmitError(f"--address: the check for dlops on the cluster at {address} (job {probe_id}) did not "
+                              f"finish in {timeout_s:.0f} s; nothing else was submitted")
+        time.sleep(0.25)
+    logs = client.get_job_logs(probe_id)
+    found = parse_probe(logs)
+    if found.python:
+        return found.python
+    if status != "SUCCEEDED" or not found.failed:
+        tail = "\n".join(logs.strip().splitlines()[-5:])
+        raise SubmitError(f"--address: the check for dlops on the cluster at {address} (job {probe_id}) "
+                          f"{status}; nothing else was submitted:\n{tail}")
+    where = (f"the Python that runs Ray there ({found.ray_python} -m pip install dlops)" if found.ray_python
+             else "the head's environment, the one that runs `ray start` (pip install dlops)")
+    raise SubmitError(f"the Ray cluster at {address} has no Python that imports {module} (tried "
+                      f"{'; '.join(found.failed)}); install dlops into {where}, or into your image, or give "
+                      "the job a runtime_env that installs it; nothing was submitted")
+
+
 def submission_id(project: str, now: Optional[float] = None) -> str:
     """``dlops-<project>-<UTC time>-<4 hex>``: unique, readable in ``ray job list``."""
     import os
@@ -176,7 +291,9 @@ def submit(project_file: str, overrides: list[str], address: str, tracking_uri: 
 
     Raises:
         dlops.config.ConfigError: a bad project file (nothing submitted).
-        SubmitError: a tracking URI the cluster cannot reach, or the Jobs API cannot be reached.
+        SubmitError: a tracking URI the cluster cannot reach, the Jobs API cannot be reached, or
+            the cluster has no Python with dlops (see :func:`find_job_python`); nothing submitted
+            but the probe job.
     """
     from dlops.config import load_config
 
@@ -191,7 +308,6 @@ def submit(project_file: str, overrides: list[str], address: str, tracking_uri: 
             raise SubmitError(str(exc)) from None
     path = Path(project_file).resolve()
     extra = input_paths(cfg, path.parent, address) + local_outputs(cfg, uri, address)
-    entry = build_entrypoint(path.name, list(overrides) + extra, uri, resume)
     use_local_token()
     from ray.job_submission import JobSubmissionClient
 
@@ -202,17 +318,10 @@ def submit(project_file: str, overrides: list[str], address: str, tracking_uri: 
     sid = submission_id(cfg.name)
     env = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(env_vars or {})}
     runtime_env = {"working_dir": str(path.parent), "excludes": EXCLUDES, "env_vars": env}
-    for attempt in range(AGENT_RETRIES + 1):
-        try:
-            client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env,
-                              metadata={"dlops.project": cfg.name, "dlops.project_file": path.name})
-            break
-        except RuntimeError as exc:
-            # a head that has just started answers 500 until its job agent is up
-            if "No available agent" in str(exc) and attempt < AGENT_RETRIES:
-                time.sleep(2.0)
-                continue
-            raise SubmitError(f"--address: the Ray Jobs API at {address} refused the job: {exc}") from None
+    python = find_job_python(client, address, runtime_env, sid)
+    entry = build_entrypoint(path.name, list(overrides) + extra, uri, resume, python=python)
+    _submit_with_retries(client, address, entrypoint=entry, submission_id=sid, runtime_env=runtime_env,
+                         metadata={"dlops.project": cfg.name, "dlops.project_file": path.name})
     return Submission(sid, address, entry, str(path.parent))
 
 

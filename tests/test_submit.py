@@ -47,6 +47,20 @@ def test_entrypoint_quotes_overrides_and_ids_are_unique():
     assert [exit_code(s) for s in ("SUCCEEDED", "FAILED", "STOPPED")] == [0, 1, 130]
 
 
+def test_probe_answer_is_parsed_and_the_entrypoint_takes_the_interpreter():
+    from dlops.submit import parse_probe
+
+    logs = ("Running entrypoint for job x\ndlops-probe: RAY /opt/venv/bin/python\n"
+            "dlops-probe: NO /opt/venv/bin/python: ModuleNotFoundError: No module named 'dlops'\n"
+            "dlops-probe: OK /usr/local/bin/python3\n")
+    got = parse_probe(logs)
+    assert (got.python, got.ray_python) == ("/usr/local/bin/python3", "/opt/venv/bin/python")
+    assert got.failed == ["/opt/venv/bin/python: ModuleNotFoundError: No module named 'dlops'"]
+    assert parse_probe("dlops-probe: NO python: boom\n").python is None
+    e = build_entrypoint("p.yaml", [], "http://m:5000", python="/opt/my env/bin/python")
+    assert shlex.split(e)[:3] == ["/opt/my env/bin/python", "-m", "dlops.cli"]
+
+
 def test_local_outputs_stay_in_the_working_directory(tmp_path):
     from dlops.config import load_config
 
@@ -100,17 +114,24 @@ def test_bad_input_exits_2_and_submits_nothing(tmp_path, args, needle):
 
 
 @pytest.mark.slow
-def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
+def test_submit_runs_the_main_job_on_a_ray_head(tmp_path, tmp_path_factory):
+    """The head is started as a new user would: `.venv/bin/ray start --head` from a shell whose first
+    `python` (and `python3`) on PATH lacks dlops; the job must run with the Python of the head's Ray."""
     from mlflow import MlflowClient
 
     proj = tmp_path / "project.yaml"
     shutil.copy(EXAMPLE, proj)
+    bare = tmp_path_factory.mktemp("bare-bin")  # outside the project folder, which is uploaded
+    system_python = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+    for name in ("python", "python3"):
+        (bare / name).symlink_to(system_python)
+    head_env = dict(subprocess_env(), PATH=f"{bare}{os.pathsep}/usr/bin{os.pathsep}/bin")
     gcs, dash, agent = free_port(), free_port(), free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats", "--block"],
-                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=head_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     auth_mode = os.environ.get("RAY_AUTH_MODE")
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -132,6 +153,8 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
         r = run_dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, *sets], tmp_path, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "SUCCEEDED" in r.stderr and "== dlops run: summary ==" in r.stdout  # the job's logs, followed
+        # the job ran with the Python of the head's Ray (this venv's), not the first `python` on its PATH
+        assert f"{shlex.quote(sys.executable)} -m dlops.cli run project.yaml" in r.stderr, r.stderr[-2000:]
         c = MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp = c.get_experiment_by_name("digits-transfer")
         runs = c.search_runs([exp.experiment_id])
@@ -151,6 +174,20 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path):
         use_local_token()
         status = wait(Submission(sid, address, "", str(tmp_path)), out=lambda s: None, timeout_s=300)
         assert status == "SUCCEEDED"
+        # a cluster whose Pythons lack the module: one clear SubmitError naming each interpreter
+        # tried and what to install, and only the probe job was submitted
+        from ray.job_submission import JobSubmissionClient
+
+        from dlops.submit import find_job_python
+
+        client = JobSubmissionClient(address)
+        with pytest.raises(SubmitError) as err:
+            find_job_python(client, address, {}, "dlops-missing-check", module="dlops_not_installed")
+        msg = str(err.value)
+        assert f"install dlops into the Python that runs Ray there ({sys.executable} -m pip install dlops)" in msg
+        assert "python3: ModuleNotFoundError: No module named 'dlops_not_installed'" in msg
+        ids = {j.submission_id for j in client.list_jobs()}
+        assert "dlops-missing-check-probe" in ids and "dlops-missing-check" not in ids
     finally:
         if auth_mode is None:
             os.environ.pop("RAY_AUTH_MODE", None)  # use_local_token() set it for this process
