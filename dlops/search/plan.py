@@ -324,7 +324,8 @@ def stage_sizes(
         sizes.append(s)
         left -= s
     if len(sizes) > 2 and sizes[-1] < step:  # a short tail stage cannot zoom on much: merge it
-        sizes[-2] += sizes.pop()
+        tail = sizes.pop()
+        sizes[-1] += tail
     return sizes
 
 
