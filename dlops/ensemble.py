@@ -50,8 +50,11 @@ def load_member(path: str) -> tuple[Any, dict[str, Any]]:
 
 
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
-    """Input (N, C, H, W) float32, preprocessed exactly as in training (see the model metadata);
-    output (N, K) float32: the members' probabilities (softmax rows for ``classification``, one
+    """Input (N, C, H, W), preprocessed exactly as in training (see the model metadata), of any
+    numeric dtype (float64/int64 as JSON decodes it), or encoded images (base64 strings, an
+    ``image`` column of a DataFrame), decoded and preprocessed by
+    :func:`dlops.serving.inputs.model_input_array` with the first member's spec; bad input raises
+    ``MlflowException`` (HTTP 400 under ``mlflow models serve``). Output (N, K) float32: the members' probabilities (softmax rows for ``classification``, one
     sigmoid per label for ``multilabel``: the members' spec ``task``), each member's averaged over
     the views of each image with test-time augmentation (:mod:`dlops.predict`), combined over
     the members by the ensemble method.
@@ -82,6 +85,7 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         if len(tasks) != 1:
             raise ValueError(f"ensemble members mix tasks: {sorted(tasks)}")
         self.task = tasks.pop()
+        self.spec = dict(loaded[0][1]) if loaded else {}  # image_size, mean, std: for encoded-image inputs
         cfg = dict(getattr(context, "model_config", None) or {})
         self.tta = str(cfg.get("tta", "none"))
         self.crop_fraction = float(cfg.get("crop_fraction", 0.875))
@@ -94,7 +98,14 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
 
         from dlops.predict import member_probabilities
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        from dlops.serving.inputs import RequestError, model_input_array
+
+        try:
+            x = torch.as_tensor(model_input_array(model_input, self.spec))
+        except RequestError as exc:
+            from dlops.serving.pyfunc import to_mlflow_error
+
+            raise to_mlflow_error(exc) from None
         probs = member_probabilities(getattr(self, "stacked", None) or self.members, x, self.task, self.tta,
                                      self.crop_fraction)
         return np.asarray(self.method.combine(probs), dtype=np.float32)

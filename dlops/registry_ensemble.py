@@ -141,9 +141,8 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
               ens_method: Any, method: str, tta: str, crop_fraction: float, out: Callable[[str], Any]) -> str:
     import mlflow
     import numpy as np
-    from mlflow.models import infer_signature
-
     from dlops.ensemble import EnsemblePyfunc
+    from dlops.serving.pyfunc import model_signature
     from dlops.job.ensemble import common_spec
     from dlops.tracking.models import active_run, pip_requirements
     from dlops.tracking.registry import gate_spec, register_and_promote, version_metrics
@@ -180,7 +179,7 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
                 artifacts[f"member_{i}"] = mlflow.artifacts.download_artifacts(artifact_uri=uri,
                                                                                dst_path=str(Path(td) / f"m{i}"))
             pyf = EnsemblePyfunc()
-            sig = infer_signature(x_example[:2], np.zeros((2, len(specs[0].get("class_names", []))), np.float32))
+            sig = model_signature(len(specs[0].get("class_names", [])))  # outputs only: the pyfunc checks inputs
             class_index = {str(i): c for i, c in enumerate(specs[0].get("class_names", []))}
             with active_run(rid):
                 mlflow.log_params({"members": json.dumps(uris)[:6000], "method": method, "tta": tta,

@@ -44,22 +44,22 @@ def evaluate_best(ctx: JobContext) -> BestModel:
 
 
 def log_best_model(ctx: JobContext, best: BestModel) -> str:
-    """Log ``best`` to its trial run (``test/error`` too) with a signature inferred from two dev
-    examples and ``class_index.json``; returns the logged model's URI."""
-    import mlflow
+    """Log ``best`` to its trial run (``test/error`` too) with ``class_index.json``: the pytorch
+    flavor and dlops's pyfunc (:mod:`dlops.serving.pyfunc`: float64/int64 arrays and base64 images
+    in, probabilities out; an outputs-only signature); returns the logged model's URI."""
     from mlflow.entities import Metric
-    from mlflow.models import infer_signature
 
+    from dlops.serving.pyfunc import log_model, model_signature
     from dlops.tracking.models import active_run, pip_requirements
 
-    sig = infer_signature(ctx.eval_inputs["dev"][:2].numpy(), best.probs["dev"][:2])
+    sig = model_signature(best.probs["dev"].shape[1])
     ctx.client.log_batch(best.run_id, metrics=[Metric("test/error", best.metrics["test/error"],
                                                       int(time.time() * 1000), 0)])
     with tempfile.TemporaryDirectory() as td:
         ci = Path(td) / "class_index.json"
         ci.write_text(json.dumps(best.class_index, indent=2))
         with active_run(best.run_id):
-            info = mlflow.pytorch.log_model(
+            info = log_model(
                 best.model, name="model", signature=sig, extra_files=[str(ci)], pip_requirements=pip_requirements(),
                 serialization_format="pickle", metadata={"model_spec": best.spec, "class_index": best.class_index},
             )
