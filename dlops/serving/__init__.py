@@ -28,12 +28,23 @@ registry; ``tta`` overrides its model config).
 from __future__ import annotations
 
 from dlops.errors import ServeError  # noqa: F401  (the kind lives in dlops.errors)
+from typing import Any
+
 from dlops.serving._private import loopback_replica_grpc
-from dlops.serving.app import ModelServer, build_app, start
+from dlops.serving.options import ServeOptions, load_serve_options
 from dlops.serving.outputs import decode, probabilities
 from dlops.serving.resolve import DEFAULT_MAX_REQUEST_MB, ModelRef, check_options, port_free, resolve_model
 from dlops.serving.tensors import check_inputs
 
-__all__ = ["DEFAULT_MAX_REQUEST_MB", "ModelRef", "ModelServer", "ServeError", "build_app", "check_inputs",
-           "check_options", "decode", "loopback_replica_grpc", "port_free", "probabilities", "resolve_model",
-           "start"]
+__all__ = ["DEFAULT_MAX_REQUEST_MB", "ModelRef", "ModelServer", "ServeError", "ServeOptions", "build_app",
+           "check_inputs", "check_options", "decode", "load_serve_options", "loopback_replica_grpc", "port_free",
+           "probabilities", "resolve_model", "start"]
+
+
+def __getattr__(name: str) -> Any:
+    """The Ray Serve app's names, imported on first use (``dlops.serving.app`` imports Ray)."""
+    if name in ("ModelServer", "build_app", "start"):
+        from dlops.serving import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'dlops.serving' has no attribute {name!r}")

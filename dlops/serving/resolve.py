@@ -57,7 +57,9 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
     except LookupError:
         raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
     tags = mv.tags or {}
-    if "dlops.members" not in tags:
+    kind = "ensemble" if "dlops.members" in tags else "single"
+    _check_model_files(f"models:/{mv.name}/{mv.version}", model_uri, kind)
+    if kind == "single":
         return ModelRef(model_uri, mv.name, str(mv.version), "single")
     from dlops.ensemble import DEFAULT_METHOD
     from dlops.errors import PluginError
@@ -69,6 +71,31 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
     except PluginError as exc:
         raise ServeError(f"MODEL_URI: {model_uri} is an ensemble whose method no installed plugin provides: {exc}") from None
     return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method)
+
+
+def _check_model_files(version_uri: str, model_uri: str, kind: str) -> None:
+    """The version's ``MLmodel`` can be read and says what serving needs (a ``model_spec`` with
+    ``image_size``; the pytorch flavour for a single model), checked in the driver in about a
+    second, before Ray starts. Loading the weights is left to the replica (whose failure
+    :func:`dlops.serving.start` reports at once).
+
+    Raises:
+        ServeError: the files cannot be read (artifacts deleted or unreachable) or lack those.
+    """
+    import mlflow
+
+    try:
+        info = mlflow.models.get_model_info(version_uri)
+    except Exception as exc:  # noqa: BLE001  (MlflowException, OSError: the artifacts are gone)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServeError(f"MODEL_URI: {model_uri} ({version_uri}): its model files cannot be read: {first[:300]}") from None
+    spec = (info.metadata or {}).get("model_spec") or {}
+    if "image_size" not in spec:
+        raise ServeError(f"MODEL_URI: {model_uri} ({version_uri}) has no model_spec.image_size in its MLmodel "
+                         "metadata: not a model logged by dlops")
+    if kind == "single" and "pytorch" not in (info.flavors or {}):
+        raise ServeError(f"MODEL_URI: {model_uri} ({version_uri}) is not a pytorch model (flavors: "
+                         f"{sorted(info.flavors or {})})")
 
 
 def port_free(host: str, port: int) -> None:

@@ -1,0 +1,133 @@
+"""The options of ``dlops serve`` that shape the Ray Serve deployment: replicas, autoscaling, the
+bounded queue and request batching, with Ray Serve's own names.
+
+They come from ``--serve-config FILE`` (YAML, the keys below) and the command-line flags (a flag
+that is given wins over the file). Validated here with pydantic, and ``autoscaling_config`` with
+Ray Serve's own schema (``ray.serve.config.AutoscalingConfig``), before Ray starts: a bad value
+is a :class:`~dlops.errors.ServeError` naming the key (exit 2).
+
+Keys (Ray Serve's ``@serve.deployment`` / ``@serve.batch`` arguments):
+
+* ``num_replicas`` (int >= 1, default 1): fixed replica count; not with ``autoscaling_config``.
+* ``autoscaling_config`` (mapping, default none): Ray Serve's autoscaling, e.g.
+  ``{min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}``.
+* ``max_ongoing_requests`` (int >= 1, default :data:`DEFAULT_MAX_ONGOING`): requests a replica
+  works on at once (being batched or computed).
+* ``max_queued_requests`` (int >= 1, or -1 for no limit; default :data:`DEFAULT_MAX_QUEUED`):
+  requests waiting at the HTTP proxy for a replica; beyond it the client gets HTTP 503 at once
+  (Ray Serve's back-pressure, ``BackPressureError``).
+* ``max_batch_size`` (int >= 1, default :data:`DEFAULT_MAX_BATCH`): the most images (not
+  requests) one forward takes; requests from several clients are batched up to it; a request
+  with more images runs as its own batch.
+* ``batch_wait_timeout_s`` (seconds >= 0, default :data:`DEFAULT_BATCH_WAIT_S`): how long the
+  first request of a batch waits for others.
+* ``ray_actor_options`` (mapping, default ``{num_cpus: 1}``): each replica's resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dlops.errors import ServeError
+
+#: a replica's concurrent requests (Ray Serve's default is 5, too few to batch across clients)
+DEFAULT_MAX_ONGOING = 32
+#: requests queued at the proxy beyond max_ongoing_requests * replicas before a 503
+DEFAULT_MAX_QUEUED = 64
+#: images per forward
+DEFAULT_MAX_BATCH = 32
+#: seconds the first request of a batch waits for more
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
+class ServeOptions(BaseModel):
+    """The deployment options (see the module docstring for each key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: Optional[int] = Field(None, ge=1)
+    autoscaling_config: Optional[dict[str, Any]] = None
+    max_ongoing_requests: int = Field(DEFAULT_MAX_ONGOING, ge=1)
+    max_queued_requests: int = Field(DEFAULT_MAX_QUEUED, ge=-1)
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH, ge=1)
+    batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0.0, le=60.0)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1.0})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeOptions":
+        if self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests: 0 would refuse every request; use >= 1, or -1 for no limit")
+        if self.autoscaling_config is not None and self.num_replicas is not None:
+            raise ValueError("num_replicas and autoscaling_config exclude each other (Ray Serve: give one)")
+        cpus = self.ray_actor_options.get("num_cpus", 1.0)
+        if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
+            raise ValueError(f"ray_actor_options.num_cpus must be a number > 0, got {cpus!r}")
+        return self
+
+    def deployment_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``serve.deployment`` (Ray Serve's names)."""
+        kw: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests,
+                              "max_queued_requests": self.max_queued_requests,
+                              "ray_actor_options": dict(self.ray_actor_options)}
+        if self.autoscaling_config is not None:
+            kw["autoscaling_config"] = dict(self.autoscaling_config)
+        else:
+            kw["num_replicas"] = self.num_replicas or 1
+        return kw
+
+
+def load_serve_options(path: Optional[str] = None, **flags: Any) -> ServeOptions:
+    """The options from the YAML file ``path`` (optional) with the flags that are not None on top.
+
+    Args:
+        path: a YAML mapping of the keys in the module docstring.
+        **flags: the same keys; ``num_cpus`` sets ``ray_actor_options.num_cpus``.
+
+    Raises:
+        ServeError: the file is missing or not a YAML mapping, an unknown key, a value out of
+            range, or an ``autoscaling_config`` Ray Serve refuses (the message names the file and
+            the key).
+    """
+    import yaml
+
+    where = f"--serve-config {path}" if path else "serve options"
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except OSError as exc:
+            raise ServeError(f"--serve-config: cannot read {path} ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ServeError(f"--serve-config: {path} is not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ServeError(f"--serve-config: {path} must be a YAML mapping of deployment options, "
+                             f"got {type(loaded).__name__}")
+        data.update(loaded)
+    num_cpus = flags.pop("num_cpus", None)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if num_cpus is not None:
+        data["ray_actor_options"] = {**dict(data.get("ray_actor_options") or {}), "num_cpus": num_cpus}
+    try:
+        opts = ServeOptions(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        if not key:  # a check across keys: its message names them
+            raise ServeError(f"{where}: {msg}") from None
+        raise ServeError(f"{where}: {key}: {msg} (got {first.get('input')!r})") from None
+    if opts.autoscaling_config is not None:
+        try:
+            from ray.serve.config import AutoscalingConfig
+
+            AutoscalingConfig(**opts.autoscaling_config)
+        except ImportError:
+            pass  # no Ray Serve: the command says so later
+        except Exception as exc:  # noqa: BLE001  (Ray's pydantic error, v1 or v2)
+            raise ServeError(f"{where}: autoscaling_config: {exc}".replace("\n", " ")) from None
+    return opts
