@@ -201,15 +201,30 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
                    "reverse proxy with authentication is in front.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--route-prefix", default="/", show_default=True)
-@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--num-cpus", default=1.0, show_default=True, type=float, help="CPUs per replica.")
+@click.option("--replicas", default=None, type=click.IntRange(min=1),
+              help="Replicas (Ray Serve's num_replicas; default 1, or autoscaling from --serve-config).")
+@click.option("--num-cpus", default=None, type=float, help="CPUs per replica (default 1).")
+@click.option("--serve-config", default=None, type=click.Path(dir_okay=False),
+              help="YAML of deployment options with Ray Serve's names: num_replicas, autoscaling_config "
+                   "(min_replicas, max_replicas, target_ongoing_requests, ...), max_ongoing_requests, "
+                   "max_queued_requests, max_batch_size, batch_wait_timeout_s, ray_actor_options. Flags win.")
+@click.option("--max-batch-size", default=None, type=int,
+              help="Most images in one forward, batched across clients (default 32).")
+@click.option("--batch-wait-timeout-s", default=None, type=float,
+              help="Seconds the first request of a batch waits for more (default 0.005).")
+@click.option("--max-ongoing-requests", default=None, type=int,
+              help="Requests a replica works on at once (default 32).")
+@click.option("--max-queued-requests", default=None, type=int,
+              help="Requests queued at the proxy beyond those; more get HTTP 503 at once (default 64; -1: no limit).")
 @click.option("--tta", default=None, type=click.Choice(["none", "flip", "five_crop", "ten_crop"]),
               help="Test-time augmentation (default: the ensemble's own setting; none for a single model).")
 @click.option("--crop-fraction", default=0.875, show_default=True, type=float)
 @click.option("--max-request-mb", default=DEFAULT_MAX_REQUEST_MB, show_default=True, type=float,
               help="Cap on a POST body, in MB; a longer one gets HTTP 413 before it is parsed.")
 def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str], host: str, port: int,
-          route_prefix: str, replicas: int, num_cpus: float, tta: Optional[str], crop_fraction: float,
+          route_prefix: str, replicas: Optional[int], num_cpus: Optional[float], serve_config: Optional[str],
+          max_batch_size: Optional[int], batch_wait_timeout_s: Optional[float], max_ongoing_requests: Optional[int],
+          max_queued_requests: Optional[int], tta: Optional[str], crop_fraction: float,
           max_request_mb: float) -> None:
     """Serve MODEL_URI (models:/NAME@ALIAS or models:/NAME/VERSION, a single model or an
     ensemble) over HTTP with Ray Serve until Ctrl-C. GET describes the model; POST
@@ -218,11 +233,15 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
 
     import signal
 
-    from dlops.serving import check_options, port_free, resolve_model
+    from dlops.serving import check_options, load_serve_options, port_free, resolve_model
     from dlops.tracking.store import resolve_tracking_uri
 
+    t_start = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri, None)
-    check_options(replicas, num_cpus, tta, crop_fraction, max_request_mb)
+    check_options(replicas or 1, 1.0 if num_cpus is None else num_cpus, tta, crop_fraction, max_request_mb)
+    options = load_serve_options(serve_config, num_replicas=replicas, num_cpus=num_cpus, max_batch_size=max_batch_size,
+                                 batch_wait_timeout_s=batch_wait_timeout_s, max_ongoing_requests=max_ongoing_requests,
+                                 max_queued_requests=max_queued_requests)
     ref = resolve_model(model_uri, uri)
     port_free(host, port)
     try:
@@ -236,13 +255,19 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
     def on_sigterm(signum: int, frame: object) -> None:  # systemd, Kubernetes: stop as on Ctrl-C
         raise SystemExit(143)
 
+    t_checked = time.perf_counter()
     started = init_ray(ray_address, None, None)
+    t_ray = time.perf_counter()
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        start(ref, uri, host=host, port=port, route_prefix=route_prefix, replicas=replicas, num_cpus=num_cpus,
-              tta=tta, crop_fraction=crop_fraction, loopback=not ray_address, max_request_mb=max_request_mb)
+        start(ref, uri, host=host, port=port, route_prefix=route_prefix, options=options, tta=tta,
+              crop_fraction=crop_fraction, loopback=not ray_address, max_request_mb=max_request_mb)
+        t_ready = time.perf_counter()
         click.echo(f"serving {ref.kind} model {ref.name} version {ref.version} ({model_uri}) at "
                    f"http://{host}:{port}{route_prefix}  (Ctrl-C to stop)", err=True)
+        click.echo(f"start-up {t_ready - t_start:.1f} s: checks {t_checked - t_start:.1f} s, Ray "
+                   f"{t_ray - t_checked:.1f} s, Serve + replicas (model load included) {t_ready - t_ray:.1f} s; "
+                   f"readiness: http://{host}:{port}{route_prefix.rstrip('/')}/-/ready", err=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
