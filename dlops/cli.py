@@ -167,9 +167,10 @@ def submit(project_file: str, address: str, overrides: tuple[str, ...], tracking
            no_wait: bool) -> None:
     """Submit the main job of PROJECT_FILE to a Ray cluster (Ray Jobs API) and follow its logs.
 
-    The project file's folder is the job's working dir (run outputs excluded). Exit code: the
-    job's (0 succeeded, 1 failed); 2 for a bad file or an unreachable tracking store, before
-    anything is submitted. Ctrl-C stops following; the job keeps running."""
+    The project file's folder is the job's working dir (run outputs excluded); the job runs with
+    the cluster's Python that has dlops (found by a first tiny job). Exit code: the job's (0
+    succeeded, 1 failed); 2 for a bad file, an unreachable tracking store or a cluster whose
+    Python lacks dlops, before the job is submitted. Ctrl-C stops following; the job keeps running."""
     from dlops.submit import exit_code, submit as submit_job, wait
     from dlops.tracking.store import resolve_tracking_uri
 
