@@ -50,31 +50,50 @@ def parse_versions(text: str) -> list[str]:
     return vs
 
 
-def top_k_versions(client: Any, name: str, k: int) -> list[Any]:
+def top_k_versions(client: Any, name: str, k: int, out: Callable[[str], Any] = print) -> list[Any]:
     """The ``k`` best versions of ``name`` (by their stored optimizing metric) that meet their own
-    satisficing constraints and share the best one's fingerprint.
+    satisficing constraints and are comparable with the best one (the same fingerprint: task,
+    classes, dev/test split, metric). Says through ``out`` which versions it skipped, and why
+    (not comparable with the best, breaks a constraint, an ensemble, not registered by dlops).
 
     Raises:
         RegistryError: no model ``name``, or fewer than two such versions.
     """
-    from dlops.tracking.promotion import GateSpec, eligible
+    from dlops.tracking.promotion import GateSpec, eligible, fingerprint_diff
     from dlops.tracking.registry import candidate, get_registered_model
 
     get_registered_model(client, name)
-    scored = []
-    for mv in client.search_model_versions(f"name = '{name}'", max_results=1000):
+    scored, skipped = [], []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'", max_results=1000), key=lambda m: int(m.version)):
+        if "dlops.members" in (mv.tags or {}):
+            skipped.append(f"{mv.version} (an ensemble)")
+            continue
         try:
             spec = GateSpec.from_json((mv.tags or {}).get("dlops.gate", ""))
         except ValueError:
+            skipped.append(f"{mv.version} (no dlops.gate tag)")
             continue
         c = candidate(mv)
-        if eligible(c.metrics, spec)[0] and "dlops.members" not in (mv.tags or {}):
-            v = float(c.metrics[spec.metric])
-            scored.append((v if spec.mode == "min" else -v, int(mv.version), mv, c.fingerprint))
+        ok, why = eligible(c.metrics, spec)
+        if not ok:
+            skipped.append(f"{mv.version} ({why})")
+            continue
+        v = float(c.metrics[spec.metric])
+        scored.append((v if spec.mode == "min" else -v, int(mv.version), mv, c.fingerprint))
     scored.sort(key=lambda t: (t[0], t[1]))
     if scored:
-        fp = scored[0][3]
-        scored = [t for t in scored if t[3] == fp]
+        best_v, fp = scored[0][1], scored[0][3]
+        comparable = []
+        for t in scored:
+            d = fingerprint_diff(t[3], fp) if t[3] is not None and fp is not None else (
+                None if t[3] == fp else "no fingerprint")
+            if d is None:
+                comparable.append(t)
+            else:
+                skipped.append(f"{t[1]} (not comparable with the best, version {best_v}: {d})")
+        scored = comparable
+    if skipped:
+        out(f"  --top-k skipped versions {'; '.join(sorted(skipped, key=lambda x: int(x.split()[0])))}")
     if len(scored) < 2:
         raise RegistryError(f"--top-k {k}: {name} has {len(scored)} comparable version(s) that meet their "
                             "constraints; an ensemble needs at least two")
@@ -93,10 +112,14 @@ def build_registry_ensemble(client: Any, name: str, versions: Optional[str] = No
             preprocessing. Nothing is registered.
         dlops.errors.PluginError: no installed plugin provides ``method``.
     """
+    import os
+
     import mlflow
 
     from dlops.plugins import get_registry
     from dlops.predict import check_tta
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars per member download
     from dlops.tracking.registry import resolve_version
 
     if (versions is None) == (top_k is None):
@@ -107,7 +130,7 @@ def build_registry_ensemble(client: Any, name: str, versions: Optional[str] = No
         raise RegistryError(f"--tta/--crop-fraction: {exc}") from None
     ens_method = get_registry().get("ensemble_methods", method)
     mvs = ([resolve_version(client, name, v) for v in parse_versions(versions)] if versions is not None
-           else top_k_versions(client, name, int(top_k)))  # type: ignore[arg-type]
+           else top_k_versions(client, name, int(top_k), out))  # type: ignore[arg-type]
     uris = [f"models:/{name}/{mv.version}" for mv in mvs]
     specs = []
     for mv, uri in zip(mvs, uris):
@@ -143,7 +166,7 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
     import numpy as np
     from dlops.ensemble import EnsemblePyfunc
     from dlops.serving.pyfunc import model_signature
-    from dlops.job.ensemble import common_spec
+    from dlops.job.ensemble import common_spec, gate_constraints, measure
     from dlops.tracking.models import active_run, pip_requirements
     from dlops.tracking.registry import gate_spec, register_and_promote, version_metrics
     from dlops.tracking.store import TAG_KIND
@@ -152,8 +175,9 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
     spec0 = gate_spec(mvs[0])
     metrics: dict[str, float] = {}
     x_example = None
+    models = [mlflow.pytorch.load_model(u, map_location="cpu").eval() for u in uris]
     if fp is not None:
-        metrics, x_example = _evaluate(client, mvs, uris, specs, fp, ens_method, tta, crop_fraction, out)
+        metrics, x_example = _evaluate(client, mvs, uris, specs, models, fp, ens_method, tta, crop_fraction, out)
         if not metrics:
             fp = None
     else:
@@ -162,6 +186,13 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
         sp = specs[0]
         size, ch = int(sp.get("image_size") or 8), int(sp.get("in_channels") or 1)
         x_example = np.zeros((2, ch, size, size), dtype=np.float32)
+    import torch
+
+    # latency_ms and size_mb as a single model's, so the satisficing constraints apply to the ensemble too
+    cost = measure(models, torch.as_tensor(x_example[:1]), specs[0].get("task", "classification"), tta,
+                   crop_fraction, ens_method)
+    evaluated = bool(metrics)
+    metrics.update(cost)
     member_metrics = [version_metrics(mv) for mv in mvs]
     best = None
     for m in member_metrics:
@@ -191,13 +222,16 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
                     pip_requirements=pip_requirements(), model_config=mc,
                     metadata={"model_spec": common_spec(specs), "class_index": class_index, "members": uris,
                               "member_specs": specs, **mc})
-        constraints = [c for c in spec0.constraints if c.metric in metrics]
+        constraints, unchecked = gate_constraints(list(spec0.constraints), metrics)
+        if evaluated and unchecked:
+            out(f"  not gated on {', '.join(unchecked)}: not measured for an ensemble")
         promo = register_and_promote(
             client, info.model_uri, ens_name, metrics, spec0.metric, spec0.mode, constraints,
             tags={"dlops.members": json.dumps(uris), "dlops.member_uris": json.dumps(uris),
                   "dlops.ensemble_method": method, "dlops.run_id": rid,
                   "dlops.project": (mvs[0].tags or {}).get("dlops.project", ""),
-                  "dlops.search_run_id": (mvs[0].tags or {}).get("dlops.search_run_id", "")},
+                  "dlops.search_run_id": (mvs[0].tags or {}).get("dlops.search_run_id", ""),
+                  **({"dlops.unchecked_constraints": json.dumps(unchecked)} if unchecked else {})},
             baseline={spec0.metric: best} if best is not None else None, fingerprint=fp, kind="ensemble",
             command="ensemble")
         client.set_terminated(rid, "FINISHED")
@@ -206,19 +240,18 @@ def _register(client: Any, name: str, ens_name: str, mvs: list[Any], uris: list[
         raise
     where = (f"models:/{promo.name}@{'champion' if 'champion' in promo.aliases else 'challenger'}"
              if promo.aliases else promo.uri)
-    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "not evaluated"
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    shown = shown if evaluated else f"not evaluated ({shown})"
     return (f"registered {promo.name} version {promo.version} ({where}) of {', '.join(uris)}: {shown}; "
             f"aliases {list(promo.aliases)} ({promo.reason})"
             + ("" if promo.aliases else f"; no alias: serve it as {promo.uri}, or keep serving models:/{name}@champion"))
 
 
-def _evaluate(client: Any, mvs: list[Any], uris: list[str], specs: list[dict[str, Any]], fp: dict[str, Any],
-              ens_method: Any, tta: str, crop_fraction: float,
+def _evaluate(client: Any, mvs: list[Any], uris: list[str], specs: list[dict[str, Any]], models: list[Any],
+              fp: dict[str, Any], ens_method: Any, tta: str, crop_fraction: float,
               out: Callable[[str], Any]) -> tuple[dict[str, float], Any]:
     """The ensemble's dev/test metrics on the members' common split (rebuilt from the first
     member's project.json and checked against the fingerprint), and two example inputs."""
-    import mlflow
-
     from dlops.data.transforms import build_transform
     from dlops.predict import member_probabilities
     from dlops.reporting.recompute import load_project, rebuild_data
@@ -237,7 +270,6 @@ def _evaluate(client: Any, mvs: list[Any], uris: list[str], specs: list[dict[str
         return {}, None
     sp = specs[0]
     t_eval = build_transform("none", 0.0, sp.get("image_size"), sp["mean"], sp["std"], train=False)
-    models = [mlflow.pytorch.load_model(u, map_location="cpu").eval() for u in uris]
     task = sp.get("task", "classification")
     metrics: dict[str, float] = {}
     x_dev = None

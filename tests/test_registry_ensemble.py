@@ -39,3 +39,45 @@ def test_a_member_can_be_an_mlflow_pytorch_model_dir(tmp_path):
     assert spec == SPEC
     x = torch.zeros(3, 1, 8, 8)
     assert torch.equal(model(x), net.eval()(x))
+
+
+def test_ensemble_constraints_and_member_uris_of_a_run_ensemble():
+    from dlops.job.ensemble import gate_constraints, member_uris
+    from dlops.search.space import Constraint
+
+    cons = [Constraint("latency_ms", "<=", 50.0), Constraint("train/error", "<=", 0.2), Constraint("size_mb", "<", 3)]
+    kept, unchecked = gate_constraints(cons, {"dev/error": 0.1, "latency_ms": 2.0, "size_mb": 1.0})
+    assert kept == [cons[0], cons[2]] and unchecked == ["train/error <= 0.2"]
+    uris, note = member_uris(["t1", "t2", "t3"], "t2", "models:/m/7")
+    assert uris == [None, "models:/m/7", None]
+    assert "2 of 3 members are trial checkpoints only" in note and "t1, t3" in note
+    assert member_uris(["t1"], "t1", "models:/m/1") == (["models:/m/1"], "every member is a registered model")
+
+
+def test_ensemble_latency_times_every_member_over_every_view_and_size_adds_the_members():
+    """measure() times the whole prediction per image: M members x V test-time views."""
+    import time
+
+    import torch
+
+    from dlops.ensemble import ensemble_method
+    from dlops.job.ensemble import measure
+    from dlops.train.loop import size_mb
+
+    class Slow(torch.nn.Module):  # a member whose forward takes at least 1 ms (a sleep: never shorter)
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 2)
+
+        def forward(self, x):
+            time.sleep(0.001)
+            return self.lin(x.flatten(1))
+
+    avg = ensemble_method("average")
+    members = [Slow(), Slow()]
+    x = torch.zeros(1, 1, 8, 8)
+    plain = measure(members, x, "classification", "none", 0.875, avg)
+    five = measure(members, x, "classification", "five_crop", 0.875, avg)
+    assert plain["latency_ms"] >= 2 * 1.0  # both members
+    assert five["latency_ms"] >= 2 * 5 * 1.0  # both members, each over 5 crops
+    assert plain["size_mb"] == pytest.approx(sum(size_mb(m) for m in members)) and plain["size_mb"] > 0

@@ -197,6 +197,32 @@ def decide(candidate: Candidate, champion: Optional[Candidate], spec: GateSpec,
     return False, f"{spec.metric} {v:.4g} does not beat champion version {champion.version}'s {float(cv):.4g}"
 
 
+def decide_challenger(candidate: Candidate, champion: Optional[Candidate], spec: GateSpec,
+                      baseline: Optional[Mapping[str, float]] = None) -> tuple[bool, str]:
+    """May ``candidate`` hold ``challenger`` (``dlops promote --alias challenger``)? Pure; returns
+    (decision, reason).
+
+    A challenger is the next candidate to compare against the champion, so it must be eligible
+    (:func:`eligible`), beat ``baseline`` strictly when given (an ensemble's best member), and be
+    comparable with the champion (the same fingerprint) when there is one. It need not beat the
+    champion, nor the version that holds ``challenger`` now.
+    """
+    ok, why = eligible(candidate.metrics, spec)
+    if not ok:
+        return False, f"version {candidate.version} {why}"
+    v = float(candidate.metrics[spec.metric])
+    if baseline is not None and spec.metric in baseline and math.isfinite(float(baseline[spec.metric])):
+        b = float(baseline[spec.metric])
+        if not _better(v, b, spec.mode):
+            return False, f"{spec.metric} {v:.4g} does not beat the best member's {b:.4g}"
+    if champion is None or champion.version == candidate.version:
+        return True, f"eligible ({why}); no other champion to be comparable with"
+    diff = fingerprint_diff(candidate.fingerprint, champion.fingerprint)
+    if diff is not None:
+        return False, f"not comparable with champion version {champion.version}: {diff}"
+    return True, f"eligible ({why}) and comparable with champion version {champion.version}"
+
+
 def _better(v: float, ref: float, mode: str) -> bool:
     return v < ref if mode == "min" else v > ref
 

@@ -14,7 +14,11 @@ deprecated stages; versions are taken from the object that ``register_model`` re
   constraint met, and (ensembles) better than its best member. It may be worse than the
   champion (that is what a challenger is: the next candidate to compare against it), but it
   never points at a version that breaks a constraint or, for an ensemble, loses to a member.
-  A version that is not eligible gets no alias at all.
+  A version that is not eligible gets no alias at all. ``dlops promote --alias challenger``
+  moves it to an eligible version comparable with the champion (it need not beat either).
+
+An ensemble's ``latency_ms`` and ``size_mb`` are measured as a single model's
+(:func:`dlops.job.ensemble.measure`), so the satisficing constraints gate it the same way.
 
 Each version carries its metrics as tags ``dlops.metric.<name>``, its gate spec as ``dlops.gate``
 and its fingerprint as ``dlops.fingerprint``; the history is kept as registered-model tags
@@ -25,13 +29,15 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from dlops.errors import GateRefusedError, RegistryError
 from dlops.search.space import Constraint
-from dlops.tracking.promotion import (FINGERPRINT_TAG, GATE_TAG, Candidate, Event, GateSpec, decide, eligible,
-                                      history_key, parse_fingerprint, parse_history, rollback_target)
+from dlops.tracking.promotion import (FINGERPRINT_TAG, GATE_TAG, Candidate, Event, GateSpec, decide,
+                                      decide_challenger, eligible, history_key, parse_fingerprint, parse_history,
+                                      rollback_target)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -247,8 +253,15 @@ def move_alias(client: Any, name: str, alias: str, to_version: str, from_version
 
 def promote(client: Any, name: str, version: Any, alias: str = CHAMPION, force: bool = False,
             reason: Optional[str] = None, dry_run: bool = False, command: str = "promote") -> Move:
-    """Gate ``name`` version ``version`` against the version ``alias`` points at, with the
-    candidate's stored gate spec and fingerprint, and move the alias when it wins.
+    """Gate ``name`` version ``version`` with its stored gate spec and fingerprint, and move
+    ``alias`` to it when it passes.
+
+    The gate for ``champion`` (:func:`dlops.tracking.promotion.decide`): eligible (finite
+    optimizing metric, every satisficing constraint met, an ensemble beating its best member),
+    comparable with the version ``champion`` points at (the same fingerprint) and strictly better
+    than it. For ``challenger`` (:func:`dlops.tracking.promotion.decide_challenger`): eligible and
+    comparable with the *champion*; it need not beat the champion nor the current challenger.
+    The version the gate compares with is re-read immediately before the alias is moved.
 
     Args:
         force: move even when the gate refuses (needs ``reason``; recorded as ``forced``).
@@ -269,11 +282,19 @@ def promote(client: Any, name: str, version: Any, alias: str = CHAMPION, force: 
     current = alias_version(client, name, alias)
     if current == v:
         return Move(name, alias, current, v, False, "unchanged", f"{name}@{alias} is already version {v}")
-    holder = client.get_model_version(name, current) if current is not None else None
+
+    def judge(spec: GateSpec) -> tuple[bool, str]:
+        if alias == CHALLENGER:
+            champ = alias_version(client, name, CHAMPION)
+            ref = candidate(client.get_model_version(name, champ)) if champ is not None else None
+            return decide_challenger(candidate(mv), ref, spec, baseline_of(mv))
+        now = alias_version(client, name, alias)
+        holder = candidate(client.get_model_version(name, now)) if now is not None else None
+        return decide(candidate(mv), holder, spec, baseline_of(mv))
+
     if force:
         try:
-            spec = gate_spec(mv)
-            _, said = decide(candidate(mv), candidate(holder) if holder else None, spec, baseline_of(mv))
+            _, said = judge(gate_spec(mv))
         except RegistryError as exc:
             said = str(exc)
         why = f"forced by {current_user()}: {reason.strip()} (the gate said: {said})"  # type: ignore[union-attr]
@@ -281,19 +302,16 @@ def promote(client: Any, name: str, version: Any, alias: str = CHAMPION, force: 
             move_alias(client, name, alias, v, current, "forced", why, command)
         return Move(name, alias, current, v, not dry_run, "forced", why)
     spec = gate_spec(mv)
-    ok, why = decide(candidate(mv), candidate(holder) if holder else None, spec, baseline_of(mv))
+    ok, why = judge(spec)
     if not ok:
         would = "would be refused (dry run, nothing changed)" if dry_run else "refused"
         raise GateRefusedError(f"{name} version {v} -> @{alias} {would}: {why}")
     if not dry_run:
-        # re-read the holder immediately before the move: another client may have moved it
-        now = alias_version(client, name, alias)
-        if now != current:
-            holder = client.get_model_version(name, now) if now is not None else None
-            ok, why = decide(candidate(mv), candidate(holder) if holder else None, spec, baseline_of(mv))
-            if not ok:
-                raise GateRefusedError(f"{name} version {v} -> @{alias} refused: {why}")
-            current = now
+        # re-read what the gate compares with immediately before the move: another client may have moved it
+        ok, why = judge(spec)
+        if not ok:
+            raise GateRefusedError(f"{name} version {v} -> @{alias} refused: {why}")
+        current = alias_version(client, name, alias)
         move_alias(client, name, alias, v, current, "gate", why, command)
     return Move(name, alias, current, v, not dry_run, "gate", why)
 
@@ -376,7 +394,8 @@ def register_and_promote(
             client.create_registered_model(name, tags={KIND_TAG: kind})
         except Exception:  # noqa: BLE001  (created concurrently by another run)
             pass
-    mv = mlflow.register_model(model_uri, name, tags=all_tags)  # the ModelVersion created: no "latest"
+    with _quiet_registration():
+        mv = mlflow.register_model(model_uri, name, tags=all_tags)  # the ModelVersion created: no "latest"
     v = str(mv.version)
     me = Candidate(v, dict(metrics), dict(fingerprint) if fingerprint is not None else None)
     try:
@@ -409,6 +428,28 @@ def register_and_promote(
     return Promotion(name, v, tuple(aliases), previous, reason)
 
 
+#: what ``mlflow.register_model`` prints on stderr for every registration (dlops prints its own line)
+_MLFLOW_CHATTER = ("Successfully registered model ", "Registered model ", "Created version ")
+
+
+@contextmanager
+def _quiet_registration() -> Iterator[None]:
+    """Drop MLflow's per-registration stderr lines (``Registered model 'm' already exists. Creating
+    a new version...``, ``Created version '3' ...``); anything else it writes is passed on."""
+    import io
+    import sys
+
+    buf = io.StringIO()
+    try:
+        with redirect_stderr(buf):
+            yield
+    finally:
+        rest = "".join(line for line in buf.getvalue().splitlines(keepends=True)
+                       if not line.startswith(_MLFLOW_CHATTER))
+        if rest:
+            sys.stderr.write(rest)
+
+
 def _settle(client: Any, name: str, me: Candidate, spec: GateSpec, baseline: Optional[Mapping[str, float]],
             previous: Optional[str], command: str, rounds: int = 3) -> None:
     """After moving champion to ``me``: a version registered after ``previous`` (concurrently)
@@ -431,14 +472,36 @@ def _settle(client: Any, name: str, me: Candidate, spec: GateSpec, baseline: Opt
 
 
 def list_models(client: Any) -> list[dict[str, Any]]:
-    """Every registered model dlops made (tag ``dlops.kind``, or a version with a ``dlops.gate``
-    tag), each ``{"name", "kind", "aliases": {alias: {"version", "metric", "value", "dangling"}}}``."""
+    """Every registered model dlops made (tag ``dlops.kind``), each ``{"name", "kind", "aliases":
+    {alias: {"version", "metric", "value", "dangling"}}}``. ``dangling``: the alias points at a
+    deleted version, or (MLflow drops an alias with its version) the history's last move of it
+    went to a version that was deleted since; such an alias is never followed."""
     out = []
     for rm in _all_registered_models(client):
         kind = (rm.tags or {}).get(KIND_TAG)
         if kind is None:
             continue
-        out.append({"name": rm.name, "kind": kind, "aliases": _aliases(client, rm)})
+        aliases = _aliases(client, rm)
+        for alias, v in _lost_aliases(client, rm, aliases).items():
+            aliases[alias] = {"version": v, "dangling": True}
+        out.append({"name": rm.name, "kind": kind, "aliases": dict(sorted(aliases.items()))})
+    return out
+
+
+def _lost_aliases(client: Any, rm: Any, aliases: Mapping[str, Any]) -> dict[str, str]:
+    """alias -> version for the aliases the history last moved to a version that was deleted
+    since: MLflow drops an alias with its version, so only the history remembers it."""
+    last: dict[str, str] = {}
+    for e in parse_history(rm.tags or {}):
+        last[e.alias] = e.to_version
+    out = {}
+    for alias, v in last.items():
+        if alias in aliases:
+            continue
+        try:
+            client.get_model_version(rm.name, v)
+        except Exception:  # noqa: BLE001  (deleted)
+            out[alias] = v
     return out
 
 
@@ -509,9 +572,14 @@ def show_model(client: Any, name: str) -> dict[str, Any]:
             entry["data_manifest"] = f"runs:/{entry['search_run_id']}/data_manifest.json"
         if "dlops.members" in tags:
             try:
-                entry["members"] = json.loads(tags.get("dlops.member_uris") or tags["dlops.members"])
-            except ValueError:
+                ids = json.loads(tags["dlops.members"])
+                uris = json.loads(tags.get("dlops.member_uris") or "null") or ids
+                # an ensemble of dlops run: a member that is not registered is its trial (checkpoint only)
+                entry["members"] = [u if u else f"trial {t} (checkpoint only)" for u, t in zip(uris, ids)]
+            except (ValueError, TypeError):
                 entry["members"] = tags["dlops.members"]
+            if tags.get("dlops.member_note"):
+                entry["member_note"] = tags["dlops.member_note"]
         versions.append(entry)
     present = {v["version"] for v in versions}
     events = [{"time": e.time, "user": e.user, "alias": e.alias, "from": e.from_version, "to": e.to_version,

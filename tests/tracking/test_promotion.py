@@ -100,3 +100,22 @@ def test_history_tags_parse_in_time_order():
     got = parse_history(tags)
     assert [e.to_version for e in got] == ["1", "2"]
     assert got[0].key == "dlops.history.0000000001000-aa"
+
+
+def test_decide_challenger_needs_eligible_and_comparable_not_better():
+    from dlops.tracking.promotion import decide_challenger
+
+    champ = Candidate("1", {"dev/error": 0.05, "latency_ms": 1.0}, FP10)
+    worse = Candidate("2", {"dev/error": 0.30, "latency_ms": 1.0}, FP10)
+    ok, why = decide_challenger(worse, champ, SPEC)
+    assert ok and "comparable with champion version 1" in why  # worse than the champion: still a challenger
+    assert decide(worse, champ, SPEC)[0] is False  # ... but never champion
+    slow = Candidate("3", {"dev/error": 0.01, "latency_ms": 99.0}, FP10)
+    assert decide_challenger(slow, champ, SPEC) == (False, "version 3 breaks latency_ms <= 50")
+    two = Candidate("4", {"dev/error": 0.0, "latency_ms": 1.0}, dict(FP10, classes=["a", "b"]))
+    ok, why = decide_challenger(two, champ, SPEC)
+    assert not ok and "2 classes vs 10" in why
+    assert decide_challenger(two, None, SPEC)[0]  # no champion to compare with
+    ens = Candidate("5", {"dev/error": 0.06, "latency_ms": 1.0}, FP10)
+    ok, why = decide_challenger(ens, champ, SPEC, baseline={"dev/error": 0.04})
+    assert not ok and "best member" in why

@@ -184,5 +184,44 @@ def test_a_deleted_version_is_never_followed(store):
     info = show_model(c, "del")
     assert info["lost_aliases"] == {"champion": b.version, "challenger": b.version}
     assert _cli(store, "models", "show", "del").output.count("points nowhere") == 2
+    listed = {r["name"]: r for r in json.loads(_cli(store, "models", "list", "--json").stdout)}
+    assert listed["del"]["aliases"]["champion"] == {"version": b.version, "dangling": True}
+    assert f"@champion -> v{b.version} (DANGLING: version deleted)" in _cli(store, "models", "list").stdout
     r = _cli(store, "serve", "models:/del@champion")
     assert r.exit_code == 2 and "del@champion" in r.stderr
+
+
+def test_promote_challenger_needs_eligible_and_comparable_with_the_champion(store):
+    """``--alias challenger``: eligible and comparable with the champion, not better than it."""
+    a = _reg(store, "ch", 0.10)
+    b = _reg(store, "ch", 0.20)  # challenger now
+    c = _reg(store, "ch", 0.40)  # worse than both: also the newest eligible, so challenger
+    assert _alias(store, "ch", "challenger") == c.version
+    r = _cli(store, "promote", "ch", b.version, "--alias", "challenger")  # worse than the champion: allowed
+    assert r.exit_code == 0, r.stderr
+    assert _alias(store, "ch", "challenger") == b.version and _alias(store, "ch", "champion") == a.version
+    slow = _reg(store, "ch", 0.01, lat=99.0)
+    r = _cli(store, "promote", "ch", slow.version, "--alias", "challenger")
+    assert r.exit_code == 1 and "breaks latency_ms <= 50" in r.stderr
+    other = _reg(store, "ch", 0.0, fp=dict(FP, classes=["a", "b"]))  # took challenger: nothing to compare yet
+    r = _cli(store, "promote", "ch", b.version, "--alias", "challenger")
+    assert r.exit_code == 0 and _alias(store, "ch", "challenger") == b.version
+    r = _cli(store, "promote", "ch", other.version, "--alias", "challenger")
+    assert r.exit_code == 1 and "not comparable with champion version" in r.stderr and "2 classes vs 3" in r.stderr
+    assert _alias(store, "ch", "challenger") == b.version and _alias(store, "ch", "champion") == a.version
+
+
+def test_top_k_takes_comparable_eligible_versions_and_names_those_it_skips(store):
+    from dlops.registry_ensemble import top_k_versions
+
+    v = [_reg(store, "topk", 0.10).version, _reg(store, "topk", 0.30).version,
+         _reg(store, "topk", 0.01, lat=99.0).version,  # the lowest error, but it breaks the constraint
+         _reg(store, "topk", 0.15, fp=dict(FP, classes=["a", "b"])).version,  # another fingerprint
+         _reg(store, "topk", 0.20).version]
+    lines: list[str] = []
+    got = top_k_versions(store["client"], "topk", 2, out=lines.append)
+    assert [str(mv.version) for mv in got] == [v[0], v[4]]
+    assert len(lines) == 1
+    assert f"{v[2]} (breaks latency_ms <= 50)" in lines[0]
+    assert f"{v[3]} (not comparable with the best, version {v[0]}: classes differ (2 classes vs 3))" in lines[0]
+    assert f" {v[1]} " not in lines[0] and f" {v[4]} " not in lines[0]
