@@ -209,8 +209,12 @@ def ensemble(ctx: JobContext) -> None:
     members = [ctx.load_member(t) for t in ids]
     probs = {k: ens.combined_probabilities(ctx, method, members, k) for k in ("dev", "test")}
     evals = {k: evaluate_task(probs[k], ctx.splits[k].y, cfg.task) for k in probs}
-    erid = ens.log_ensemble_run(ctx, ids, evals, method)
-    promo = ens.register_ensemble(ctx, ens.log_ensemble_model(ctx, erid, ids, members, probs["dev"]), ids, evals)
+    mc = ens.model_config(ctx)
+    cost = ens.measure([m for m, _, _ in members], ctx.eval_inputs["dev"][:1], cfg.task, mc["tta"],
+                       mc["crop_fraction"], method)  # latency_ms, size_mb: gated like a single model's
+    erid = ens.log_ensemble_run(ctx, ids, evals, method, cost)
+    promo = ens.register_ensemble(ctx, ens.log_ensemble_model(ctx, erid, ids, members, probs["dev"]), ids, evals,
+                                  cost)
     ctx.client.set_terminated(erid, "FINISHED")
     s.ensemble_uri = _uri(promo)
     s.ensemble_test_error, s.ensemble_members = evals["test"].error, ids
