@@ -12,6 +12,7 @@ TINY = [
     "search.stages=[{trials: 3, epochs: 2, method: sobol}, {trials: 2, epochs: 3}]",
     "pretrain.epochs=2",
     "ensemble.top_k=3",
+    "search.confirm=null",  # the example's confirmation stage (top 3 x 2 seeds) is tested on its own (tests/job/test_run.py)
 ]
 
 

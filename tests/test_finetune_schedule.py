@@ -22,7 +22,7 @@ def test_backbone_lr_mult_and_unfreeze_epoch_are_searched(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     cfg = load_config(EXAMPLE, [
         f"tracking.uri={uri}", f"ray.storage_path={tmp_path}/ray_results", "ray.num_cpus=2", "pretrain.epochs=2",
-        "search.stages=[{trials: 2, epochs: 2}]",
+        "search.stages=[{trials: 2, epochs: 2}]", "search.confirm=null",
         "search.space.backbone_lr_mult={scale: log, low: 0.01, high: 0.1}",
         "search.space.unfreeze_epoch={scale: const, value: 2}",
         "report.reporters=[bias_variance]",

@@ -67,6 +67,8 @@ class JobContext:
         best: the best feasible trial (search).
         eval_inputs: split -> (N, C, H, W) tensors with the evaluation transform (register).
         best_model: the registered best trial (register).
+        run_tags: source, user and git tags of the search's runs (setup; :mod:`dlops.tracking.context`).
+        datasets: the splits as ``mlflow.entities.DatasetInput`` (setup; logged on the search run and trials).
     """
 
     config: ProjectConfig
@@ -88,6 +90,8 @@ class JobContext:
     best: Any = None
     eval_inputs: dict[str, Any] = field(default_factory=dict)
     best_model: Optional[BestModel] = None
+    run_tags: dict[str, str] = field(default_factory=dict)
+    datasets: list[Any] = field(default_factory=list)
 
     @property
     def splits(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ def setup(ctx: JobContext) -> None:
                             "project_resumed.json")
     else:
         log_project(cfg, data, ctx.client, ctx.search_run_id)
+    log_context(ctx)
     if data.skipped:
         ctx.out(f"  skipped {len(data.skipped)} unusable files (listed in data_manifest.json), e.g. "
                 + "; ".join(f"{p}: {r}" for p, r in data.skipped[:3]))
@@ -53,6 +54,21 @@ def setup(ctx: JobContext) -> None:
     ctx.plan = build_plan(cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     log_augmentation(cfg, ctx.spec, ctx.client, ctx.search_run_id)
+
+
+def log_context(ctx: JobContext) -> None:
+    """The search run's source, user and git tags, and the splits as MLflow datasets (digest,
+    context train / train_dev / dev / test): the UI's Source and Dataset columns."""
+    from dlops.tracking.context import context_tags, split_datasets
+
+    cfg, d = ctx.config, ctx.config.data
+    ctx.run_tags = context_tags(getattr(cfg, "_source_file", None))
+    for k, v in ctx.run_tags.items():
+        ctx.client.set_tag(ctx.search_run_id, k, v)
+    source = {"digits": "sklearn.datasets.load_digits", "imagefolder": d.target_dir, "list": d.target_csv}[d.source]
+    ctx.datasets = split_datasets(ctx.splits, cfg.name, str(source))
+    if not ctx.resume:  # logged once, with the run's first attempt
+        ctx.client.log_inputs(ctx.search_run_id, datasets=ctx.datasets)
 
 
 def pretrain(ctx: JobContext) -> None:
@@ -101,7 +117,8 @@ def run_trials(ctx: JobContext) -> Any:
 
     cfg = ctx.config
     req = SearchRequest(ctx.plan, cfg.search, cfg.ray, cfg.name, ctx.client, ctx.experiment_id,
-                        ctx.search_run_id, ctx.search_id, resume=ctx.resume)
+                        ctx.search_run_id, ctx.search_id, resume=ctx.resume, seed=cfg.seed, run_tags=ctx.run_tags,
+                        datasets=tuple(ctx.datasets))
     return run_search(train_trial, trial_payload(ctx), req, ctx.out, on_callback=lambda c: setattr(ctx, "callback", c))
 
 
@@ -124,7 +141,7 @@ def search(ctx: JobContext) -> None:
         if tid in cb.trial_runs:
             ctx.client.set_tag(cb.trial_runs[tid], "dlops.checkpoint", ck.path)
     log_trial_augmentation(cfg, ctx.spec, ctx.client, ctx.plan, cb.trial_runs)
-    ctx.best = ctx.plan.best()
+    ctx.best = confirmed_best(ctx) if o.confirm is not None else ctx.plan.best()
     hook.dlops_after_search(config=cfg, parent_run_id=ctx.search_run_id, best=ctx.best)
     if ctx.best is None:
         raise NothingToRegisterError(f"search: no trial finished with a finite {cfg.search.metric} while "
@@ -134,6 +151,16 @@ def search(ctx: JobContext) -> None:
     ctx.client.set_tag(ctx.search_run_id, "dlops.best_trial_id", ctx.best.trial_id)
     if s.best_run_id:
         ctx.client.set_tag(ctx.search_run_id, "dlops.best_run_id", s.best_run_id)
+
+
+def confirmed_best(ctx: JobContext) -> Any:
+    """The search trial of the configuration that won the confirmation (``search.confirm``: the
+    best mean over fresh seeds), or None when no configuration has a feasible mean."""
+    winner = ctx.outcome.confirm.winner
+    found = [t for t in ctx.plan.outcomes() if t.trial_id == winner]
+    if found:
+        ctx.client.set_tag(ctx.search_run_id, "dlops.confirm_winner", winner)
+    return found[0] if found else None
 
 
 def register(ctx: JobContext) -> None:

@@ -164,7 +164,7 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
                 + " (tag dlops.resume_changes)")
     else:
         search_id = uuid.uuid4().hex[:12]
-        parent_id = client.create_run(exp_id, run_name=f"search-{cfg.name}",
+        parent_id = client.create_run(exp_id, run_name=f"{cfg.name}-search-{search_id[:8]}",  # unique per search
                                       tags={TAG_KIND: "search", TAG_SEARCH: search_id}).info.run_id
     return JobContext(config=cfg, data=data, client=client, tracking_uri=uri, experiment_id=exp_id,
                       search_run_id=parent_id, search_id=search_id, out=out, resume=resume, open_runs=[parent_id],

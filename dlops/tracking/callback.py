@@ -50,6 +50,7 @@ from typing import Any, Callable, Optional
 
 from ray.tune import Callback
 
+from dlops.search.confirm import CONFIRM_KEY
 from dlops.search.plan import EPOCHS_KEY, STAGE_KEY
 from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH, TAG_STAGE, TAG_TRIAL
 
@@ -116,11 +117,19 @@ class MlflowTreeCallback(Callback):
         stage_info: ``k -> dict`` of params/tags for stage k's run (e.g. its box), called when the
             stage's first trial starts.
         progress: optional ``print``-like function for one line per finished trial.
+        metric: the optimizing metric (a trial that ends with a non-finite value of it is FAILED).
+        run_tags: tags set on every stage and trial run it creates (source, user, git commit).
+        datasets: ``mlflow.entities.DatasetInput`` logged on every trial run it creates (the
+            splits: the UI's Dataset column).
+        sampling: ``config -> {name: value}`` of extra params per trial (the sampling-scale
+            coordinates ``lr.r``; :func:`dlops.search.tune.runtime.sampling_params_fn`).
     """
 
     def __init__(self, client: Any, experiment_id: str, parent_run_id: str, search_id: str,
                  stage_info: Optional[Callable[[int], dict[str, Any]]] = None,
-                 progress: Optional[Callable[[str], None]] = None, metric: Optional[str] = None) -> None:
+                 progress: Optional[Callable[[str], None]] = None, metric: Optional[str] = None,
+                 run_tags: Optional[dict[str, str]] = None, datasets: Any = (),
+                 sampling: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -128,6 +137,9 @@ class MlflowTreeCallback(Callback):
         self.stage_info = stage_info
         self.progress = progress
         self.metric = metric  # a trial that ends with a non-finite value of it is FAILED
+        self.run_tags = dict(run_tags or {})
+        self.datasets = list(datasets or ())
+        self.sampling = sampling
         self.stage_runs: dict[int, str] = {}
         self.trial_runs: dict[str, str] = {}
         self.n_done = 0
@@ -355,10 +367,12 @@ class MlflowTreeCallback(Callback):
             self._stage_size[k] = info["params"]["trials"]
         start = int(time.time() * 1000)
 
+        name = str(info.get("name", f"stage-{k}"))
+
         def create() -> None:
             run = self.client.create_run(
-                self.experiment_id, start_time=start, run_name=f"stage-{k}",
-                tags={TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id,
+                self.experiment_id, start_time=start, run_name=name,
+                tags={**self.run_tags, TAG_PARENT: self.parent_run_id, TAG_KIND: "stage", TAG_SEARCH: self.search_id,
                       TAG_STAGE: str(k)})
             self.stage_runs[k] = run.info.run_id
 
@@ -390,13 +404,17 @@ class MlflowTreeCallback(Callback):
         self._queue_stage_run(k)
 
         start = int(time.time() * 1000)  # when Tune starts the trial, not when the write lands
+        extra = {"dlops.confirm": "true"} if CONFIRM_KEY in trial.config else {}
+        name = f"confirm-{tid}" if extra else f"stage{k}-{tid}"
 
         def create() -> None:
             run = self.client.create_run(
-                self.experiment_id, start_time=start, run_name=f"stage{k}-{tid}",
-                tags={TAG_PARENT: self.stage_runs[k], TAG_KIND: "trial", TAG_SEARCH: self.search_id,
-                      TAG_STAGE: str(k), TAG_TRIAL: tid})
+                self.experiment_id, start_time=start, run_name=name,
+                tags={**self.run_tags, TAG_PARENT: self.stage_runs[k], TAG_KIND: "trial", TAG_SEARCH: self.search_id,
+                      TAG_STAGE: str(k), TAG_TRIAL: tid, **extra})
             self.trial_runs[tid] = run.info.run_id
+            if self.datasets:
+                self.client.log_inputs(run.info.run_id, datasets=self.datasets)
 
         self._enqueue(_Op("create", run=("trial", tid), fn=create))
         self._log_params(tid, trial.config)
@@ -415,7 +433,10 @@ class MlflowTreeCallback(Callback):
         ``dlops.param_warning`` says so (see :meth:`_log_merged`)."""
         from mlflow.entities import Param
 
-        self._queue_batch(("trial", tid), params=[Param(key, _param_value(v)) for key, v in sorted(config.items())])
+        values = dict(config)
+        if self.sampling is not None:
+            values.update(self.sampling(config))
+        self._queue_batch(("trial", tid), params=[Param(key, _param_value(v)) for key, v in sorted(values.items())])
 
     # ---- Tune hooks ---------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:

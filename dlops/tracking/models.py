@@ -22,13 +22,15 @@ def pip_requirements() -> list[str]:
 @contextmanager
 def active_run(run_id: str) -> Iterator[Any]:
     """Make ``run_id`` the active fluent run for a ``log_model`` call, keeping its final status
-    (a run that had ended ends again with the same status)."""
+    and end time (a run that had ended ends again with the same status at the same time: its
+    duration in the MLflow UI is the training's, not the training's plus this logging)."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    before = client.get_run(run_id).info.status
+    info = client.get_run(run_id).info
+    before = info.status
     with mlflow.start_run(run_id=run_id) as r:
         yield r
     if before != "RUNNING":
-        client.set_terminated(run_id, before)
+        client.set_terminated(run_id, before, end_time=info.end_time)

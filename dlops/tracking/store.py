@@ -64,16 +64,21 @@ def is_local_store(uri: str) -> bool:
 
 def ensure_experiment(client: Any, name: str, uri: str, artifact_location: Optional[str] = None) -> str:
     """Get or create the experiment; with a local store its artifacts go to ``./mlartifacts``
-    (absolute), with a tracking server to the server's default (artifact proxy)."""
+    (absolute), with a tracking server to the server's default (artifact proxy). It is tagged
+    ``mlflow.experimentKind = custom_model_development`` (MLflow 3.x opens it as model training,
+    not GenAI) unless it has a kind already."""
+    from dlops.tracking.context import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, set_experiment_kind
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        set_experiment_kind(client, exp.experiment_id)  # model training, not GenAI (unless a kind is set)
         return exp.experiment_id
     loc = artifact_location
     if loc is None and is_local_store(uri):
         loc = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=loc)
+    return client.create_experiment(name, artifact_location=loc, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def end_open_runs(client: Any, run_ids: list[str], status: str = "KILLED") -> list[str]:

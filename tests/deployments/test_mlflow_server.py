@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 RUN = ["search.stages=[{trials: 2, epochs: 1, method: sobol}]", "pretrain.epochs=1", "ensemble.top_k=2",
-       "report.reporters=[]", "ray.num_cpus=2"]
+       "report.reporters=[]", "ray.num_cpus=2", "search.confirm=null"]
 
 
 def _as_postgres() -> list[str]:

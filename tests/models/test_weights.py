@@ -252,7 +252,7 @@ def test_dlops_run_transfers_a_wrapper_saved_state_dict(tmp_path, local_ray, wra
     cfg = load_config(EXAMPLE, [
         f"tracking.uri={uri}", f"ray.storage_path={tmp_path}/ray_results", "ray.num_cpus=2",
         f"model.weights={path}", "model.freeze=backbone", "search.stages=[{trials: 2, epochs: 1}]",
-        "ensemble.enabled=false", "report.reporters=[]", f"registry.model_name={name}",
+        "search.confirm=null", "ensemble.enabled=false", "report.reporters=[]", f"registry.model_name={name}",
     ])
     lines: list[str] = []
     old = os.getcwd()

@@ -28,7 +28,7 @@ EXPERIMENT = "digits-transfer"
 
 #: overrides that make the example a few seconds of training
 TINY = ["--set", "search.stages=[{trials: 2, epochs: 1}, {trials: 2, epochs: 1}]",
-        "--set", "pretrain.epochs=1", "--set", "ray.num_cpus=2"]
+        "--set", "pretrain.epochs=1", "--set", "ray.num_cpus=2", "--set", "search.confirm=null"]
 #: the project uses the test plugin's policy and reporter
 WITH_PLUGIN = ["--set", "augmentation.policy=test_invert",
                "--set", "report.reporters=[bias_variance, test_split_count]"]

@@ -380,7 +380,8 @@ def repair_state_files(exp_dir: str, plan: Any = None) -> list[str]:
         rebuilt = copy.deepcopy(plan)
         try:
             with open(snap) as f:
-                rebuilt.load_state_dict(json.load(f))
+                snapshot = json.load(f)
+            rebuilt.load_state_dict(snapshot)
         except Exception:
             raise NothingToResumeError(f"--resume: {states[-1]} is damaged and {snap} cannot be read") from None
         # trials Tune will restore (in the experiment state it reads) or that started (a t-<id>
@@ -390,7 +391,8 @@ def repair_state_files(exp_dir: str, plan: Any = None) -> list[str]:
             rebuilt.forget(key)  # (a trial with a result is kept by forget itself)
         tmp = states[-1] + ".repair"
         with open(tmp, "w") as f:
-            json.dump(rebuilt.state_dict(), f)
+            extra = {"confirm": snapshot["confirm"]} if "confirm" in snapshot else {}  # the searcher's confirmation stage
+            json.dump({**rebuilt.state_dict(), **extra}, f)
         os.replace(tmp, states[-1])
         repaired.append(f"rebuilt {os.path.basename(states[-1])} from {PLAN_SNAPSHOT}")
     return repaired

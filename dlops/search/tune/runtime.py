@@ -61,6 +61,9 @@ class SearchRequest:
         search_id: the search's short id (tag ``dlops.search_id``).
         resume: restore the Tune experiment when Tune saved one there (else the search starts
             over under the same ids; runs of the earlier attempt that nothing continues end KILLED).
+        seed: the project's seed (the confirmation stage's fresh seeds are drawn from it).
+        run_tags: tags set on every stage and trial run (e.g. ``mlflow.source.name``, ``mlflow.user``).
+        datasets: ``mlflow.entities.DatasetInput`` logged on every trial run (the splits).
     """
 
     plan: StagedPlan
@@ -72,6 +75,9 @@ class SearchRequest:
     parent_run_id: str
     search_id: str
     resume: bool = False
+    seed: int = 0
+    run_tags: Mapping[str, str] = field(default_factory=dict)
+    datasets: tuple[Any, ...] = ()
 
     @property
     def storage(self) -> str:
@@ -101,6 +107,7 @@ class SearchOutcome:
     n_failed: int
     warnings: list[str] = field(default_factory=list)
     released_actors: Optional[int] = None  # never-started actors killed at the last trial (None: not reached)
+    confirm: Any = None  # dlops.search.confirm.ConfirmResult with search.confirm, else None
 
 
 @dataclass
@@ -151,10 +158,17 @@ def short_trial_dirname(trial: Any) -> str:
     return f"t-{trial.trial_id}"
 
 
-def stage_info_fn(plan: Any, search: SearchConfig) -> Callable[[int], dict[str, Any]]:
-    """Params of stage k's MLflow run: its trials, epochs, method and box (value scale shown in u)."""
+def stage_info_fn(plan: Any, search: SearchConfig, n_confirm: int = 0) -> Callable[[int], dict[str, Any]]:
+    """Params of stage k's MLflow run: its trials, epochs, method and box (value scale shown in u);
+    for ``k == len(stages)`` the confirmation stage (run ``confirm``: top_k, seeds, at most
+    ``n_confirm`` trials)."""
 
     def info(k: int) -> dict[str, Any]:
+        if k >= len(search.stages):
+            c = search.confirm
+            return {"name": "confirm", "params": {"stage": k, "trials": n_confirm, "top_k": c.top_k if c else 0,
+                                                  "seeds": c.seeds if c else 0, "method": "confirm"},
+                    "tags": {"dlops.confirm": "true"}}
         box = plan.boxes[k] if k < len(plan.boxes) else None
         st = search.stages[k]
         params: dict[str, Any] = {"stage": k, "trials": plan.stages[k].n_trials, "epochs": st.epochs,
@@ -193,9 +207,13 @@ def _build_parts(req: SearchRequest, out: Callable[[str], None],
     from dlops.tracking.callback import MlflowTreeCallback
 
     search, plan = req.search, req.plan
-    searcher = StagedSearcher(plan, snapshot_path=str(Path(req.experiment_dir) / PLAN_SNAPSHOT))
+    c = search.confirm
+    searcher = StagedSearcher(plan, snapshot_path=str(Path(req.experiment_dir) / PLAN_SNAPSHOT),
+                              confirm=(c.top_k, c.seeds) if c else None, base_seed=req.seed)
     cb = MlflowTreeCallback(req.client, req.experiment_id, req.parent_run_id, req.search_id,
-                            stage_info=stage_info_fn(plan, search), progress=out, metric=search.metric)
+                            stage_info=stage_info_fn(plan, search, searcher.n_confirm), progress=out,
+                            metric=search.metric, run_tags=dict(req.run_tags), datasets=req.datasets,
+                            sampling=sampling_params_fn(plan.params))
     if on_callback:
         on_callback(cb)
     res = search.resources
@@ -220,7 +238,7 @@ def _new_tuner(fn: Any, req: SearchRequest, p: _Parts) -> Any:
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=p.searcher,
-                                    scheduler=p.scheduler, num_samples=req.plan.total_trials,
+                                    scheduler=p.scheduler, num_samples=req.plan.total_trials + p.searcher.n_confirm,
                                     max_concurrent_trials=search.max_concurrent,
                                     trial_dirname_creator=short_trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(name=req.tune_name, storage_path=req.storage, callbacks=[p.callback, p.waiting],
@@ -260,7 +278,9 @@ def _make_tuner(trainable: Callable[..., None], payload: Any, req: SearchRequest
     fn = tune.with_resources(tune.with_parameters(trainable, payload=payload), trial_resources(res.cpu, res.gpu))
     if req.resume and can_restore(req.experiment_dir):
         return _restored_tuner(fn, req, p, out)
-    out(f"  {req.plan.total_trials} trials in {len(req.plan.stages)} stages; MLflow parent run {req.parent_run_id}")
+    confirm = f" (+ up to {p.searcher.n_confirm} confirmation trials)" if p.searcher.n_confirm else ""
+    out(f"  {req.plan.total_trials} trials in {len(req.plan.stages)} stages{confirm}; MLflow parent run "
+        f"{req.parent_run_id}")
     return _new_tuner(fn, req, p), []
 
 
@@ -321,19 +341,89 @@ def _finish(req: SearchRequest, p: _Parts, results: Any, out: Callable[[str], No
         raise TooManyFailuresError(
             f"search stopped: {cb.n_failed} trials failed, more than search.max_failures={req.search.max_failures} "
             "(each failed trial's error is in its MLflow run, tag dlops.error)")
-    if len(plan.results) < plan.total_trials:
+    if len(plan.results) < plan.total_trials or not p.searcher.confirm_done():
         # Tune returns normally after Ctrl-C (it saves the experiment state first)
-        raise KeyboardInterrupt(f"search interrupted after {len(plan.results)} of {plan.total_trials} trials")
+        raise KeyboardInterrupt(f"search interrupted after {len(plan.results)} of {plan.total_trials} trials"
+                                + ("" if p.searcher.confirm_done() else " (confirmation not done)"))
     cb.reconcile(results)
     cb.end_stages("FINISHED")
     outcome = SearchOutcome(
         plan=plan, results=results, callback=cb,
         checkpoints={r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None},
         n_trials=len(results), n_failed=sum(1 for r in results if r.error is not None),
-        released_actors=p.keeper.released,
+        released_actors=p.keeper.released, confirm=p.searcher.confirmation(),
     )
     outcome.warnings += _log_zoom(req, cb, out)
+    if outcome.confirm is not None:
+        _log_confirm(req, cb, outcome.confirm, out)
+    _log_figure(req, outcome, out)
     return outcome
+
+
+def _log_figure(req: SearchRequest, outcome: SearchOutcome, out: Callable[[str], None]) -> None:
+    """``search/stages.png`` on the search run (:mod:`dlops.search.tune.figure`); a figure that
+    cannot be drawn is a warning, never a failed search."""
+    import tempfile
+
+    from dlops.search.tune.figure import stages_figure
+
+    best = outcome.confirm.winner if outcome.confirm is not None else None
+    try:
+        with tempfile.TemporaryDirectory() as td:
+            path = stages_figure(req.plan, str(Path(td) / "stages.png"), best_id=best)
+            if path:
+                req.client.log_artifact(req.parent_run_id, path, "search")
+    except Exception as exc:  # noqa: BLE001 - a picture must not fail a finished search
+        out(f"  warning: search/stages.png not drawn: {type(exc).__name__}: {exc}")
+
+
+def sampling_params_fn(params: Any) -> Callable[[Mapping[str, Any]], dict[str, float]]:
+    """``config -> {"<name>.r": sampling-scale coordinate}`` for the numeric parameters whose
+    sampling scale differs from their value (``log``, ``log_int``, ``one_minus_log``: lr = 10^r,
+    beta = 1 - 10^r), logged as params of each trial so the MLflow UI's parallel-coordinates and
+    contour plots show the search in the scale it ran in."""
+    from dlops.search.space import to_u
+
+    scaled = [p for p in params if p.scale in ("log", "log_int", "one_minus_log")]
+
+    def fn(config: Mapping[str, Any]) -> dict[str, float]:
+        out = {}
+        for p in scaled:
+            v = config.get(p.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                try:
+                    out[f"{p.name}.r"] = round(float(to_u(p.scale, float(v))), 4)
+                except (ValueError, ZeroDivisionError):
+                    continue
+        return out
+
+    return fn
+
+
+def _log_confirm(req: SearchRequest, cb: Any, res: Any, out: Callable[[str], None]) -> None:
+    """The confirmation's spread: on the search run tag ``dlops.confirm`` (every confirmed
+    configuration: trial id, fresh-seed values, mean, std, first value) and metrics
+    ``confirm/<metric>_mean`` / ``_std`` of the winner; on each confirmed trial's run its own."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    m, ts = req.search.metric, int(time.time() * 1000)
+    client = req.client
+    rows = [r.as_dict() for r in res.table]
+    client.set_tag(req.parent_run_id, "dlops.confirm", json.dumps({"winner": res.winner, "configs": rows})[:5000])
+    for r in res.table:
+        ms = [Metric(f"confirm/{m}_{k}", float(v), ts, 0) for k, v in (("mean", r.mean), ("std", r.std))
+              if math.isfinite(v)]
+        rid = cb.trial_runs.get(r.trial_id)
+        if rid and ms:
+            client.log_batch(rid, metrics=ms)
+        if r.trial_id == res.winner and ms:
+            client.log_batch(req.parent_run_id, metrics=ms)
+        shown = ", ".join(f"{v:.4g}" for v in r.values)
+        out(f"  confirm: trial {r.trial_id}: {m} first {r.first:.4g}, fresh seeds [{shown}] mean {r.mean:.4g} "
+            f"(std {r.std:.3g}){' <- winner' if r.trial_id == res.winner else ''}")
 
 
 def run_search(

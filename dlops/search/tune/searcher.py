@@ -9,6 +9,11 @@ ends with its last result, which is what the zoom sees.
 :attr:`StagedSearcher.at_barrier` tells whether the last answer was a barrier (``None``):
 :class:`dlops.search.tune._private.ActorKeeper` keeps the trial actors alive while it is set, so
 the next stage reuses them instead of starting new worker processes.
+
+With ``confirm=(top_k, seeds)`` (``search.confirm``) one more stage follows the last: the
+``top_k`` best feasible configurations trained again on ``seeds`` fresh seeds
+(:mod:`dlops.search.confirm`); its configs carry ``stage = len(stages)`` and ``confirm_of``.
+Its state is saved with the plan's (key ``confirm``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any, Optional
 
 from ray.tune.search import Searcher
 
-from dlops.search.plan import FINISHED, StagedPlan
+from dlops.search.confirm import CONFIRM_KEY, confirm_configs, confirm_result
+from dlops.search.plan import FINISHED, STAGE_KEY, StagedPlan
 from dlops.search.tune._private import backup_experiment_state
 
 
@@ -30,11 +36,62 @@ class StagedSearcher(Searcher):
         plan: the staged plan (space, stages, metric, mode, constraints, zoom rule, seed).
     """
 
-    def __init__(self, plan: StagedPlan, snapshot_path: Optional[str] = None) -> None:
+    def __init__(self, plan: StagedPlan, snapshot_path: Optional[str] = None,
+                 confirm: Optional[tuple[int, int]] = None, base_seed: int = 0) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
         self.plan = plan
         self.snapshot_path = snapshot_path
         self.at_barrier = False  # the last suggest answered None: waiting for a stage to end
+        self.confirm = confirm  # (top_k, seeds) or None
+        self.base_seed = base_seed
+        # the confirmation stage: top (trial ids), pending configs, suggested (trial id -> config), results
+        self.cstate: dict[str, Any] = {"top": None, "pending": [], "suggested": {}, "results": {}}
+
+    @property
+    def n_confirm(self) -> int:
+        """The most confirmation trials this search can run (``top_k * seeds``; 0 without confirm)."""
+        return self.confirm[0] * self.confirm[1] if self.confirm else 0
+
+    def _suggest_confirm(self, trial_id: str) -> Any:
+        """A confirmation trial's config; FINISHED once every one is issued."""
+        from dlops.search.space import select_top
+
+        st = self.cstate
+        if trial_id in st["suggested"]:
+            return dict(st["suggested"][trial_id])
+        if st["top"] is None:
+            p = self.plan
+            top = select_top(p.outcomes(), p.metric, p.mode, p.constraints, k=self.confirm[0],  # type: ignore[index]
+                             tie_break=p.rule.tie_break)
+            st["top"] = [t.trial_id for t in top]
+            st["pending"] = confirm_configs(top, self.confirm[1], self.base_seed,  # type: ignore[index]
+                                            {STAGE_KEY: len(p.stages)})
+        if not st["pending"]:
+            return Searcher.FINISHED
+        cfg = st["pending"].pop(0)
+        st["suggested"][trial_id] = cfg
+        return dict(cfg)
+
+    def confirm_done(self) -> bool:
+        """Whether every confirmation trial ended (True without confirm)."""
+        st = self.cstate
+        if not self.confirm:
+            return True
+        return st["top"] is not None and not st["pending"] and all(t in st["results"] for t in st["suggested"])
+
+    def confirmation(self) -> Any:
+        """The :class:`dlops.search.confirm.ConfirmResult` (None without confirm or before it ran)."""
+        st = self.cstate
+        if not self.confirm or st["top"] is None:
+            return None
+        top = [t for t in self.plan.outcomes() if t.trial_id in set(st["top"])]
+        top.sort(key=lambda t: st["top"].index(t.trial_id))
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for tid, cfg in st["suggested"].items():
+            if tid in st["results"]:
+                runs.setdefault(cfg[CONFIRM_KEY], []).append(st["results"][tid])
+        p = self.plan
+        return confirm_result(top, runs, p.metric, p.mode, p.constraints)
 
     def _snapshot(self, text: str) -> None:
         """Write ``text`` (the plan state as JSON) atomically to ``snapshot_path`` (write, then
@@ -60,8 +117,10 @@ class StagedSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         cfg = self.plan.suggest(trial_id)
+        if cfg == FINISHED and self.confirm:
+            cfg = self._suggest_confirm(trial_id)
         self.at_barrier = cfg is None
-        if cfg == FINISHED:
+        if cfg == FINISHED or cfg is Searcher.FINISHED:
             return Searcher.FINISHED
         return cfg  # a dict, or None at a stage barrier
 
@@ -69,6 +128,11 @@ class StagedSearcher(Searcher):
         pass
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self.cstate["suggested"]:
+            ok = not error and result
+            self.cstate["results"][trial_id] = ({k: v for k, v in result.items() if isinstance(v, (int, float))}
+                                                if ok else {})
+            return
         if error or not result:
             self.plan.record(trial_id, {})
         else:
@@ -76,10 +140,12 @@ class StagedSearcher(Searcher):
 
     # ---- state: Tune calls save/restore with the experiment checkpoint ---------------------
     def get_state(self) -> dict:
-        return self.plan.state_dict()
+        return {**self.plan.state_dict(), "confirm": self.cstate}
 
     def set_state(self, state: dict) -> None:
         self.plan.load_state_dict(state)
+        if "confirm" in state:
+            self.cstate = json.loads(json.dumps(state["confirm"]))
 
     def save(self, checkpoint_path: str) -> None:
         """Tune saves the searcher with every experiment checkpoint (``TUNE_GLOBAL_CHECKPOINT_S``)

@@ -33,7 +33,7 @@ def tiny_overrides(tmp: Path, stages: str = "[{trials: 2, epochs: 1}, {trials: 2
                    db: str = "m.db") -> list[str]:
     """Overrides that make the example a few-second project writing only under ``tmp``."""
     return [f"search.stages={stages}", "pretrain.epochs=1", f"tracking.uri=sqlite:///{tmp / db}",
-            f"ray.storage_path={tmp / 'ray_results'}", "ensemble.enabled=false"]
+            f"ray.storage_path={tmp / 'ray_results'}", "ensemble.enabled=false", "search.confirm=null"]
 
 
 def free_port() -> int:
