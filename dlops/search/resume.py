@@ -131,6 +131,8 @@ def project_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any
 
     Dicts are compared key by key (``search.space.lr.low``), lists of equal length item by item
     (``search.stages[1].epochs``); a list whose length changed is one change (``search.stages``).
+    A key only one side has is skipped (a newer or older schema's default), except a parameter
+    added to or dropped from ``search.space``.
 
     Returns:
         ``[(key, old value, new value), ...]`` in key order (a missing key's value is None).
@@ -139,6 +141,8 @@ def project_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any
         out: list[tuple[str, Any, Any]] = []
         for k in sorted(set(old) | set(new), key=str):
             key = f"{prefix}.{k}" if prefix else str(k)
+            if (k not in old or k not in new) and prefix != "search.space":
+                continue  # a key of one dlops version's schema only (its default), not a change of the file
             out += project_changes(old.get(k), new.get(k), key)
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
