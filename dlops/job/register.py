@@ -15,11 +15,11 @@ from dlops.job.plan import constraints
 
 def eval_inputs(ctx: JobContext) -> dict[str, Any]:
     """split -> (N, C, H, W) float32 tensors, with the evaluation transform of the project's spec."""
-    from dlops.data.transforms import build_transform
+    from dlops.data.transforms import eval_transform
     from dlops.train.loop import stack_eval
 
     spec = ctx.spec
-    t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    t_eval = eval_transform(spec)  # the one eval transform: training's, report's and serving's
     return {k: stack_eval(v.x, t_eval) for k, v in ctx.splits.items()}
 
 

@@ -183,7 +183,7 @@ def recompute_reports(target: str, tracking_uri: str, split: str = "dev",
     from mlflow import MlflowClient
 
     from dlops.console import quiet_libraries
-    from dlops.data.transforms import build_transform
+    from dlops.data.transforms import eval_transform
     from dlops.plugins import get_registry
     from dlops.train.loop import evaluate_task, stack_eval
 
@@ -210,7 +210,7 @@ def recompute_reports(target: str, tracking_uri: str, split: str = "dev",
     task = cfg.task
     predict, spec = _predictor(how, target, task)
     splits = {k: data.split(k) for k in SPLITS}
-    t_eval = build_transform("none", 0.0, spec.get("image_size"), spec["mean"], spec["std"], train=False)
+    t_eval = eval_transform(spec)  # the one eval transform: training's and serving's (dlops.serving.inputs)
     probs = {k: predict(stack_eval(v.x, t_eval)) for k, v in splits.items()}
     errors = {"human": cfg.human_level_error,
               **{k: evaluate_task(probs[k], v.y, task).error for k, v in splits.items()}}

@@ -232,7 +232,7 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     from ray import tune
 
     from dlops.data.loader import TrainLoader, cap_threads, thread_plan
-    from dlops.data.transforms import build_transform
+    from dlops.data.transforms import build_transform, eval_transform
     from dlops.train.device import reset_gpu_peak
     from dlops.train.loop import fit_epoch, seed_everything
 
@@ -249,7 +249,7 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     magnitude = float(config.get("magnitude", payload.magnitude))
     size = spec.get("image_size")
     t_train = build_transform(policy, magnitude, size, spec["mean"], spec["std"], train=True)
-    ev = _eval_sets(payload, build_transform("none", 0.0, size, spec["mean"], spec["std"], train=False))
+    ev = _eval_sets(payload, eval_transform(spec))  # the one eval transform (report and serving use it too)
     epochs = int(config.get("epochs", payload.default_epochs))
     node_id = ray.get_runtime_context().get_node_id()
     bs = int(config.get("batch_size", 32))
