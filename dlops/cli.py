@@ -245,6 +245,9 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
                                  max_queued_requests=max_queued_requests)
     ref = resolve_model(model_uri, uri)
     port_free(host, port)
+    from dlops.serving.engine import check_loads
+
+    check_loads(ref, uri, tta, crop_fraction)  # a broken model: exit 2 in seconds, before Ray starts
     try:
         from ray import serve as ray_serve
     except ImportError as exc:
@@ -266,7 +269,7 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
         t_ready = time.perf_counter()
         click.echo(f"serving {ref.kind} model {ref.name} version {ref.version} ({model_uri}) at "
                    f"http://{host}:{port}{route_prefix}  (Ctrl-C to stop)", err=True)
-        click.echo(f"start-up {t_ready - t_start:.1f} s: checks {t_checked - t_start:.1f} s, Ray "
+        click.echo(f"start-up {t_ready - t_start:.1f} s: checks and test load {t_checked - t_start:.1f} s, Ray "
                    f"{t_ray - t_checked:.1f} s, Serve + replicas (model load included) {t_ready - t_ray:.1f} s; "
                    f"readiness: http://{host}:{port}{route_prefix.rstrip('/')}/-/ready", err=True)
         while True:

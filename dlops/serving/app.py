@@ -216,8 +216,14 @@ def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int =
     try:
         return serve.run(app, name="dlops", route_prefix=route_prefix)
     except RuntimeError as exc:  # Serve: "Deploying application dlops failed: ..."
+        detail = str(exc)
+        try:  # the replica's own traceback is in the deployment's status message
+            dep_status = serve.status().applications["dlops"].deployments["dlops-model"]
+            detail = dep_status.message or detail
+        except Exception:  # noqa: BLE001  (no status: keep Serve's message)
+            pass
         raise ServeError(f"{ref.uri} (version {ref.version}) failed to load in its replica: "
-                         f"{_last_error(str(exc))}") from None
+                         f"{_last_error(detail)}") from None
     finally:
         serve_logger.removeFilter(notice)
 
@@ -225,10 +231,11 @@ def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int =
 def _last_error(text: str) -> str:
     """The replica's own exception line out of Serve's deployment-failure message (its last
     ``Xxx: message`` line), or the whole text when there is none."""
+    import re
+
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if ":" in ln and head.replace(".", "").replace("_", "").isalnum() and head[:1].isupper() and " " not in head:
+        if re.match(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ", ln):  # e.g. _pickle.UnpicklingError: ...
             return ln
     return " ".join(lines[-3:]) if lines else text
 

@@ -96,3 +96,33 @@ class Engine:
         if self.method is None:
             return probs[0]
         return np.asarray(self.method.combine(probs), dtype=np.float64)
+
+
+def check_loads(ref: ModelRef, tracking_uri: str, tta: Optional[str] = None, crop_fraction: float = 0.875) -> float:
+    """Load ``ref`` here, in the driver, as a replica will, and run it on one zero image: a model
+    that does not load (missing or corrupt weights, a class that does not unpickle, members that
+    do not agree) fails in seconds with its real error, before Ray starts.
+
+    Returns:
+        The seconds it took (load + one forward).
+
+    Raises:
+        ServeError: naming the version and carrying the error's type and first line.
+    """
+    import numpy as np
+
+    from dlops.errors import ServeError
+
+    t0 = time.perf_counter()
+    try:
+        eng = Engine(ref, tracking_uri, tta, crop_fraction)
+        out = eng.forward(np.zeros((1, *eng.shape), dtype=np.float32))
+        if out.shape[0] != 1 or (eng.classes and out.shape[1] != len(eng.classes)):
+            raise ValueError(f"outputs of shape {tuple(out.shape)} for 1 image and {len(eng.classes)} classes")
+    except ServeError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (whatever the model's loading raises is the message)
+        first = (str(exc).strip().splitlines() or [""])[0][:400]
+        raise ServeError(f"MODEL_URI: {ref.uri} (models:/{ref.name}/{ref.version}) does not load: "
+                         f"{type(exc).__name__}: {first}") from None
+    return time.perf_counter() - t0
