@@ -4,25 +4,25 @@
 registry aliases; stages are deprecated) into Ray Serve replicas. The HTTP proxy listens on
 127.0.0.1 unless ``--host`` says otherwise (Ray has no authentication).
 
-HTTP API (JSON), on the route prefix (default ``/``):
+HTTP API, on the route prefix (default ``/``):
 
 * ``GET``: the model: ``{"model_uri", "name", "version", "kind": "single"|"ensemble", "task",
-  "classes", "input_shape": [C, H, W], "tta", "ensemble_method"}`` (``ensemble_method`` None for a
-  single model).
-* ``POST`` ``{"inputs": [...]}``, an array (N, C, H, W) of float32 images preprocessed as in
-  training (the model metadata's ``model_spec``: ``image_size``, ``mean``, ``std``): returns
-  ``{"probabilities": (N, K), "predictions": [...]}``; for ``classification`` the predicted class
-  name per image (argmax of the softmax), for ``multilabel`` the list of label names whose sigmoid
-  is >= 0.5 per image. A body that is not JSON, lacks ``inputs`` or has the wrong shape gets HTTP
-  400 with a message naming the field and the expected shape. A body over the size cap
-  (``--max-request-mb``, default :data:`DEFAULT_MAX_REQUEST_MB` MB; announced or streamed) gets HTTP
-  413 before it is parsed.
+  "classes", "input_shape": [C, H, W], "tta", "inputs", "preprocessing", "max_request_mb",
+  "max_batch_size", "batch_wait_timeout_s", "ensemble_method"}``.
+* ``GET <prefix>/-/ready``: ``{"ready": true, "name", "version", "kind", "model_uri", "load_s"}``,
+  answered by a replica, so only once its model is loaded.
+* ``POST``: images (raw bytes, multipart, base64 JSON) or a tensor ``{"inputs": (N, C, H, W)}``,
+  parsed per request by :func:`dlops.serving.inputs.parse_request` (4xx naming the problem);
+  returns ``{"probabilities": (N, K), "predictions": [...]}`` (the argmax class name per image for
+  ``classification``, the labels with sigmoid >= 0.5 for ``multilabel``). A body over
+  ``--max-request-mb`` gets 413 (:mod:`dlops.serving.body`); beyond the queue bound
+  (:mod:`dlops.serving.options`) Ray Serve's proxy answers 503 at once.
 
-A single network is served through ``mlflow.pytorch`` (its outputs are logits; softmax or
-sigmoid is applied here, per the spec's ``task``), with optional test-time augmentation
-(:mod:`dlops.predict`); an ensemble through its pyfunc (:mod:`dlops.ensemble`: each member's TTA
-views averaged, the members combined by the ensemble's method, looked up by name in the plugin
-registry; ``tta`` overrides its model config).
+Modules: :mod:`~dlops.serving.resolve` (driver-side checks, light), :mod:`~dlops.serving.options`
+(deployment options), :mod:`~dlops.serving.engine` (the loaded model and its forward, no Ray),
+:mod:`~dlops.serving.app` (the deployment: batching, HTTP), :mod:`~dlops.serving.body`,
+:mod:`~dlops.serving.outputs`, :mod:`~dlops.serving.inputs`, :mod:`~dlops.serving._private` (Ray
+internals).
 """
 
 from __future__ import annotations
