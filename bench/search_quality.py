@@ -3,7 +3,7 @@ with trials in flight, paired seeds and honest statistics.
 
 Run::
 
-    .venv/bin/python bench/search_quality.py                      # the reported held-out run (~15 min, 1 core)
+    .venv/bin/python bench/search_quality.py --seeds 30 --workers 2  # the reported held-out run (see bench/README.md)
     .venv/bin/python bench/search_quality.py --set dev --seeds 30 # the development set (knobs were tuned here)
     .venv/bin/python bench/search_quality.py --quick              # a smoke run (~20 s)
     .venv/bin/python bench/search_quality.py --functions 8,12 --instances 3,4 --dims 5,10 \\
@@ -33,9 +33,12 @@ Methods, all given the same trial budget ``n`` and ``q`` trials in flight, simul
 batches (ask ``q``, evaluate them, tell all ``q``):
 
 * ``c2f``: :class:`dlops.search.plan.StagedPlan` driven by :func:`dlops.search.plan.run_plan_batched`
-  with stages from :func:`dlops.search.plan.stage_sizes` and the rule of :data:`C2F_RULES`
-  (``--rule``; ``c2f:<rule>`` in ``--methods`` adds more). These are the pure functions the Ray
-  searcher (:class:`dlops.search.tune.searcher.StagedSearcher`) calls; ``tests/search/test_zoom_ray.py``
+  with the rule and stage layout of :data:`C2F_RULES` (``--rule``, default ``shrink3``: a
+  scrambled-Sobol first stage of 25% of the trials, then 3 equal stages, each box centred on the
+  best trial so far and half as wide; ``c2f:<rule>`` in ``--methods`` adds variants, e.g.
+  ``c2f:trust``, the trust-region rule with stages from :func:`dlops.search.plan.stage_sizes`).
+  These are the pure functions the Ray searcher
+  (:class:`dlops.search.tune.searcher.StagedSearcher`) calls; ``tests/search/test_zoom_ray.py``
   checks that a search through Ray Tune picks the same trials as this driver.
 * ``random``: i.i.d. uniform in the sampling scale; ``sobol``: scrambled Sobol points
   (``scipy.stats.qmc.Sobol``).
