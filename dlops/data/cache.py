@@ -94,21 +94,16 @@ def read_resized(path: str, channels: int, size: Optional[int]) -> np.ndarray:
         DataError: the file cannot be read or decoded (:class:`dlops.data.decode.ImageDecodeError`),
             or it is larger than the decoder's pixel limit; the message names the file.
     """
-    from PIL import Image
-
     from dlops.data import decode
+    from dlops.data.transforms import resize_image
 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"image {path!r} cannot be read: {exc}") from None
     arr = decode.decode_image(data, int(channels), what=f"image {path!r}", max_pixels=decode.MAX_PIXELS)
-    if size is not None and (arr.shape[0] != size or arr.shape[1] != size):
-        pil = Image.fromarray(arr[..., 0] if channels == 1 else arr)
-        arr = np.asarray(pil.resize((size, size), Image.BILINEAR))
-        if arr.ndim == 2:
-            arr = arr[..., None]
-    return np.ascontiguousarray(arr)
+    # the one resize of raw images: serving resizes request images with it too (dlops.serving.inputs)
+    return np.ascontiguousarray(resize_image(arr, size))
 
 
 class DiskCache:
