@@ -3,8 +3,11 @@
 
 Every box lives in the sampling scale ``u`` of :mod:`dlops.search.space` (``log10(lr)``, not
 ``lr``), so zooming in ``u`` is zooming in ``r``. :class:`ZoomRule` says how the box is fitted
-(``shrink`` around the best trial, the ``box`` of the top trials, or ``adaptive`` per
-dimension), :func:`zoom` fits it and names best trials on the edge of the original range.
+(``shrink`` around the best trial, the ``box`` of the top trials, ``adaptive`` per
+dimension, or ``trust``, a trust region that grows, shrinks, moves and restarts:
+:func:`trust_step`, :func:`trust_box`), :func:`zoom` fits it and names best trials on the edge of
+the original range. ``trust`` and ``ZoomRule.explore`` lost to ``shrink`` on the benchmark's
+development set at 32-64 trials, so neither is the default.
 The measurements behind the default rule are in ``bench/README.md`` (search_quality).
 """
 
