@@ -35,7 +35,11 @@ def job(tmp_path_factory):
                                            "report.reporters=[bias_variance, error_analysis, learning_curves, data_curve]"])
         lines: list[str] = []
         first = run_project(cfg, out=lines.append)
-        second = run_project(cfg, out=lines.append)
+        # the second run confirms its top 2 configurations on one fresh seed each (search.confirm)
+        cfg2 = load_config(EXAMPLE, TINY + [f"tracking.uri={uri}", f"ray.storage_path={d}/ray_results",
+                                            "ray.num_cpus=2", "search.confirm={top_k: 2, seeds: 1}",
+                                            "report.reporters=[bias_variance, error_analysis, learning_curves, data_curve]"])
+        second = run_project(cfg2, out=lines.append)
     finally:
         os.chdir(old)
     from mlflow import MlflowClient
@@ -357,3 +361,58 @@ def test_common_spec_keeps_only_what_every_member_shares():
     assert common_spec([a, dict(a)]) == a
     assert common_spec([a, {"name": "small_cnn"}]) == {"name": "small_cnn"}  # a key one member lacks is not shared
     assert common_spec([]) == {}
+
+
+def test_search_runs_have_unique_names_and_the_ui_context(job):
+    """The MLflow UI: model-training experiment kind, a name per search, Source / Dataset columns."""
+    c, s1, s2 = job["client"], job["first"], job["second"]
+    exp = c.get_experiment(s1.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    r1, r2 = c.get_run(s1.search_run_id), c.get_run(s2.search_run_id)
+    assert r1.info.run_name != r2.info.run_name
+    assert r1.info.run_name == f"{job['cfg'].name}-search-{r1.data.tags['dlops.search_id'][:8]}"
+    trials = [r for r in _runs(c, s1.experiment_id, r1.data.tags["dlops.search_id"]) if r.data.tags["dlops.kind"] == "trial"]
+    for run in [r1] + trials:
+        assert run.data.tags["mlflow.source.name"] == str(EXAMPLE) and run.data.tags["mlflow.user"]
+        contexts = {i.dataset.name: [t.value for t in i.tags] for i in run.inputs.dataset_inputs}
+        assert contexts == {f"{job['cfg'].name}-{k}": [k] for k in ("train", "train_dev", "dev", "test")}
+    assert "mlflow.source.git.commit" in r1.data.tags  # the example lives in this git work tree
+    # each trial carries its sampling-scale coordinates: lr.r = log10(lr), momentum.r = log10(1 - momentum)
+    for t in trials:
+        assert float(t.data.params["lr.r"]) == pytest.approx(math.log10(float(t.data.params["lr"])), abs=1e-3)
+        assert float(t.data.params["momentum.r"]) == pytest.approx(math.log10(1 - float(t.data.params["momentum"])),
+                                                                   abs=1e-3)
+    assert [a.path for a in c.list_artifacts(s1.search_run_id, "search")] == ["search/stages.png"]
+
+
+def test_best_trial_duration_excludes_the_model_logging(job):
+    from mlflow import MlflowClient
+
+    c, s = job["client"], job["first"]
+    best = c.get_run(s.best_run_id)
+    model = MlflowClient(job["uri"]).search_logged_models([s.experiment_id],
+                                                          filter_string=f"source_run_id = '{s.best_run_id}'")
+    assert model and best.info.end_time <= model[0].creation_timestamp  # the run ended before its model was logged
+
+
+def test_confirmation_reruns_the_top_configs_and_registers_the_mean_winner(job):
+    c, s = job["client"], job["second"]
+    parent = c.get_run(s.search_run_id)
+    runs = _runs(c, s.experiment_id, parent.data.tags["dlops.search_id"])
+    confirm = [r for r in runs if r.data.tags.get("dlops.confirm") == "true" and r.data.tags["dlops.kind"] == "trial"]
+    stage = [r for r in runs if r.data.tags["dlops.kind"] == "stage" and r.info.run_name == "confirm"]
+    assert len(confirm) == 2 and len(stage) == 1 and stage[0].info.status == "FINISHED"
+    table = json.loads(parent.data.tags["dlops.confirm"])
+    by_id = {r.data.tags["dlops.trial_id"]: r for r in runs if r.data.tags["dlops.kind"] == "trial"}
+    for row in table["configs"]:
+        reruns = [r for r in confirm if r.data.params["confirm_of"] == row["trial_id"]]
+        assert len(reruns) == 1 and reruns[0].data.params["seed"] == "1000"  # a fresh seed (the project's is 0)
+        assert row["values"] == [pytest.approx(reruns[0].data.metrics["dev/error"])]
+        for k in ("lr", "momentum", "batch_size", "hidden"):  # the same configuration, trained again
+            assert reruns[0].data.params[k] == by_id[row["trial_id"]].data.params[k]
+    means = {row["trial_id"]: row["mean"] for row in table["configs"]}
+    assert table["winner"] == min(means, key=means.get)  # both satisfy the latency constraint in the tiny run
+    assert parent.data.metrics["confirm/dev/error_mean"] == pytest.approx(means[table["winner"]])
+    mv = c.get_model_version(job["cfg"].model_name, "2")
+    run_id = mv.run_id or mv.tags["dlops.run_id"]
+    assert run_id == by_id[table["winner"]].info.run_id == s.best_run_id  # the registered model is the winner's
