@@ -200,7 +200,8 @@ def tensor_to_array(value: Any, spec: dict, field: str = "inputs") -> np.ndarray
         x = np.asarray(value)
         if x.dtype == object or x.dtype.kind not in "iuf":
             raise TypeError
-        x = x.astype(np.float64)  # checked in float64: 1e30 does not overflow float32 to inf first
+        if x.dtype != np.float32:
+            x = x.astype(np.float64)  # checked in float64: 1e300 does not overflow float32 to inf first
     except (TypeError, ValueError):
         raise RequestError(400, f"{field}: not a rectangular numeric array of shape {want} (ragged lists?)") from None
     if x.size == 0 or (x.ndim >= 1 and x.shape[0] == 0):
