@@ -193,11 +193,12 @@ class _EpochDataset:
         info = torch.utils.data.get_worker_info()
         wid = 0 if info is None else int(info.id)
         s = worker_seed(self.seed, epoch, wid)
-        policy = getattr(self.transform, "policy", None)
-        if policy is not None and hasattr(policy, "reseed"):
-            policy.reseed(s)
         if info is not None:  # torch-drawn augmentation (torchvision v2) in a worker; never the trainer's RNG
             torch.manual_seed(s)
+        policy = getattr(self.transform, "policy", None)
+        if policy is not None and hasattr(policy, "reseed"):
+            # after manual_seed: a policy reseeds itself when torch's seed changes under it
+            policy.reseed(s)
         self._epoch = epoch
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any]:
