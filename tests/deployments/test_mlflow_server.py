@@ -1,11 +1,11 @@
 """deployments/mlflow-server.sh, tested as a team runs it: PostgreSQL (the Debian ``postgresql``
 package: ``initdb`` in a temp dir, listening on 127.0.0.1), the server with the artifact proxy
-(artifacts in a temp folder), a small ``dlops run`` from another working directory, then
-``promote`` / ``rollback`` / ``ensemble`` / ``serve`` against it; a registered model loads from a
-third directory through the server alone, and nothing lands in a local ``mlruns/``,
-``mlartifacts/`` or ``mlflow.db``. Also: two processes registering at once never leave champion
-on the worse version, and a server whose artifact root is a server-local ``file://`` folder is
-refused before training."""
+(artifacts in a temp folder), two small ``dlops run``s of the same project racing from their own
+working directories (a barrier plugin makes them register at the same moment: each gets its own
+version, champion ends on the better), then ``promote`` / ``rollback`` / ``ensemble`` / ``serve``
+against it; a registered model loads from a third directory through the server alone, and
+nothing lands in a local ``mlruns/``, ``mlartifacts/`` or ``mlflow.db``. Also: a server whose
+artifact root is a server-local ``file://`` folder is refused before training."""
 
 from __future__ import annotations
 
@@ -77,14 +77,17 @@ class MlflowServer:
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         t0 = time.time()
-        while time.time() - t0 < 180:
-            assert self.proc.poll() is None, (cwd / "server.log").read_text()[-3000:]
+        while time.time() - t0 < 300:
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise AssertionError((cwd / "server.log").read_text()[-3000:])
             try:
                 if urllib.request.urlopen(self.uri + "/health", timeout=2).status == 200:
                     return
             except OSError:
                 time.sleep(1)
-        raise AssertionError("the MLflow server did not answer /health in 180 s")
+        self.stop()  # never leave a server behind
+        raise AssertionError("the MLflow server did not answer /health in 300 s")
 
     def stop(self) -> None:
         try:
@@ -104,14 +107,53 @@ def server(postgres, tmp_path_factory):
     srv.stop()
 
 
+#: the two runs of the race: the same project (same data, split and metric: comparable), one
+#: search space whose learning rates barely move the new head in one epoch, one that fits it
+RACERS = {"slow_lr": ["search.space.lr={scale: log, low: 1.0e-4, high: 2.0e-4, tier: 1}"],
+          "good_lr": ["search.space.lr={scale: log, low: 0.05, high: 0.2, tier: 1}"]}
+
+
+def barrier_site(d: Path) -> Path:
+    """A site folder with tests/resources/dlops_barrier_plugin.py installed as an entry-point
+    plugin (group ``dlops``), for a subprocess's ``PYTHONPATH``."""
+    site = d / "site"
+    info = site / "dlops_barrier_plugin-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "resources" / "dlops_barrier_plugin.py", site)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dlops-barrier-plugin\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[dlops]\nbarrier = dlops_barrier_plugin\n")
+    return site
+
+
 @pytest.fixture(scope="module")
 def team_run(server, tmp_path_factory):
-    """One small dlops run from its own working directory against the server."""
-    work = tmp_path_factory.mktemp("client")
-    r = run_dlops(["run", str(EXAMPLE), "--tracking-uri", server["uri"], *sum((["--set", s] for s in RUN), []),
-                   "--set", f"ray.storage_path={work}/ray_results"], cwd=work, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {"work": work, "out": r.stdout, "err": r.stderr}
+    """Two whole ``dlops run``s of the same project, each from its own working directory, racing
+    against the server: a barrier plugin holds each before its register phase until both are
+    there, so their promotion gates (and then their ensembles') run at the same moment."""
+    d = tmp_path_factory.mktemp("race")
+    env = dict(subprocess_env(), PYTHONPATH=str(barrier_site(d)), DLOPS_TEST_BARRIER=str(d / "barrier"),
+               DLOPS_TEST_BARRIER_N="2")
+    (d / "barrier").mkdir()
+    procs = {}
+    for i, (label, extra) in enumerate(RACERS.items()):
+        work = d / label
+        work.mkdir()
+        args = ["run", str(EXAMPLE), "--tracking-uri", server["uri"],
+                *sum((["--set", s] for s in RUN + extra + [f"ray.storage_path={work}/ray_results"]), [])]
+        procs[label] = (work, subprocess.Popen([sys.executable, "-m", "dlops.cli", *args], cwd=work, env=env,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        # one Ray starting at a time: Ray gives a raylet 30 s to register, too little for two on a busy machine
+        t0 = time.time()
+        while i == 0 and not list((d / "barrier").glob("setup-*")) and time.time() - t0 < 300:
+            assert procs[label][1].poll() is None, procs[label][1].communicate()[1][-3000:]
+            time.sleep(0.2)
+    out = {}
+    for label, (work, p) in procs.items():
+        o, e = p.communicate(timeout=900)
+        assert p.returncode == 0, f"{label}: {e[-3000:]}"
+        out[label] = {"work": work, "out": o, "err": e}
+    assert len(list((d / "barrier").glob("register-*"))) == 2  # both reached the register phase and met there
+    return {"work": out["good_lr"]["work"], "runs": out}
 
 
 def _cli(uri: str, *args: str):
@@ -123,10 +165,10 @@ def _cli(uri: str, *args: str):
 
 
 def test_a_run_against_the_server_leaves_nothing_local_and_loads_from_a_third_dir(server, team_run, tmp_path):
-    work = team_run["work"]
-    assert "models:/digits-transfer@champion" in team_run["out"]
-    for local in ("mlruns", "mlartifacts", "mlflow.db"):
-        assert not (work / local).exists(), local
+    for label, r in team_run["runs"].items():
+        assert "models:/digits-transfer" in r["out"], label
+        for local in ("mlruns", "mlartifacts", "mlflow.db"):
+            assert not (r["work"] / local).exists(), (label, local)
     assert any(server["artifacts"].rglob("MLmodel"))  # the model is in the server's artifact folder
     from mlflow import MlflowClient
 
@@ -142,6 +184,43 @@ def test_a_run_against_the_server_leaves_nothing_local_and_loads_from_a_third_di
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("(2, 5)")
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_two_runs_finishing_together_each_get_a_version_and_champion_is_the_better(server, team_run):
+    """The two racing ``dlops run``s: each registration its own version (no "latest"), for the
+    model and for its ensemble, and champion on the better of the two by the optimizing metric."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(server["uri"])
+    versions = c.search_model_versions("name = 'digits-transfer'")
+    assert len(versions) == 2  # the fixture's two runs, before any other test adds one
+    assert len({v.tags["dlops.search_run_id"] for v in versions}) == 2  # one version per run
+    for label, r in team_run["runs"].items():  # each run names the version it registered
+        mine = [v for v in versions if f"registered digits-transfer version {v.version} " in r["out"] + r["err"]]
+        assert len(mine) == 1, (label, r["out"][-2000:])
+    err = {v.version: float(v.tags["dlops.metric.dev/error"]) for v in versions}
+    assert len(set(err.values())) == 2, err  # the two search spaces must not tie, or "better" means nothing
+    better = min(err, key=err.get)
+    assert c.get_model_version_by_alias("digits-transfer", "champion").version == better, err
+    ens = c.search_model_versions("name = 'digits-transfer-ensemble'")
+    assert len(ens) == 2 and len({v.tags["dlops.search_run_id"] for v in ens}) == 2
+    by_search = {v.tags["dlops.search_run_id"]: v for v in versions}
+    for v in ens:  # an ensemble's latency and size are measured and gated like a single model's
+        assert float(v.tags["dlops.metric.latency_ms"]) > 0 and float(v.tags["dlops.metric.size_mb"]) > 0
+        assert json.loads(v.tags["dlops.gate"])["constraints"] == ["latency_ms <= 50"]
+        # its members: the run's registered best model by URI, the other trial as a checkpoint only
+        single = by_search[v.tags["dlops.search_run_id"]]
+        uris, ids = json.loads(v.tags["dlops.member_uris"]), json.loads(v.tags["dlops.members"])
+        assert uris == [f"models:/digits-transfer/{single.version}" if t == single.tags["dlops.trial_id"] else None
+                        for t in ids] and uris.count(None) == 1
+        assert "1 of 2 members are trial checkpoints only" in v.tags["dlops.member_note"]
+    from dlops.tracking.registry import alias_version
+
+    champ = alias_version(c, "digits-transfer-ensemble", "champion")
+    if champ is not None:  # an ensemble holds champion only if it beat its best member; then the better one
+        e = {v.version: float(v.tags["dlops.metric.dev/error"]) for v in ens
+             if float(v.tags["dlops.metric.dev/error"]) < float(v.tags["dlops.baseline.dev/error"])}
+        assert e[champ] == min(e.values()), e
 
 
 def test_promote_rollback_ensemble_and_serve_against_the_server(server, team_run, tmp_path):
@@ -197,60 +276,6 @@ def test_promote_rollback_ensemble_and_serve_against_the_server(server, team_run
         except subprocess.TimeoutExpired:
             proc.kill()
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
-
-
-_RACER = """
-import sys, time
-from pathlib import Path
-import mlflow
-from mlflow import MlflowClient
-from dlops.tracking.registry import register_and_promote
-from dlops.tracking.promotion import fingerprint
-uri, model_uri, err, barrier = sys.argv[1], sys.argv[2], float(sys.argv[3]), Path(sys.argv[4])
-names = sys.argv[5:]
-mlflow.set_tracking_uri(uri)
-c = MlflowClient(uri)
-fp = fingerprint("classification", ["a", "b"], "d", "t", "dev/error", "min")
-print("ready", flush=True)
-while not barrier.exists():
-    time.sleep(0.005)
-for n in names:
-    p = register_and_promote(c, model_uri, n, {"dev/error": err}, "dev/error", "min", fingerprint=fp)
-    print(n, p.version, p.aliases, flush=True)
-"""
-
-
-def test_two_processes_registering_together_leave_champion_on_the_better(server, tmp_path):
-    """Two registrations finishing together (the end of two `dlops run`s of one project): each
-    gets its own version, and champion ends on the better one, for every one of three models."""
-    import mlflow
-    import torch
-    from mlflow import MlflowClient
-
-    uri = server["uri"]
-    mlflow.set_tracking_uri(uri)
-    c = MlflowClient(uri)
-    exp = c.create_experiment("race")
-    with mlflow.start_run(experiment_id=exp):
-        model_uri = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model",
-                                             serialization_format="pickle").model_uri
-    names = [f"race{i}" for i in range(3)]
-    barrier = tmp_path / "go"
-    env = dict(subprocess_env(), PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, uri, model_uri, err, str(barrier), *names], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for err in ("0.3", "0.1")]
-    for p in procs:
-        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
-    barrier.touch()
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-    for n in names:
-        versions = c.search_model_versions(f"name = '{n}'")
-        assert len(versions) == 2
-        better = [m for m in versions if m.tags["dlops.metric.dev/error"] == repr(0.1)][0]
-        assert c.get_model_version_by_alias(n, "champion").version == better.version, n
 
 
 def test_a_server_local_file_artifact_root_is_refused_before_training(tmp_path):
