@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from dlops_testing import EXAMPLE, TINY, free_port, run_dlops, subprocess_env
 
@@ -83,8 +85,10 @@ class Server:
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        # its own session: a Ctrl-C reaches the whole process group (Ray's processes too), as in a terminal
         self.proc = subprocess.Popen([sys.executable, "-m", "dlops.cli", "serve", *args, "--port", str(self.port)],
-                                     cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
 
     def wait_ready(self, timeout: float = 180) -> None:
         t0 = time.time()
@@ -111,7 +115,7 @@ class Server:
             return e.code, json.loads(e.read())
 
     def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
+        os.killpg(self.proc.pid, signal.SIGINT)
         try:
             return self.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
@@ -120,7 +124,7 @@ class Server:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
 
@@ -134,6 +138,8 @@ def test_serve_champion_predicts_like_the_registered_model(store):
                  store["dir"])
     try:
         srv.wait_ready()
+        ready = json.loads(urllib.request.urlopen(srv.url + "-/ready", timeout=30).read())
+        assert ready["ready"] is True and ready["name"] == cfg.model_name and ready["version"] == "1" and ready["load_s"] > 0
         info = srv.get()
         assert info["kind"] == "single" and info["ensemble_method"] is None and info["name"] == cfg.model_name and info["version"] == "1"
         assert info["max_request_mb"] == 0.05
@@ -149,16 +155,20 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         np.testing.assert_allclose(np.asarray(out["probabilities"]), ref, rtol=1e-4, atol=1e-6)
         assert out["predictions"] == [str(5 + int(i)) for i in ref.argmax(1)]
         assert np.mean(np.asarray(out["predictions"]).astype(int) == y) > 0.5  # a trained model, not chance
+        # eval mode: the same images again give bit-identical outputs (no batch statistics, no
+        # BatchNorm buffer moved by serving; the small CNN has BatchNorm layers)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert srv.post({"inputs": x.tolist()}) == (200, out)
         # bad input: 400 naming the field and the expected shape; the server keeps serving
         status, err = srv.post({"inputs": [[1.0, 2.0]]})
-        assert status == 400 and "inputs" in err["error"] and "(N, 1, 8, 8)" in err["error"]
-        status, err = srv.post({"images": x.tolist()})
+        assert status in (400, 422) and "inputs" in err["error"] and "(N, 1, 8, 8)" in err["error"]
+        status, err = srv.post({"tensor": x.tolist()})
         assert status == 400 and "inputs" in err["error"]
         assert srv.post({"inputs": x[:1].tolist()})[0] == 200
         # strings, booleans and nulls are not numbers; values that overflow the model are refused too
         for bad in ([[[["1.0"] * 8] * 8]], [[[[True] * 8] * 8]], [[[[None] * 8] * 8]], [[[[3e38] * 8] * 8]]):
             status, err = srv.post({"inputs": bad})
-            assert status == 400 and "inputs" in err["error"], (bad[0][0][0][:1], status, err)
+            assert status in (400, 422) and "inputs" in err["error"], (bad[0][0][0][:1], status, err)
         # a body over --max-request-mb (50 kB here; 12 images are ~16 kB) gets 413, announced
         # (Content-Length) or streamed (chunked, no length), and the server keeps serving
         big = json.dumps({"inputs": np.tile(x, (16, 1, 1, 1)).tolist()}).encode()
@@ -171,6 +181,15 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         r = conn.getresponse()
         assert r.status == 413 and "--max-request-mb" in json.loads(r.read())["error"]
         conn.close()
+        # a body far larger than the socket buffers (6 MB): both clients see the 413, not a
+        # connection reset (the server drains the body before answering)
+        huge = b'{"inputs": [' + b"0.0, " * 1_200_000 + b"0.0]}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(srv.url, data=huge, headers={"Content-Type": "application/json"}),
+                                   timeout=60)
+        assert e.value.code == 413 and "--max-request-mb" in json.loads(e.value.read())["error"]
+        r = requests.post(srv.url, data=huge, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 413 and "--max-request-mb" in r.json()["error"]
         assert srv.post({"inputs": x.tolist()})[0] == 200
         put = urllib.request.Request(srv.url, data=b"{}", method="PUT")
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -185,6 +204,9 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         # applied" (they were: serve.start set the port)
         err = srv.proc.stderr.read()
         assert f"ready at http://127.0.0.1:{srv.port}/" in err and "will not be applied" not in err, err[-2000:]
+        # where the start-up seconds went; a quiet stop (Ctrl-C to the whole group, as a terminal)
+        assert "start-up " in err and "Ray " in err and "Serve + replicas" in err, err[-2000:]
+        assert "Traceback" not in err and "graceful_shutdown" not in err, err[-3000:]
     finally:
         srv.kill()
     with pytest.raises(urllib.error.URLError):
@@ -195,12 +217,17 @@ def test_serve_ensemble_with_ten_crop_tta(store):
     import mlflow
 
     cfg = store["cfg"]
+    # a tiny queue and a long batch wait (Ray Serve's option names, from a --serve-config file):
+    # 2 requests in the replica, 2 queued at the proxy, the rest refused with 503 at once
+    conf = store["dir"] / "serve-small-queue.yaml"
+    conf.write_text("max_ongoing_requests: 2\nmax_queued_requests: 2\nmax_batch_size: 1000\nbatch_wait_timeout_s: 1.0\n")
     srv = Server([f"models:/{cfg.ensemble_name}/1", "--tracking-uri", store["uri"], "--tta", "ten_crop",
-                  "--crop-fraction", "0.75"], store["dir"])
+                  "--crop-fraction", "0.75", "--serve-config", str(conf)], store["dir"])
     try:
         srv.wait_ready()
         info = srv.get()
         assert info["kind"] == "ensemble" and info["tta"] == "ten_crop" and info["ensemble_method"] == "average"
+        assert info["max_batch_size"] == 1000 and info["batch_wait_timeout_s"] == 1.0
         x, _ = _digits(6)
         status, out = srv.post({"inputs": x.tolist()})
         assert status == 200, out
@@ -212,6 +239,27 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         np.testing.assert_allclose(p, tta, rtol=1e-4, atol=1e-6)
         assert not np.allclose(p, plain)
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+        # 10 clients at once, image i each: those admitted are batched together and each gets its
+        # own image's row back; beyond the queue bound the proxy answers 503 fast
+        results: dict[int, tuple[int, float, dict]] = {}
+
+        def client(i: int) -> None:
+            t0 = time.perf_counter()
+            r = requests.post(srv.url, json={"inputs": x[i % 6:i % 6 + 1].tolist()}, timeout=120)
+            results[i] = (r.status_code, time.perf_counter() - t0, r.json() if r.status_code == 200 else {})
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(c for c, _, _ in results.values())
+        assert set(codes) == {200, 503} and 1 <= codes.count(200) <= 4, codes
+        assert all(dt < 1.0 for c, dt, _ in results.values() if c == 503)  # refused, not queued behind the batch
+        for i, (c, _, body) in results.items():
+            if c == 200:
+                np.testing.assert_allclose(body["probabilities"][0], tta[i % 6], rtol=1e-4, atol=1e-6)
+        assert srv.post({"inputs": x[:2].tolist()})[0] == 200  # and it keeps serving
         # SIGTERM (systemd, Kubernetes) stops it as Ctrl-C does: 143, the port closed
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=90) == 143, srv.proc.stderr.read()[-2000:]
@@ -238,6 +286,9 @@ def test_serve_port_in_use_exits_2_before_ray(store):
     (["models:/x@champion", "--tta", "mirror"], "mirror"),
     (["models:/x@champion", "--replicas", "0"], "--replicas"),
     (["models:/x@champion", "--max-request-mb", "0"], "--max-request-mb"),
+    (["models:/x@champion", "--max-queued-requests", "0"], "max_queued_requests"),
+    (["models:/x@champion", "--max-batch-size", "0"], "max_batch_size"),
+    (["models:/x@champion", "--serve-config", "nope.yaml"], "nope.yaml"),
 ])
 def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
     r = run_dlops(["serve", *args, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], tmp_path)
@@ -249,3 +300,29 @@ def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
 def test_serve_unknown_model_in_an_existing_store_exits_2(store):
     r = run_dlops(["serve", "models:/digits-transfer@nosuchalias", "--tracking-uri", store["uri"]], store["dir"])
     assert r.returncode == 2 and "nosuchalias" in r.stderr and store["uri"] in r.stderr
+
+
+def test_serve_broken_model_exits_2_fast_with_the_real_error(store):
+    """A registered version whose weights file is corrupt: exit 2 with the unpickling error, from
+    the driver's test load, before Ray starts (no crash-looping replica)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(store["uri"])
+    src = Path(mlflow.artifacts.download_artifacts(f"models:/{store['cfg'].model_name}/1",
+                                                   dst_path=str(store["dir"] / "broken")))
+    weights = list((src / "data").glob("*.pth"))
+    assert weights
+    for w in weights:
+        w.write_bytes(b"not a pickle")
+    client = MlflowClient(store["uri"], store["uri"])
+    client.create_registered_model("broken-model")
+    client.create_model_version("broken-model", source=str(src))
+    t0 = time.time()
+    r = run_dlops(["serve", "models:/broken-model/1", "--tracking-uri", store["uri"], "--port", str(free_port())],
+                  store["dir"])
+    elapsed = time.time() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "broken-model" in r.stderr and "does not load" in r.stderr and "UnpicklingError" in r.stderr
+    assert "Traceback" not in r.stderr and "Started Serve" not in r.stderr
+    assert elapsed < 90, elapsed  # seconds on a quiet machine: no Ray start
