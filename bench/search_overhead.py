@@ -6,14 +6,27 @@ callback), same trainable, same number of trials, same resources, same ``reuse_a
 plain Tune with the same 2-stage barrier (no tracking), and plain Tune random search with Ray's
 own ``MLflowLoggerCallback`` on a SQLite store (the hand-glued alternative). Two workloads: no-op
 trials and 1 s trials. Runs alternate and the median wall time of each is compared (15 repetitions of the no-op
-workload, 3 of the 1 s one; the order of the variants rotates and each run starts after a 1 s pause); the target
-ratio <= 1.10 is judged on dlops / plain (no tracking, no barrier); every ratio is printed. Also the MLflow logging cost per
+workload, 3 of the 1 s one; the order of the variants rotates and each run starts after a 1 s pause); every
+ratio is printed. Also the MLflow logging cost per
 reported result (ms), timed on the callback itself against the SQLite store; the floor that
 in-process MLflow writes put under the no-op ratio (:func:`mlflow_floor`); and how many trial
 actors (worker pids) ran the stage after the barrier (``*_stage2_actors``, per repetition).
 
-The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores.
-Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py
+Targets (issue 14): dlops <= 1.0x plain Tune + ``MLflowLoggerCallback`` (no-op and 1 s trials)
+and <= 1.05x untracked plain Tune at 1 s trials (the MLflow run per trial costs ~12 ms of driver
+time on SQLite, so the no-op ratio against untracked Tune is printed but not a target).
+
+Scale run (``--scale N``, default 1,000; ``--scale 10000`` for the long one, ``--scale 0`` to
+skip): N no-op trials in 4 stages through ``run_search`` with the MLflow run tree on SQLite; the
+driver's wall time and CPU time (the whole driver process: Tune's loop and the MLflow writer
+thread) per trial over the first 100 trials, the 100 trials up to trial 1,000 and the 100 up to
+trial 10,000 (stage barriers included); flat per-trial cost means the ratio of the last window
+to the first stays near 1.
+
+The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores
+plus the scale run.
+Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py [--scale 1000] [--no-ab]
+[--reps-noop 15] [--reps-sleep 3]
 """
 
 from __future__ import annotations
@@ -151,6 +164,58 @@ def dlops(tmp: Path, n: int, sleep: float) -> tuple[float, int, Optional[int]]:
     return (wall, *_actors(out.results, lambda r: r.config.get("stage") == 1))
 
 
+def scale(tmp: Path, n: int, n_stages: int = 4, slots: int = 2) -> dict[str, Any]:
+    """``n`` no-op trials in ``n_stages`` stages through ``run_search`` (MLflow run tree on SQLite):
+    per-trial driver wall and CPU ms in windows of 100 trials ending at 100, 1,000 and 10,000
+    (those <= n), from the time each trial's end reached the callback (its progress line)."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from dlops.config import ParamConfig, RayConfig, SearchConfig, StageConfig
+    from dlops.search.plan import Stage, StagedPlan
+    from dlops.search.space import Param
+    from dlops.search.tune import SearchRequest, run_search
+
+    client = MlflowClient(f"sqlite:///{tmp / f'scale-{n}.db'}")
+    exp_id = client.create_experiment(f"scale-{n}-{uuid.uuid4().hex[:6]}")
+    sid = uuid.uuid4().hex[:12]
+    parent = client.create_run(exp_id, tags={"dlops.kind": "search", "dlops.search_id": sid}).info.run_id
+    sizes = [n // n_stages + (1 if i < n % n_stages else 0) for i in range(n_stages)]
+    search = SearchConfig(space={"x": ParamConfig(scale="linear", low=0, high=1)},
+                          stages=[StageConfig(trials=k, epochs=1) for k in sizes], max_concurrent=slots)
+    plan = StagedPlan([Param(name="x", scale="linear", low=0.0, high=1.0)], [Stage(k, 1) for k in sizes],
+                      "dev/error", "min")
+    marks: list[tuple[float, float]] = []
+
+    def out(line: str) -> None:
+        if line.startswith("  trial ") and " done:" in line:
+            marks.append((time.perf_counter(), time.process_time()))
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    req = SearchRequest(plan, search, RayConfig(storage_path=str(tmp / "ray")), "scale", client, exp_id, parent, sid)
+    run_search(trainable, {"sleep": 0.0}, req, out=out)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert len(marks) == n, (len(marks), n)
+    res: dict[str, Any] = {"trials": n, "stages": n_stages, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                           "ms_per_trial": round(wall * 1000 / n, 2)}
+    for end in (100, 1000, 10000):
+        if end > n:
+            continue
+        a = marks[end - 101] if end > 100 else (t0, c0)
+        b = marks[end - 1]
+        res[f"wall_ms_per_trial_at_{end}"] = round((b[0] - a[0]) * 10, 2)  # 100 trials: s * 1000 / 100
+        res[f"cpu_ms_per_trial_at_{end}"] = round((b[1] - a[1]) * 10, 2)
+    ends = [e for e in (100, 1000, 10000) if e <= n]
+    if len(ends) > 1:
+        res["wall_growth_last_vs_first"] = round(res[f"wall_ms_per_trial_at_{ends[-1]}"]
+                                                 / res[f"wall_ms_per_trial_at_{ends[0]}"], 2)
+        res["cpu_growth_last_vs_first"] = round(res[f"cpu_ms_per_trial_at_{ends[-1]}"]
+                                                / res[f"cpu_ms_per_trial_at_{ends[0]}"], 2)
+    client.set_terminated(parent, "FINISHED")
+    return res
+
+
 def logging_cost(tmp: Path, n_results: int = 300) -> tuple[float, float]:
     """ms per reported result of MlflowTreeCallback.on_trial_result on a SQLite store: (time the
     Tune hook blocks the driver now that writes are queued, writer time per result until every
@@ -253,7 +318,16 @@ def release_ab(reps: int = 3) -> None:
                       "ratio_release_vs_no_release": round(m["release"] / m["no_release"], 3)}))
 
 
+def _arg(name: str, default: int) -> int:
+    import sys
+
+    argv = sys.argv[1:]
+    return int(argv[argv.index(name) + 1]) if name in argv else default
+
+
 def main() -> None:
+    import sys
+
     import ray
 
     from dlops.console import quiet_libraries
@@ -263,9 +337,12 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level="ERROR")
     out: dict[str, object] = {"checkpoint_s": CHECKPOINT_S}
+    n_scale, ab = _arg("--scale", 1000), "--no-ab" not in sys.argv[1:]
+    REPS["noop"], REPS["sleep1s"] = _arg("--reps-noop", REPS["noop"]), _arg("--reps-sleep", REPS["sleep1s"])
+    out["reps"] = dict(REPS)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        for label, n, sleep in (("noop", N_NOOP, 0.0), ("sleep1s", N_SLEEP, 1.0)):
+        for label, n, sleep in (("noop", N_NOOP, 0.0), ("sleep1s", N_SLEEP, 1.0)) if ab else ():
             plain(tmp, 2, sleep)  # warm-up (worker start)
             plain(tmp, 2, sleep, mlflow=True)  # warm-up (its SQLite store's schema is created here)
             dlops(tmp, 2, sleep)
@@ -301,11 +378,23 @@ def main() -> None:
             print(f"  actors that ran stage 2 (per repetition): plain_staged {last['plain_staged']}, "
                   f"dlops {last['dlops']} (stage 1 ran on {actors['dlops']} actor(s) in dlops' last repetition)")
             print(f"  dlops/plain        = {r:.3f}  baseline: plain Ray Tune, random search, no tracking, no "
-                  f"barrier -> TARGET <= 1.10 is judged on this one: {'met' if r <= 1.10 else 'MISSED'}")
+                  f"barrier (target <= 1.05 at 1 s trials)")
             print(f"  dlops/plain_staged = {out[f'{label}_ratio_vs_staged']:.3f}  baseline: plain Ray Tune with the "
                   f"same 2-stage barrier, no tracking (the barrier alone costs {out[f'{label}_barrier_s']:.2f} s)")
             print(f"  dlops/plain_mlflow = {out[f'{label}_ratio_vs_ray_mlflow']:.3f}  baseline: plain Ray Tune random "
                   f"search + Ray's MLflowLoggerCallback on SQLite (flat runs, no barrier): the hand-glued alternative")
+        if n_scale:
+            sc = scale(tmp, n_scale)
+            out["scale"] = sc
+            shown = ", ".join(f"at {e}: {sc[f'wall_ms_per_trial_at_{e}']:.1f} ms wall / "
+                              f"{sc[f'cpu_ms_per_trial_at_{e}']:.1f} ms CPU" for e in (100, 1000, 10000)
+                              if f"wall_ms_per_trial_at_{e}" in sc)
+            print(f"scale: {n_scale} no-op trials in 4 stages, {sc['wall_s']:.0f} s ({sc['ms_per_trial']:.1f} ms per "
+                  f"trial); driver per trial over the 100 trials up to {shown}", flush=True)
+        if not ab:
+            ray.shutdown()
+            print(json.dumps(out))
+            return
         pre_ms, post_ms = mlflow_floor(tmp)
         plain_noop = float(out["noop_plain_s"])  # type: ignore[arg-type]
         out["mlflow_ms_per_trial_create_params"] = round(pre_ms, 2)
@@ -322,9 +411,10 @@ def main() -> None:
         print(f"MLflow per reported result (9 metrics, SQLite): the Tune hook blocks {blocked:.2f} ms "
               f"(queued), the writer thread spends {write:.2f} ms (a run's queued results merged)")
     ray.shutdown()
-    out["target_ratio"] = 1.10
-    out["target_judged_on"] = "noop_ratio, sleep1s_ratio (dlops / plain Ray Tune without tracking or barrier)"
-    out["target_met"] = all(out[f"{k}_ratio"] <= 1.10 for k in ("noop", "sleep1s"))
+    out["targets"] = {"noop_ratio_vs_ray_mlflow": 1.0, "sleep1s_ratio_vs_ray_mlflow": 1.0, "sleep1s_ratio": 1.05}
+    out["target_met"] = all(float(out[k]) <= v for k, v in out["targets"].items())  # type: ignore[union-attr]
+    print(f"targets (issue 14): " + ", ".join(f"{k} {out[k]} <= {v}" for k, v in out["targets"].items())
+          + f": {'met' if out['target_met'] else 'MISSED'}")
     print(json.dumps(out))
 
 
