@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         del x2
 
         files = FileImageDataset(paths, labels, 3, size)
-        dl_files = TrainLoader(files, labels, t_train, bs, 0, plan)
-        dl_cached = TrainLoader(x, labels, t_train, bs, 0, plan)
+        tail = build_transform("none", 0.0, size, MEAN, STD, train=False).batch  # what a trial passes
+        dl_files = TrainLoader(files, labels, t_train, bs, 0, plan, batch_tail=tail)
+        dl_cached = TrainLoader(x, labels, t_train, bs, 0, plan, batch_tail=tail)
 
         def bare_tf(pil):
             return t_train(np.asarray(pil))
@@ -189,8 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
             m = torchvision.models.resnet18(num_classes=4)
             models[k] = (m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
         tb = args.train_batch
-        dl_files_t = TrainLoader(files, labels, t_train, tb, 1, plan)
-        dl_cached_t = TrainLoader(x, labels, t_train, tb, 1, plan)
+        dl_files_t = TrainLoader(files, labels, t_train, tb, 1, plan, batch_tail=tail)
+        dl_cached_t = TrainLoader(x, labels, t_train, tb, 1, plan, batch_tail=tail)
         bare_t = DataLoader(bare_ds, batch_size=tb, shuffle=True, generator=g, num_workers=plan.num_workers,
                             persistent_workers=plan.num_workers > 0,
                             worker_init_fn=WorkerInit(1, 1) if plan.num_workers else None)

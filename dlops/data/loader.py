@@ -180,8 +180,10 @@ class _EpochDataset:
     """Map-style dataset of ``(epoch, i)`` keys: image ``i`` through the training transform,
     its augmentation policy reseeded with :func:`worker_seed` whenever the epoch changes."""
 
-    def __init__(self, x: Any, y: np.ndarray, transform: Callable[[np.ndarray], Any], seed: int) -> None:
+    def __init__(self, x: Any, y: np.ndarray, transform: Callable[[np.ndarray], Any], seed: int,
+                 policy_only: bool = False) -> None:
         self.x, self.y, self.transform, self.seed = x, y, transform, int(seed)
+        self.policy_only = policy_only  # return the augmented uint8 image; the loader normalises whole batches
         self._epoch: Optional[int] = None
 
     def __len__(self) -> int:
@@ -209,7 +211,13 @@ class _EpochDataset:
             self._reseed(epoch)
         y = self.y[i]
         img = self.x[i] if not hasattr(self.x, "load") else self.x.load(i)
-        return self.transform(img), (int(y) if np.ndim(y) == 0 else torch.as_tensor(y, dtype=torch.float32))
+        target = int(y) if np.ndim(y) == 0 else torch.as_tensor(y, dtype=torch.float32)
+        if self.policy_only:
+            from dlops.data.transforms import to_uint8
+
+            out = self.transform.policy(to_uint8(np.asarray(img)))
+            return torch.from_numpy(np.ascontiguousarray(out if out.ndim == 3 else out[..., None])), target
+        return self.transform(img), target
 
 
 class TrainLoader:
@@ -226,12 +234,18 @@ class TrainLoader:
         pin_memory: pin host memory (CUDA only; see :mod:`dlops.train.device`).
         pretransformed: (N, C, H', W') ``transform`` of every image, for a transform without an
             augmentation policy (batches are slices of it, no workers).
+        batch_tail: the evaluation transform's batched form (``build_transform(..., train=False).batch``
+            with the training transform's size, mean and std). With it, workers return the augmented
+            uint8 images (a quarter of the bytes of float32 between processes) and the loader turns each
+            batch to normalised float32 at once: the same tensors as ``transform`` per image, since
+            ``transform`` is the policy followed by exactly those operations.
 
     ``loader.epoch(e)`` yields ``(x (B, C, H', W') float32, y (B,) int64 or (B, L) float32)``.
     """
 
     def __init__(self, x: Any, y: np.ndarray, transform: Callable[[np.ndarray], Any], batch_size: int, seed: int,
-                 plan: ThreadPlan, pin_memory: bool = False, pretransformed: Any = None) -> None:
+                 plan: ThreadPlan, pin_memory: bool = False, pretransformed: Any = None,
+                 batch_tail: Optional[Callable[[np.ndarray], Any]] = None) -> None:
         import torch
         from torch.utils.data import DataLoader
 
@@ -245,7 +259,9 @@ class TrainLoader:
             self.yt = torch.as_tensor(y_a, dtype=torch.int64 if y_a.ndim == 1 else torch.float32)
             return
         w = int(plan.num_workers)
-        self.loader = DataLoader(_EpochDataset(x, y_a, transform, seed), batch_sampler=self.sampler, num_workers=w,
+        self.tail = batch_tail if getattr(transform, "policy", None) is not None else None
+        ds = _EpochDataset(x, y_a, transform, seed, policy_only=self.tail is not None)
+        self.loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=w,
                                  persistent_workers=w > 0, pin_memory=bool(pin_memory),
                                  worker_init_fn=WorkerInit(seed, plan.worker_threads) if w > 0 else None)
 
@@ -262,7 +278,10 @@ class TrainLoader:
 
         self.sampler.set_epoch(epoch)
         if self.loader is not None:
-            return iter(self.loader)
+            if self.tail is None:
+                return iter(self.loader)
+            tail = self.tail
+            return ((tail(xb.numpy()), yb) for xb, yb in self.loader)
         order = torch.as_tensor(self.sampler.order(), dtype=torch.int64)
         bs = self.sampler.bs
         return ((self.pre[order[b * bs:(b + 1) * bs]], self.yt[order[b * bs:(b + 1) * bs]])

@@ -249,7 +249,8 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     magnitude = float(config.get("magnitude", payload.magnitude))
     size = spec.get("image_size")
     t_train = build_transform(policy, magnitude, size, spec["mean"], spec["std"], train=True)
-    ev = _eval_sets(payload, eval_transform(spec))  # the one eval transform (report and serving use it too)
+    t_eval = eval_transform(spec)  # the one eval transform (report and serving use it too)
+    ev = _eval_sets(payload, t_eval)
     epochs = int(config.get("epochs", payload.default_epochs))
     node_id = ray.get_runtime_context().get_node_id()
     bs = int(config.get("batch_size", 32))
@@ -260,7 +261,7 @@ def train_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     # built once: workers persist across epochs; epoch e reseeds them (a resumed trial repeats the
     # uninterrupted sequence)
     loader = TrainLoader(xtr, ytr, t_train, bs, seed, plan, pin_memory=trial.settings.pin_memory,
-                         pretransformed=None if augments else ev["train"][0])
+                         pretransformed=None if augments else ev["train"][0], batch_tail=getattr(t_eval, "batch", None))
     try:
         for epoch in range(trial.start, epochs):
             if trial.unfreeze_epoch is not None and epoch + 1 == trial.unfreeze_epoch:

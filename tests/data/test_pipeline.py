@@ -219,3 +219,16 @@ def test_config_defaults(tmp_path):
                                                    "stages": [{"trials": 1}]}})
     assert cfg.data.num_workers is None and cfg.data.cache == "auto"
     assert cfg.data.cache_dir == str(tmp_path / "rr" / "dlops_cache")
+
+
+def test_uint8_batches_normalised_at_once_equal_the_per_image_transform():
+    x = np.random.default_rng(2).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    y = np.arange(10) % 3
+    t = build_transform("standard", 0.5, 8, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], train=True)
+    tail = build_transform("none", 0.0, 8, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], train=False).batch
+    per_image = [b for b in TrainLoader(x, y, t, 4, seed=1, plan=thread_plan(1)).epoch(3)]
+    batched = [b for b in TrainLoader(x, y, t, 4, seed=1, plan=thread_plan(1), batch_tail=tail).epoch(3)]
+    assert [len(b[1]) for b in batched] == [4, 4, 2]
+    for (xa, ya), (xb, yb) in zip(per_image, batched):
+        assert xb.shape == (len(yb), 3, 8, 8) and xb.dtype == torch.float32
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-5)
