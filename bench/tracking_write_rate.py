@@ -3,10 +3,10 @@ with 1, 4 and 16 concurrent writer processes, on SQLite and (when ``initdb`` is 
 PostgreSQL, side by side in one run.
 
 The server is ``deployments/mlflow-server.sh`` as shipped (``--serve-artifacts``, ``MLFLOW_WORKERS``
-server processes: the script's 4, at most one per CPU here), started by this bench on 127.0.0.1 with a backend store in a temp dir:
-a SQLite file, and a PostgreSQL cluster of its own (``initdb`` + ``pg_ctl`` on 127.0.0.1, as
-tests/deployments/test_mlflow_server.py starts it). Clients are :class:`mlflow.MlflowClient` over
-REST, each writer its own process (forked after ``import mlflow``), all released together by a
+server processes: the script's 4, at most one per CPU here), started by this bench on 127.0.0.1
+with a backend store in a temp dir: a SQLite file, and a PostgreSQL cluster of its own (``initdb``
++ ``pg_ctl`` on 127.0.0.1, as tests/deployments/test_mlflow_server.py starts it). Clients are
+:class:`mlflow.MlflowClient` over REST, each writer its own process (forked after ``import mlflow``), all released together by a
 barrier. Two phases, each ``--seconds`` long, every writer as fast as it can:
 
 - **runs**: what one trial's run costs the store outside its epochs: ``create_run`` (with its
@@ -15,15 +15,20 @@ barrier. Two phases, each ``--seconds`` long, every writer as fast as it can:
 - **batches**: one epoch of one trial: ``log_batch`` of 8 metrics at ``step = epoch`` into a run of
   the writer's own. Figure: metric batches/s (8 metrics each), all writers together.
 
-After a warm-up (the largest writer count, up to 3 s, not counted), each configuration runs
-``--rounds`` times (round 1 in the order 1, 4, 16 writers, round 2 in the reverse order, and so on); the table gives every round's figure and the mean, the latency
-quantiles (ms per call, p50 / p95) of the last round, and the CPU time (ms) the server's processes
-(and PostgreSQL's) spent per run or batch (psutil, read at the barriers between phases): 1000 / that
-is what one server core sustains when nothing else waits, a figure less tied to this machine's load. Calls that raise (after the client's own
-retries) are counted as errors and not as work. Everything runs on this machine: the writers, the
-server and the database share its cores, so the figures are a floor for a server on its own host.
+After the server has settled (its processes, MLflow 3's job runner among them, under 0.05 cores
+for 3 s; at most 180 s) and a warm-up (the largest writer count for up to 3 s, not counted), each
+configuration runs ``--rounds`` times (round 1 in the order 1, 4, 16 writers, round 2 in the
+reverse order, and so on). The table gives every round's figure and the mean, the latency
+quantiles (ms per call, p50 / p95) of the last round, and the CPU time (ms) that the server's
+processes (and PostgreSQL's) spent per run or batch (Linux /proc, read at the barriers between
+phases): 1000 / that is what one server core sustains when nothing else waits, a figure less tied
+to this machine's load. Calls that raise (after the client's own retries) are counted as errors
+and not as work. Everything runs on this machine: the writers, the server and the database share
+its cores, so the figures are a floor for a server on its own host.
 
-The LAST line printed is one JSON object. About 3-4 minutes with the defaults on 2 cores.
+The LAST line printed is one JSON object. The measured phases take 2 backends x 3 writer counts x
+2 rounds x 2 phases x 6 s = 144 s; the rest is mostly the servers' start-up (2-3 min each here at
+load average 35, with 2 cores for 7 engineers; not measured on a quiet machine).
 Usage: .venv/bin/python bench/tracking_write_rate.py [--seconds 6] [--rounds 2] [--writers 1,4,16]
        [--server-workers N] [--no-postgres]
 """
@@ -122,18 +127,20 @@ class Server:
         self.proc = subprocess.Popen(["bash", str(SERVER_SH)], cwd=workdir, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         t0 = time.time()
-        while time.time() - t0 < 600:  # a loaded machine takes minutes to start the server's workers
-            if self.proc.poll() is not None:
-                self.log.close()
-                raise RuntimeError((workdir / "server.log").read_text()[-3000:])
-            try:
-                if urllib.request.urlopen(self.uri + "/health", timeout=2).status == 200:
-                    self.start_s = time.time() - t0
-                    return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("the MLflow server did not answer /health in 600 s")
+        try:
+            while time.time() - t0 < 600:  # a loaded machine takes minutes to start the server's workers
+                if self.proc.poll() is not None:
+                    raise RuntimeError((workdir / "server.log").read_text()[-3000:])
+                try:
+                    if urllib.request.urlopen(self.uri + "/health", timeout=2).status == 200:
+                        self.start_s = time.time() - t0
+                        return
+                except OSError:
+                    time.sleep(0.5)
+            raise RuntimeError("the MLflow server did not answer /health in 600 s")
+        except BaseException:  # SystemExit on SIGTERM too: leave no server behind
+            self.stop()
+            raise
 
     def stop(self) -> None:
         try:
@@ -206,6 +213,18 @@ def cpu_seconds(roots: list[int]) -> float:
     return sum(ticks[p] for p in keep) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pids: list[int], idle_cores: float = 0.05, window_s: float = 3.0, max_s: float = 180.0) -> float:
+    """Wait until the processes ``pids`` (and descendants) use under ``idle_cores`` of CPU over
+    ``window_s`` seconds, at most ``max_s`` s; returns the last window's use (cores)."""
+    t0 = time.time()
+    while True:
+        c0 = cpu_seconds(pids)
+        time.sleep(window_s)
+        use = (cpu_seconds(pids) - c0) / window_s
+        if use < idle_cores or time.time() - t0 > max_s:
+            return use
+
+
 def measure(uri: str, n_writers: int, seconds: float, server_pids: list[int]) -> dict[str, Any]:
     """``n_writers`` writer processes at once against ``uri``; totals per phase, and the CPU time
     the server (and its database, among ``server_pids``) spent per call."""
@@ -271,11 +290,16 @@ def main() -> None:
             d = work / backend
             d.mkdir()
             server = Server(db, d, args.server_workers)
+            t_up = time.time()
             print(f"  {backend}: server up in {server.start_s:.0f} s", flush=True)
             pids = [server.proc.pid] + ([postgres.postmaster_pid()] if backend == "postgresql" and postgres else [])
             try:
-                # warm-up, not counted: every server worker's first calls (lazy imports, SQLAlchemy's
-                # statement caches) cost more than warm ones; in a run without it round 1 was 5-15x slower
+                # not counted: the server's start-up work after /health answers (MLflow 3 also starts
+                # a job runner process, mlflow.server.jobs._job_runner) and every worker's first calls.
+                # In runs without this, round 1 was 5-15x slower than round 2, with ~10x the server
+                # CPU per call (which of the two caused it was not told apart)
+                idle = settle(pids)
+                print(f"  {backend}: server idle at {idle:.2f} cores after {time.time() - t_up:.0f} s", flush=True)
                 measure(server.uri, max(levels), min(args.seconds, 3.0), pids)
                 for r in range(args.rounds):
                     for n in (levels if r % 2 == 0 else levels[::-1]):
@@ -325,7 +349,7 @@ def main() -> None:
             cpu_ms = summary[f"{backend}_{phase}_server_cpu_ms_w{hi}"]
             summary[f"{backend}_{phase}_per_server_core_s"] = round(1000 / cpu_ms, 1) if cpu_ms > 0 else None
             print(f"{backend}: server{' + database' if backend != 'sqlite' else ''} CPU {cpu_ms:.1f} ms per "
-                  f"{phase[:-1]} with {hi} writers: ~{1000 / max(cpu_ms, 1e-9):.0f} {phase}/s per server core")
+                  f"{'run' if phase == 'runs' else 'batch'} with {hi} writers: ~{1000 / max(cpu_ms, 1e-9):.0f} {phase}/s per server core")
     if "postgresql" in backends:
         for phase in ("runs", "batches"):
             for n in levels:
