@@ -264,7 +264,7 @@ def free_port() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=1500, help="requests per cell (model x batch size)")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per cell (model x batch size)")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--batch-sizes", default="1,8", help="images per request")
     ap.add_argument("--members", type=int, default=5)
