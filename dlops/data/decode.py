@@ -98,7 +98,7 @@ def to_model_channels(image: Any, channels: int, background: int = 0) -> np.ndar
             img = img.convert(target)
         except ValueError as exc:
             raise ValueError(f"cannot convert image mode {mode!r} to {target}: {exc}") from exc
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
