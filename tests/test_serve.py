@@ -81,6 +81,25 @@ def _digits(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(xt), y
 
 
+def _raw(n: int) -> np.ndarray:
+    """The first ``n`` images of :func:`_digits` as stored: (n, 8, 8, 1) uint8."""
+    from dlops.data.digits import load_digits_arrays
+
+    x, y = load_digits_arrays()
+    return x[np.isin(y, [5, 6, 7, 8, 9])][:n]
+
+
+def _encode(im: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An (H, W, 1) uint8 image as an encoded file."""
+    import io
+
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(im[..., 0]).save(b, fmt)
+    return b.getvalue()
+
+
 class Server:
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.port = free_port()
@@ -159,6 +178,35 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         # BatchNorm buffer moved by serving; the small CNN has BatchNorm layers)
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
         assert srv.post({"inputs": x.tolist()}) == (200, out)
+        # images in (issue 13): the server applies the training transform. A PNG (lossless) gets
+        # dlops report's probabilities for that image (report: the eval transform of the stored
+        # uint8 image, then the registered network); a JPEG gets report's class for the decoded
+        # JPEG; a multipart body too; a 1-pixel image and bytes that are no image get a 422
+        from dlops.data.decode import decode_image
+        from dlops.data.transforms import eval_transform
+        from dlops.train.loop import stack_eval
+
+        spec = mlflow.models.get_model_info(f"models:/{cfg.model_name}/1").metadata["model_spec"]
+        raw = _raw(4)
+        with torch.no_grad():
+            report = torch.softmax(model(stack_eval(raw, eval_transform(spec))), 1).numpy()
+        for i in range(4):
+            r = requests.post(srv.url, data=_encode(raw[i]), headers={"Content-Type": "image/png"}, timeout=60)
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(r.json()["probabilities"][0], report[i], rtol=1e-4, atol=1e-6)
+            jpg = _encode(raw[i], "JPEG")
+            with torch.no_grad():
+                rj = model(stack_eval(decode_image(jpg, 1)[None], eval_transform(spec))).argmax(1)
+            r = requests.post(srv.url, data=jpg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+            assert r.status_code == 200 and r.json()["predictions"] == [str(5 + int(rj[0]))], r.text
+        r = requests.post(srv.url, files={f"f{i}": (f"{i}.png", _encode(raw[i]), "image/png") for i in range(3)},
+                          timeout=60)
+        assert r.status_code == 200 and r.json()["predictions"] == out["predictions"][:3], r.text
+        r = requests.post(srv.url, data=b"hello", headers={"Content-Type": "image/png"}, timeout=60)
+        assert r.status_code == 422 and "not an image" in r.json()["error"], r.text
+        r = requests.post(srv.url, data=_encode(raw[0][:1, :1]), headers={"Content-Type": "image/png"}, timeout=60)
+        assert r.status_code == 422 and "minimum is 8x8" in r.json()["error"], r.text
+        assert "image/png" in info["inputs"]["images"]["content_types"]
         # bad input: 400 naming the field and the expected shape; the server keeps serving
         status, err = srv.post({"inputs": [[1.0, 2.0]]})
         assert status in (400, 422) and "inputs" in err["error"] and "(N, 1, 8, 8)" in err["error"]
@@ -231,6 +279,12 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         x, _ = _digits(6)
         status, out = srv.post({"inputs": x.tolist()})
         assert status == 200, out
+        # base64 images in JSON: decoded and preprocessed on the server, the same probabilities
+        import base64
+
+        status, o = srv.post({"images": [base64.b64encode(_encode(im)).decode() for im in _raw(6)]})
+        assert status == 200, o
+        np.testing.assert_allclose(o["probabilities"], out["probabilities"], rtol=1e-4, atol=1e-6)
         mlflow.set_tracking_uri(store["uri"])
         uri = f"models:/{cfg.ensemble_name}/1"
         tta = mlflow.pyfunc.load_model(uri, model_config={"tta": "ten_crop", "crop_fraction": 0.75}).predict(x)
