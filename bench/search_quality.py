@@ -702,9 +702,10 @@ def run_job(job: tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[str, ..
 
 
 def run_benchmark(tasks: Sequence[str], seeds: int, table_seeds: int, budgets: Sequence[int],
-                  concs: Sequence[int], methods: Sequence[str], workers: int = 1, seed0: int = 0
-                  ) -> dict[str, dict[str, list[float]]]:
-    """Every method on every task, budget, concurrency and paired seed.
+                  concs: Sequence[int], methods: Sequence[str], workers: int = 1, seed0: int = 0,
+                  partial: str | None = None) -> dict[str, dict[str, list[float]]]:
+    """Every method on every task, budget, concurrency and paired seed (``partial``: a JSON-lines
+    file that gets each finished task x seed as it ends, so a run cut short still has its seeds).
 
     Returns:
         ``{task: {"m|n|q": [value per seed]}}`` (seed order), plus ``"_seconds"`` per method.
@@ -713,13 +714,25 @@ def run_benchmark(tasks: Sequence[str], seeds: int, table_seeds: int, budgets: S
     for name in tasks:
         k = table_seeds if name.split("/")[0] in TABLES else seeds
         jobs += [(name, s, tuple(budgets), tuple(concs), tuple(methods)) for s in range(seed0, seed0 + k)]
+    jobs.sort(key=lambda j: (j[1], tasks.index(j[0])))  # seed-major: a cut-short run covers every task
+    res = []
+    log = open(partial, "a") if partial else None
     if workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(workers) as pool:
-            res = pool.map(run_job, jobs, chunksize=4)
+            for r in pool.imap_unordered(run_job, jobs, chunksize=1):
+                res.append(r)
+                if log:
+                    log.write(json.dumps(r) + "\n")
+                    log.flush()
     else:
-        res = [run_job(j) for j in jobs]
+        for j in jobs:
+            res.append(run_job(j))
+            if log:
+                log.write(json.dumps(res[-1]) + "\n")
+                log.flush()
+    res.sort(key=lambda r: (r["task"], r["seed"]))
     out: dict[str, dict[str, list[float]]] = {}
     secs: dict[str, float] = {}
     for r in res:
@@ -894,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 tasks, 5 seeds, budget 32, q 1,8")
     ap.add_argument("--markdown", action="store_true", help="also print the per-task table as markdown")
     ap.add_argument("--dump", default=None, help="write the raw per-seed values to this JSON file (outside the repo)")
+    ap.add_argument("--partial", default=None, help="append each finished task x seed to this JSON-lines file")
     ap.add_argument("--reuse", default=None,
                     help="a --dump file of the same tasks/seeds/budgets/concurrency: its methods are not rerun")
     args = ap.parse_args(argv)
@@ -922,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             old = json.load(f)
     have = {k.split("|")[0] for t in tasks for k in old.get(t, {})}
     results = run_benchmark(tasks, args.seeds, args.table_seeds, budgets, concs, [m for m in methods if m not in have],
-                            args.workers, args.seed0)
+                            args.workers, args.seed0, args.partial)
     for t in tasks:
         for k, v in old.get(t, {}).items():
             if k.split("|")[0] in have and k.split("|")[0] in methods:
