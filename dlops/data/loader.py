@@ -238,7 +238,8 @@ class TrainLoader:
             with the training transform's size, mean and std). With it, workers return the augmented
             uint8 images (a quarter of the bytes of float32 between processes) and the loader turns each
             batch to normalised float32 at once: the same tensors as ``transform`` per image, since
-            ``transform`` is the policy followed by exactly those operations.
+            ``transform`` is the policy followed by exactly those operations. Not used with
+            ``pin_memory`` (CUDA): there the workers transform fully and the batches stay pinned.
 
     ``loader.epoch(e)`` yields ``(x (B, C, H', W') float32, y (B,) int64 or (B, L) float32)``.
     """
@@ -259,7 +260,9 @@ class TrainLoader:
             self.yt = torch.as_tensor(y_a, dtype=torch.int64 if y_a.ndim == 1 else torch.float32)
             return
         w = int(plan.num_workers)
-        self.tail = batch_tail if getattr(transform, "policy", None) is not None else None
+        # on CUDA (pinned memory) the workers transform fully: normalising in the trainer would take
+        # its time from feeding the GPU, and the batches it made would not be pinned
+        self.tail = batch_tail if getattr(transform, "policy", None) is not None and not pin_memory else None
         ds = _EpochDataset(x, y_a, transform, seed, policy_only=self.tail is not None)
         self.loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=w,
                                  persistent_workers=w > 0, pin_memory=bool(pin_memory),

@@ -229,6 +229,7 @@ def test_uint8_batches_normalised_at_once_equal_the_per_image_transform():
     per_image = [b for b in TrainLoader(x, y, t, 4, seed=1, plan=thread_plan(1)).epoch(3)]
     batched = [b for b in TrainLoader(x, y, t, 4, seed=1, plan=thread_plan(1), batch_tail=tail).epoch(3)]
     assert [len(b[1]) for b in batched] == [4, 4, 2]
+    assert TrainLoader(x, y, t, 4, seed=1, plan=thread_plan(1), pin_memory=True, batch_tail=tail).tail is None
     for (xa, ya), (xb, yb) in zip(per_image, batched):
         assert xb.shape == (len(yb), 3, 8, 8) and xb.dtype == torch.float32
         assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-5)
