@@ -180,9 +180,11 @@ def summarize(res: dict[str, Any], requests: int, n_images: int) -> dict[str, An
 
 
 def raw_forward_images_per_s(version_uris: list[str], tracking_uri: str, batch: int, tta: str, crop_fraction: float,
-                             image_size: int, channels: int, repeats: int = 5) -> tuple[float, list[float]]:
+                             image_size: int, channels: int, repeats: int = 5,
+                             stacked: bool = False) -> tuple[float, list[float]]:
     """Images/s of the members' plain forward loop on a batch of ``batch`` images (one torch
-    thread): median and all repeats."""
+    thread): median and all repeats. ``stacked``: the members as one vmapped forward
+    (:class:`dlops.stacked.StackedMembers` with ``stack=True``) instead of the loop."""
     import mlflow
     import torch
 
@@ -193,10 +195,17 @@ def raw_forward_images_per_s(version_uris: list[str], tracking_uri: str, batch: 
     models = [mlflow.pytorch.load_model(u, map_location="cpu").eval() for u in version_uris]
     x = torch.randn(batch, channels, image_size, image_size)
 
+    from dlops.stacked import StackedMembers
+
+    vm = StackedMembers(models, stack=True) if stacked else None
+
     def once() -> None:
         with torch.inference_mode():
             v = tta_views(x, tta, crop_fraction)
             v = v.reshape(-1, *v.shape[2:])
+            if vm is not None:
+                torch.softmax(vm(v), -1).reshape(len(models), -1, batch, 5).mean(1).mean(0)
+                return
             probs = [torch.softmax(m(v), 1).reshape(-1, batch, 5).mean(0) for m in models]
             torch.stack(probs).mean(0)
 
@@ -310,6 +319,12 @@ def main() -> None:
                   f"{stop['stop_s']:.1f} s, quiet={stop['quiet']}", flush=True)
             med, reps = raw_forward_images_per_s(raw_uris, uri, a.max_batch_size, tta, 0.875, a.image_size, a.channels)
             out["raw"][name] = {"images_per_s": med, "repeats": reps}
+            if len(raw_uris) > 1:  # the members as one vmapped forward, side by side with the loop
+                smed, sreps = raw_forward_images_per_s(raw_uris, uri, a.max_batch_size, tta, 0.875, a.image_size,
+                                                       a.channels, stacked=True)
+                out["raw"][name].update(stacked_images_per_s=smed, stacked_repeats=sreps, stacked_over_loop=smed / med)
+                print(f"{name:13s} raw forward: loop {med:.0f} img/s, vmapped (dlops.stacked) {smed:.0f} img/s "
+                      f"= {smed / med:.2f}x", flush=True)
             for n in sizes:
                 c = out["cells"][f"{name}/b{n}"]
                 c["ratio_to_raw"] = c["images_per_s"] / med
