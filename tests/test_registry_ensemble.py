@@ -33,7 +33,7 @@ def test_a_member_can_be_an_mlflow_pytorch_model_dir(tmp_path):
     from dlops.ensemble import load_member
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    mlflow.pytorch.save_model(net, str(tmp_path / "m"), metadata={"model_spec": SPEC},
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), metadata={"model_spec": SPEC}, pip_requirements=["torch"],
                               serialization_format="pickle")
     model, spec = load_member(str(tmp_path / "m"))
     assert spec == SPEC

@@ -18,7 +18,8 @@ CONS = (Constraint("latency_ms", "<=", 50.0),)
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_settle():
-    """The gate's settle wait (for concurrent registrations) is tested in test_concurrency.py."""
+    """The gate's settle wait (for concurrent registrations) is tested by the race of two dlops runs in
+    tests/deployments/test_mlflow_server.py."""
     from dlops.tracking import registry
 
     old, registry.SETTLE_S = registry.SETTLE_S, 0.01
@@ -38,7 +39,9 @@ def store(tmp_path_factory):
     client = MlflowClient(uri)
     exp = client.create_experiment("reg", artifact_location=(d / "art").as_uri())
     with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 3), name="model", serialization_format="pickle")
+        # pip_requirements given: MLflow would otherwise infer them in a subprocess (most of this fixture's time)
+        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 3), name="model", serialization_format="pickle",
+                                        pip_requirements=["torch"])
     return {"dir": d, "uri": uri, "client": client, "model_uri": info.model_uri}
 
 
