@@ -228,8 +228,9 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
           max_queued_requests: Optional[int], tta: Optional[str], crop_fraction: float,
           max_request_mb: float) -> None:
     """Serve MODEL_URI (models:/NAME@ALIAS or models:/NAME/VERSION, a single model or an
-    ensemble) over HTTP with Ray Serve until Ctrl-C. GET describes the model; POST
-    {"inputs": (N, C, H, W)} returns probabilities and predictions."""
+    ensemble) over HTTP with Ray Serve until Ctrl-C. GET describes the model, GET /-/ready says it
+    is loaded; POST images (raw bytes, multipart, {"images": [base64]}) or {"inputs": (N, C, H, W)}
+    returns probabilities and predictions, batched across clients; beyond the queue bound, 503."""
     import time
 
     import signal

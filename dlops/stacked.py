@@ -11,7 +11,7 @@ float32 rounding (1e-5).
 
 Stacking pays on an accelerator (one kernel launch per layer instead of M). On CPU it does not:
 measured on this project's 2-core machine (1 thread, 5 members), the vmapped forward took
-1.6-2.6x the loop's time for the small CNN at 8-512 images and ~1.1x for resnet18 (PyTorch's
+1.8-2.5x the loop's time for the small CNN at 8-512 images and ~1.1x for resnet18 (PyTorch's
 batching rules for BatchNorm and pooling run as broadcast element-wise ops); only a batch of 1
 image was faster stacked (2.2 vs 3.0 ms). So ``stack="auto"`` (the default) stacks when the
 members live on a CUDA device and loops on CPU; ``stack=True`` forces it.
