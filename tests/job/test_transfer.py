@@ -204,7 +204,7 @@ def registry_job(tmp_path_factory, local_ray):
         first = run_project(cfg1, out=lines.append)
         cfg2 = load_config(EXAMPLE, common + [
             STAGES, "model.weights=models:/digits-transfer@champion", "registry.model_name=digits-from-registry",
-            "pretrain.epochs=1", "ensemble.enabled=false"])
+            "pretrain.epochs=1", "ensemble.enabled=false", "search.confirm=null"])
         second = run_project(cfg2, out=lines.append)
     finally:
         os.chdir(old)
