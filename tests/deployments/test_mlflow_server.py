@@ -143,8 +143,11 @@ def team_run(server, tmp_path_factory):
         work.mkdir()
         args = ["run", str(EXAMPLE), "--tracking-uri", server["uri"],
                 *sum((["--set", s] for s in RUN + extra + [f"ray.storage_path={work}/ray_results"]), [])]
+        # the run likely to be worse gates 1 s after the other: with a champion read early (not right
+        # before the move), it would still see none and overwrite the better one
+        run_env = dict(env, DLOPS_TEST_BARRIER_DELAY_S="1.0" if label == "slow_lr" else "0")
         for _attempt in range(2):
-            p = subprocess.Popen([sys.executable, "-m", "dlops.cli", *args], cwd=work, env=env,
+            p = subprocess.Popen([sys.executable, "-m", "dlops.cli", *args], cwd=work, env=run_env,
                                  stdout=open(work / "out.txt", "w"), stderr=open(work / "err.txt", "w"))
             procs[label] = (work, p)
             # one Ray starting at a time: Ray gives a raylet 30 s to register, little for two on a busy machine

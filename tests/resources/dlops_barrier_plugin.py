@@ -6,7 +6,9 @@ unless ``DLOPS_TEST_BARRIER`` names a folder: then, before every phase, a proces
 ``<phase>-<pid>`` there (``setup-<pid>`` tells that its Ray has started), and before phase
 ``DLOPS_TEST_BARRIER_PHASE`` (default ``register``) it waits until ``DLOPS_TEST_BARRIER_N``
 (default 2) processes have reached it, so that their registrations (the promotion gate) run at the
-same moment however long their searches took.
+same moment however long their searches took. ``DLOPS_TEST_BARRIER_DELAY_S`` (default 0) makes
+a process wait that many seconds more after the others arrived: the test lets the run that is
+likely worse gate last, the order in which a gate that does not re-read the champion fails.
 """
 
 from __future__ import annotations
@@ -36,3 +38,4 @@ def dlops_before_phase(phase, context):  # noqa: ARG001  (context: the job's, un
         if time.monotonic() - t0 > TIMEOUT_S:
             raise RuntimeError(f"barrier {folder}: {n} processes did not reach phase {phase} in {TIMEOUT_S:.0f} s")
         time.sleep(0.005)
+    time.sleep(float(os.environ.get("DLOPS_TEST_BARRIER_DELAY_S", "0")))
