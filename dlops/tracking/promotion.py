@@ -174,14 +174,10 @@ def decide(candidate: Candidate, champion: Optional[Candidate], spec: GateSpec,
     optimizing metric strictly. A champion with no finite metric is replaced by any eligible
     comparable candidate.
     """
-    ok, why = eligible(candidate.metrics, spec)
-    if not ok:
-        return False, f"version {candidate.version} {why}"
+    refused, why = _refuse_before_champion(candidate, spec, baseline)
+    if refused:
+        return False, why
     v = float(candidate.metrics[spec.metric])
-    if baseline is not None and spec.metric in baseline and math.isfinite(float(baseline[spec.metric])):
-        b = float(baseline[spec.metric])
-        if not _better(v, b, spec.mode):
-            return False, f"{spec.metric} {v:.4g} does not beat the best member's {b:.4g}"
     if champion is None:
         return True, "first champion: there was none before"
     if champion.version == candidate.version:
@@ -207,20 +203,31 @@ def decide_challenger(candidate: Candidate, champion: Optional[Candidate], spec:
     comparable with the champion (the same fingerprint) when there is one. It need not beat the
     champion, nor the version that holds ``challenger`` now.
     """
-    ok, why = eligible(candidate.metrics, spec)
-    if not ok:
-        return False, f"version {candidate.version} {why}"
-    v = float(candidate.metrics[spec.metric])
-    if baseline is not None and spec.metric in baseline and math.isfinite(float(baseline[spec.metric])):
-        b = float(baseline[spec.metric])
-        if not _better(v, b, spec.mode):
-            return False, f"{spec.metric} {v:.4g} does not beat the best member's {b:.4g}"
+    refused, why = _refuse_before_champion(candidate, spec, baseline)
+    if refused:
+        return False, why
     if champion is None or champion.version == candidate.version:
         return True, f"eligible ({why}); no other champion to be comparable with"
     diff = fingerprint_diff(candidate.fingerprint, champion.fingerprint)
     if diff is not None:
         return False, f"not comparable with champion version {champion.version}: {diff}"
     return True, f"eligible ({why}) and comparable with champion version {champion.version}"
+
+
+def _refuse_before_champion(candidate: Candidate, spec: GateSpec,
+                            baseline: Optional[Mapping[str, float]]) -> tuple[bool, str]:
+    """(refused, reason) of the checks both aliases share: eligibility, then beating ``baseline``
+    (an ensemble's best member) strictly when it has a finite optimizing metric. When not refused,
+    the reason is :func:`eligible`'s."""
+    ok, why = eligible(candidate.metrics, spec)
+    if not ok:
+        return True, f"version {candidate.version} {why}"
+    v = float(candidate.metrics[spec.metric])
+    if baseline is not None and spec.metric in baseline and math.isfinite(float(baseline[spec.metric])):
+        b = float(baseline[spec.metric])
+        if not _better(v, b, spec.mode):
+            return True, f"{spec.metric} {v:.4g} does not beat the best member's {b:.4g}"
+    return False, why
 
 
 def _better(v: float, ref: float, mode: str) -> bool:
