@@ -57,3 +57,18 @@ def make_digits_images_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def post_json(url: str, body: object, timeout: float = 60) -> tuple[int, object]:
+    """POST ``body`` as JSON to ``url``; (HTTP status, decoded JSON answer), error statuses included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        r = urllib.request.urlopen(req, timeout=timeout)
+        return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

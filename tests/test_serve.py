@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 
-from dlops_testing import EXAMPLE, TINY, free_port, run_dlops, subprocess_env
+from dlops_testing import EXAMPLE, TINY, free_port, post_json, run_dlops, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -125,13 +125,7 @@ class Server:
         return json.loads(urllib.request.urlopen(self.url, timeout=30).read())
 
     def post(self, body: object) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            r = urllib.request.urlopen(req, timeout=60)
-            return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return post_json(self.url, body)
 
     def interrupt(self) -> int:
         os.killpg(self.proc.pid, signal.SIGINT)

@@ -23,7 +23,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from dlops_testing import free_port, subprocess_env
+from dlops_testing import free_port, post_json, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -96,13 +96,7 @@ class Scorer:
         raise AssertionError("mlflow models serve did not answer in time")
 
     def post(self, body: object) -> tuple[int, object]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            r = urllib.request.urlopen(req, timeout=60)
-            return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return post_json(f"http://127.0.0.1:{self.port}/invocations", body)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
