@@ -392,7 +392,7 @@ def models_show(name: str, tracking_uri: Optional[str], as_json: bool) -> None:
 @click.option("--alias", default="champion", show_default=True, type=click.Choice(["champion", "challenger"]),
               help="The alias to move (what each means: README, 'The model registry').")
 @click.option("--force", is_flag=True, help="Move the alias even when the gate refuses (needs --reason; recorded).")
-@click.option("--reason", default=None, help="Why, with --force (recorded in the promotion history).")
+@click.option("--reason", default=None, help="Why (recorded in the promotion history; required with --force).")
 @click.option("--dry-run", is_flag=True, help="Print the gate's decision only (exit 1 when it refuses).")
 @_TRACKING
 def promote(name: str, version: str, alias: str, force: bool, reason: Optional[str], dry_run: bool,

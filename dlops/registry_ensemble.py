@@ -52,15 +52,15 @@ def parse_versions(text: str) -> list[str]:
 
 def top_k_versions(client: Any, name: str, k: int, out: Callable[[str], Any] = print) -> list[Any]:
     """The ``k`` best versions of ``name`` (by their stored optimizing metric) that meet their own
-    satisficing constraints and are comparable with the best one (the same fingerprint: task,
-    classes, dev/test split, metric). Says through ``out`` which versions it skipped, and why
+    satisficing constraints and are comparable with the champion when it is among them, else with
+    the best one (the same fingerprint: task, classes, dev/test split, metric). Says through ``out`` which versions it skipped, and why
     (not comparable with the best, breaks a constraint, an ensemble, not registered by dlops).
 
     Raises:
         RegistryError: no model ``name``, or fewer than two such versions.
     """
     from dlops.tracking.promotion import GateSpec, eligible, fingerprint_diff
-    from dlops.tracking.registry import candidate, get_registered_model
+    from dlops.tracking.registry import CHAMPION, alias_version, candidate, get_registered_model
 
     get_registered_model(client, name)
     scored, skipped = [], []
@@ -81,8 +81,11 @@ def top_k_versions(client: Any, name: str, k: int, out: Callable[[str], Any] = p
         v = float(c.metrics[spec.metric])
         scored.append((v if spec.mode == "min" else -v, int(mv.version), mv, c.fingerprint))
     scored.sort(key=lambda t: (t[0], t[1]))
-    if scored:
-        best_v, fp = scored[0][1], scored[0][3]
+    champ = alias_version(client, name, CHAMPION)
+    anchor = next((t for t in scored if str(t[1]) == str(champ)), None)
+    if scored:  # the champion's fingerprint when it qualifies (an easier task never ranks above it), else the best's
+        best_v, fp = (anchor[1], anchor[3]) if anchor is not None else (scored[0][1], scored[0][3])
+        what = "the champion" if anchor is not None else "the best"
         comparable = []
         for t in scored:
             d = fingerprint_diff(t[3], fp) if t[3] is not None and fp is not None else (
@@ -90,13 +93,15 @@ def top_k_versions(client: Any, name: str, k: int, out: Callable[[str], Any] = p
             if d is None:
                 comparable.append(t)
             else:
-                skipped.append(f"{t[1]} (not comparable with the best, version {best_v}: {d})")
+                skipped.append(f"{t[1]} (not comparable with {what}, version {best_v}: {d})")
         scored = comparable
     if skipped:
         out(f"  --top-k skipped versions {'; '.join(sorted(skipped, key=lambda x: int(x.split()[0])))}")
     if len(scored) < 2:
         raise RegistryError(f"--top-k {k}: {name} has {len(scored)} comparable version(s) that meet their "
                             "constraints; an ensemble needs at least two")
+    if len(scored) < k:
+        out(f"  --top-k {k}: only {len(scored)} versions qualify; the ensemble has {len(scored)} members")
     return [t[2] for t in scored[:k]]
 
 

@@ -206,8 +206,10 @@ def decide_challenger(candidate: Candidate, champion: Optional[Candidate], spec:
     refused, why = _refuse_before_champion(candidate, spec, baseline)
     if refused:
         return False, why
-    if champion is None or champion.version == candidate.version:
-        return True, f"eligible ({why}); no other champion to be comparable with"
+    if champion is None:
+        return True, f"eligible ({why}); no champion to be comparable with"
+    if champion.version == candidate.version:
+        return True, f"eligible ({why}); it is the champion itself"
     diff = fingerprint_diff(candidate.fingerprint, champion.fingerprint)
     if diff is not None:
         return False, f"not comparable with champion version {champion.version}: {diff}"

@@ -11,7 +11,8 @@ deprecated stages; versions are taken from the object that ``register_model`` re
   member strictly. It moves only through the gate (``dlops run``, ``dlops ensemble``,
   ``dlops promote``), ``dlops promote --force`` or ``dlops rollback``, each recorded.
 * ``challenger``: the newest version that is *eligible*: a finite optimizing metric, every
-  constraint met, and (ensembles) better than its best member. It may be worse than the
+  constraint met, (ensembles) better than its best member, and comparable with the champion
+  (the same fingerprint; the rule of ``dlops promote --alias challenger``). It may be worse than the
   champion (that is what a challenger is: the next candidate to compare against it), but it
   never points at a version that breaks a constraint or, for an ensemble, loses to a member.
   A version that is not eligible gets no alias at all. ``dlops promote --alias challenger``
@@ -312,6 +313,8 @@ def promote(client: Any, name: str, version: Any, alias: str = CHAMPION, force: 
         if not ok:
             raise GateRefusedError(f"{name} version {v} -> @{alias} refused: {why}")
         current = alias_version(client, name, alias)
+        if reason and reason.strip():  # a reason given without --force is kept too
+            why = f"{why}; {current_user()}: {reason.strip()}"
         move_alias(client, name, alias, v, current, "gate", why, command)
     return Move(name, alias, current, v, not dry_run, "gate", why)
 
@@ -402,10 +405,12 @@ def register_and_promote(
         if description:
             client.update_model_version(name, v, description=description)
         aliases: list[str] = []
-        ok, why = eligible(metrics, spec)
-        if ok and baseline is not None:
-            ok, why = decide(me, None, spec, baseline)
-            why = why if not ok else "beats its best member"
+        # challenger: the same rule as ``dlops promote --alias challenger`` (eligible, better than
+        # its best member for an ensemble, comparable with the champion): a client on @challenger
+        # never gets a model whose metric means something else
+        current = alias_version(client, name, CHAMPION)
+        ok, why = decide_challenger(me, candidate(client.get_model_version(name, current)) if current else None,
+                                    spec, baseline)
         if ok:
             prev_ch = alias_version(client, name, CHALLENGER)
             move_alias(client, name, CHALLENGER, v, prev_ch, "gate", f"newest eligible version ({why})", command)
