@@ -125,9 +125,16 @@ def load_serve_options(path: Optional[str] = None, **flags: Any) -> ServeOptions
         try:
             from ray.serve.config import AutoscalingConfig
 
+            fields = getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__
+            unknown = sorted(set(opts.autoscaling_config) - set(fields))
+            if unknown:  # Ray's schema ignores extra keys: a typo would silently keep a default
+                raise ServeError(f"{where}: autoscaling_config: unknown key(s) {', '.join(unknown)} "
+                                 f"(Ray Serve's keys: {', '.join(sorted(fields))})")
             AutoscalingConfig(**opts.autoscaling_config)
         except ImportError:
             pass  # no Ray Serve: the command says so later
+        except ServeError:
+            raise
         except Exception as exc:  # noqa: BLE001  (Ray's pydantic error, v1 or v2)
             raise ServeError(f"{where}: autoscaling_config: {exc}".replace("\n", " ")) from None
     return opts

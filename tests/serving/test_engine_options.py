@@ -30,6 +30,8 @@ def test_options_file_then_flags_with_ray_serve_names(tmp_path):
     ("max_ongoing_request: 4\n", {}, "max_ongoing_request"),  # a typo is named, not ignored
     ("autoscaling_config: {min_replicas: 1, max_replicas: 0}\n", {}, "max_replicas"),  # Ray Serve's own schema
     ("autoscaling_config: {max_replicas: 2}\n", {"num_replicas": 2}, "exclude each other"),
+    ("autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_request: 8}\n", {},
+     "unknown key.*target_ongoing_request "),  # Ray's schema would ignore the typo
     ("- 1\n", {}, "mapping"),
     ("max_batch_size: [\n", {}, "not valid YAML"),
     ("", {"batch_wait_timeout_s": -1}, "batch_wait_timeout_s"),
