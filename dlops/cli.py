@@ -280,10 +280,14 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            ray_serve.shutdown()
-        except Exception:  # noqa: BLE001  (Ray may already be down)
-            pass
+        if not (started and not ray_address):
+            # someone else's cluster: take our app down there. The local Ray this command started
+            # goes down whole below; Serve's own shutdown there only raced the Ctrl-C that reached
+            # Ray's processes too ("(raylet) Task ServeController.graceful_shutdown failed ...")
+            try:
+                ray_serve.shutdown()
+            except Exception:  # noqa: BLE001  (Ray may already be down)
+                pass
         if started and not ray_address:
             import ray
 
