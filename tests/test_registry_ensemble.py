@@ -64,13 +64,13 @@ def test_ensemble_latency_times_every_member_over_every_view_and_size_adds_the_m
     from dlops.job.ensemble import measure
     from dlops.train.loop import size_mb
 
-    class Slow(torch.nn.Module):  # a member whose forward takes at least 1 ms (a sleep: never shorter)
+    class Slow(torch.nn.Module):  # at least 1 ms per image it sees (a sleep: never shorter), however batched
         def __init__(self) -> None:
             super().__init__()
             self.lin = torch.nn.Linear(64, 2)
 
         def forward(self, x):
-            time.sleep(0.001)
+            time.sleep(0.001 * x.shape[0])
             return self.lin(x.flatten(1))
 
     avg = ensemble_method("average")
@@ -79,5 +79,5 @@ def test_ensemble_latency_times_every_member_over_every_view_and_size_adds_the_m
     plain = measure(members, x, "classification", "none", 0.875, avg)
     five = measure(members, x, "classification", "five_crop", 0.875, avg)
     assert plain["latency_ms"] >= 2 * 1.0  # both members
-    assert five["latency_ms"] >= 2 * 5 * 1.0  # both members, each over 5 crops
+    assert five["latency_ms"] >= 2 * 5 * 1.0  # both members, each over 5 crops (one batched forward of 5)
     assert plain["size_mb"] == pytest.approx(sum(size_mb(m) for m in members)) and plain["size_mb"] > 0
