@@ -36,3 +36,15 @@ def local_ray():
     yield
     if started:
         ray.shutdown()
+
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """Every test leaves the MLflow tracking and registry URIs as it found them
+    (:func:`dlops_testing.restore_mlflow_uris`)."""
+    from dlops_testing import mlflow_uris, restore_mlflow_uris
+
+    saved = mlflow_uris()
+    yield
+    restore_mlflow_uris(saved)

@@ -72,3 +72,33 @@ def post_json(url: str, body: object, timeout: float = 60) -> tuple[int, object]
         return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+_MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def mlflow_uris() -> dict:
+    """The MLflow URI environment variables now (to give back to :func:`restore_mlflow_uris`)."""
+    import os
+
+    return {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+
+
+def restore_mlflow_uris(saved: dict) -> None:
+    """Put the MLflow tracking and registry URIs back as ``saved``. ``mlflow.set_tracking_uri`` and
+    ``mlflow.set_registry_uri`` also set ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` in
+    ``os.environ``, so a test that calls them would otherwise send later tests' subprocesses, and
+    ``MlflowClient(tracking_uri)`` (whose registry defaults to the global one), to its store."""
+    import os
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

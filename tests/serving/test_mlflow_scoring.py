@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from dlops_testing import free_port, post_json, subprocess_env
+from dlops_testing import free_port, mlflow_uris, post_json, restore_mlflow_uris, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +120,7 @@ def registered(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("scoring")
     store = f"sqlite:///{d}/mlflow.db"
+    saved = mlflow_uris()  # given back at teardown: later modules must not see this store
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
     client = MlflowClient(store, store)
@@ -150,6 +151,7 @@ def registered(tmp_path_factory):
     finally:
         single.stop()
         ens.stop()
+        restore_mlflow_uris(saved)
 
 
 def test_pyfunc_takes_json_dtypes_and_images(registered):

@@ -66,7 +66,9 @@ def test_resume_refuses_a_changed_space_with_exit_2_and_accepts_safe_changes(pro
 
     base = tiny_overrides(tmp_path)
     uri, rid = _interrupted_search(project_file, tmp_path, base)
-    args = ["run", str(project_file)] + [x for o in base for x in ("--set", o)]
+    # the store named explicitly: an earlier in-process mlflow.set_tracking_uri leaves MLFLOW_TRACKING_URI
+    # in os.environ, which the CLI's --tracking-uri option would otherwise read
+    args = ["run", str(project_file), "--tracking-uri", uri] + [x for o in base for x in ("--set", o)]
     res = CliRunner().invoke(main, args + ["--set", "search.space.lr.low=0.001", "--set", "search.max_failures=3",
                                            "--resume"])
     assert res.exit_code == 2, res.output
