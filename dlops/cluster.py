@@ -33,6 +33,26 @@ def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                            "is the Ray head running there (ray start --head)?") from None
 
 
+def use_local_token() -> bool:
+    """Send this machine's Ray token when the cluster asks for one. Ray >= 2.59 starts clusters
+    with token authentication when a token exists
+    (https://docs.ray.io/en/latest/ray-security/token-auth.html), but ``ray.init`` and the Jobs
+    client only send it with ``RAY_AUTH_MODE=token``; without it they fail with a bare
+    ``ConnectionError`` or 401. When ``RAY_AUTH_MODE`` is unset and a token exists
+    (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), set it to ``token``
+    for this process. ``dlops run --ray-address``, ``dlops serve --ray-address`` and ``dlops submit``
+    all call it. Returns True when it set it."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_MODE"):
+        return False
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return True
+    return False
+
+
 def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float]) -> bool:
     """Connect to ``address`` or start a local Ray that listens on 127.0.0.1 only, without the
     dashboard (Ray has no authentication; an open dashboard or Jobs API is a known attack path).
@@ -49,6 +69,11 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
         ClusterError: nothing answers at ``address`` (after :data:`CONNECT_TIMEOUT_S` seconds), or
             Ray refuses the connection (e.g. a token-authenticated cluster without ``RAY_AUTH_MODE=token``).
     """
+    if address:
+        # before Ray is imported: its core reads RAY_AUTH_MODE once, and its C++ retries would
+        # otherwise print a warning a second before the one line below
+        use_local_token()
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     import ray
 
     if ray.is_initialized():
@@ -56,11 +81,15 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
     if address:
         probe_address(address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # noqa: BLE001  (ConnectionError, RuntimeError, auth errors ...)
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
-                    "~/.ray/auth_token)" if "auth" in str(exc).lower() else "")
+            if os.environ.get("RAY_AUTH_MODE") == "token":
+                hint = ("; the token this machine sent (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) "
+                        "may not be the cluster's: compare with `ray get-auth-token` on the head")
+            else:
+                hint = ("; if the cluster uses token authentication (Ray >= 2.59), put its token in "
+                        "~/.ray/auth_token (`ray get-auth-token` on the head prints it) or RAY_AUTH_TOKEN")
             raise ClusterError(f"--ray-address: cannot connect to the Ray cluster at {address}: "
                                f"{type(exc).__name__}: {text[:300]}{hint}") from None
         return True

@@ -16,6 +16,7 @@ refused (the runs would land on a head node's disk).
 
 from __future__ import annotations
 
+from dlops.cluster import use_local_token  # noqa: F401  (shared with `dlops run` and `serve`)
 from dlops.errors import SubmitError  # noqa: F401  (the kind lives in dlops.errors)
 import re
 import time
@@ -167,23 +168,6 @@ def local_outputs(cfg: Any, tracking_uri: str, address: str, cwd: Optional[Path]
     if is_local_store(tracking_uri) and cfg.tracking.artifact_location is None:
         out.append(f"tracking.artifact_location={(base / DEFAULT_ARTIFACT_DIR).as_uri()}")
     return out
-
-
-def use_local_token() -> bool:
-    """Send this machine's Ray token, as ``ray.init`` does: Ray >= 2.59 starts clusters with token
-    authentication (https://docs.ray.io/en/latest/ray-security/token-auth.html) and the Jobs
-    client only sends the token with ``RAY_AUTH_MODE=token``. When ``RAY_AUTH_MODE`` is unset and
-    a token exists (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), set
-    it to ``token`` for this process. Returns True when it did."""
-    import os
-
-    if os.environ.get("RAY_AUTH_MODE"):
-        return False
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-        return True
-    return False
 
 
 @dataclass

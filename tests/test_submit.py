@@ -163,6 +163,19 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path, tmp_path_factory):
         # outputs where `dlops run` would put them, not in the job's uploaded copy of the folder
         assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
         assert (tmp_path / "ray_results").is_dir() and (tmp_path / "mlartifacts").is_dir()
+        # `dlops run`/`validate --ray-address` reach the token-authenticated head with no
+        # RAY_AUTH_MODE in the environment, as `dlops submit` does; an explicit RAY_AUTH_MODE=disabled
+        # is refused by the head: one line naming the address and the token, exit 2
+        assert "RAY_AUTH_MODE" not in subprocess_env()
+        rv = run_dlops(["validate", str(proj), "--ray-address", f"127.0.0.1:{gcs}"], tmp_path, timeout=180)
+        assert rv.returncode == 0 and f"resources fit 127.0.0.1:{gcs}" in rv.stdout, rv.stderr[-2000:]
+        rd = subprocess.run([sys.executable, "-m", "dlops.cli", "validate", str(proj), "--ray-address",
+                             f"127.0.0.1:{gcs}"], cwd=tmp_path, env=dict(subprocess_env(), RAY_AUTH_MODE="disabled"),
+                            capture_output=True, text=True, timeout=180)
+        assert rd.returncode == 2 and "Traceback" not in rd.stderr, rd.stderr[-2000:]
+        last = rd.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --ray-address: cannot connect to the Ray cluster at 127.0.0.1:{gcs}")
+        assert "token" in last
         # --no-wait prints the submission id and returns at once
         r2 = run_dlops(["submit", str(proj), "--address", address, "--tracking-uri", uri, "--no-wait",
                      "--set", "search.stages=[{trials: 1, epochs: 1}]", "--set", "ensemble.enabled=false"], tmp_path)

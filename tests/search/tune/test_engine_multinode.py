@@ -1,4 +1,16 @@
-"""The real pipeline on a two-node Ray cluster (loopback) logging to a real `mlflow server`."""
+"""The real pipeline on a two-node Ray cluster (loopback) logging to a real `mlflow server`.
+
+Why ``ray.cluster_utils.Cluster`` (fixture ``gpu_cluster``) and not ``ray start`` processes: Ray
+2.60's CLI has no way to add a second node that keeps to 127.0.0.1. With
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` ``ray start --address`` refuses ("Multi-node Ray clusters are
+not supported"); with ``=1`` it rewrites ``127.0.0.1``/``localhost`` in ``--address`` to the
+machine's network address, and another loopback spelling (``--address=[::ffff:127.0.0.1]:PORT``,
+``--node-ip-address=127.0.0.2``) joins, but its raylet then listens on every interface (``*:PORT``
+in ``ss -ltnp``). Why the pipeline runs in-process here and not through ``dlops submit``: with two
+nodes on one machine, the job's ``working_dir`` (the uploaded project folder) lies under the one
+session directory both nodes share, and the job's own working directory vanished under it
+mid-run (``FileNotFoundError`` from ``os.getcwd()`` in the job); ``dlops submit`` to a real one-node
+head is tested in ``tests/test_submit.py``."""
 
 from __future__ import annotations
 
