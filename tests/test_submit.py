@@ -166,11 +166,12 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path, tmp_path_factory):
         # `dlops run`/`validate --ray-address` reach the token-authenticated head with no
         # RAY_AUTH_MODE in the environment, as `dlops submit` does; an explicit RAY_AUTH_MODE=disabled
         # is refused by the head: one line naming the address and the token, exit 2
-        assert "RAY_AUTH_MODE" not in subprocess_env()
-        rv = run_dlops(["validate", str(proj), "--ray-address", f"127.0.0.1:{gcs}"], tmp_path, timeout=180)
+        # (an earlier in-process init_ray of the suite may have set RAY_AUTH_MODE in os.environ)
+        no_mode = {k: v for k, v in subprocess_env().items() if k != "RAY_AUTH_MODE"}
+        validate = [sys.executable, "-m", "dlops.cli", "validate", str(proj), "--ray-address", f"127.0.0.1:{gcs}"]
+        rv = subprocess.run(validate, cwd=tmp_path, env=no_mode, capture_output=True, text=True, timeout=180)
         assert rv.returncode == 0 and f"resources fit 127.0.0.1:{gcs}" in rv.stdout, rv.stderr[-2000:]
-        rd = subprocess.run([sys.executable, "-m", "dlops.cli", "validate", str(proj), "--ray-address",
-                             f"127.0.0.1:{gcs}"], cwd=tmp_path, env=dict(subprocess_env(), RAY_AUTH_MODE="disabled"),
+        rd = subprocess.run(validate, cwd=tmp_path, env=dict(no_mode, RAY_AUTH_MODE="disabled"),
                             capture_output=True, text=True, timeout=180)
         assert rd.returncode == 2 and "Traceback" not in rd.stderr, rd.stderr[-2000:]
         last = rd.stderr.strip().splitlines()[-1]
