@@ -40,8 +40,8 @@ def use_local_token() -> bool:
     client only send it with ``RAY_AUTH_MODE=token``; without it they fail with a bare
     ``ConnectionError`` or 401. When ``RAY_AUTH_MODE`` is unset and a token exists
     (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), set it to ``token``
-    for this process. ``dlops run --ray-address``, ``dlops serve --ray-address`` and ``dlops submit``
-    all call it. Returns True when it set it."""
+    for this process. ``dlops run``, ``validate`` and ``serve`` (through :func:`init_ray`) and
+    ``dlops submit`` all call it. Returns True when it set it."""
     from pathlib import Path
 
     if os.environ.get("RAY_AUTH_MODE"):
@@ -67,13 +67,11 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
 
     Raises:
         ClusterError: nothing answers at ``address`` (after :data:`CONNECT_TIMEOUT_S` seconds), or
-            Ray refuses the connection (e.g. a token-authenticated cluster without ``RAY_AUTH_MODE=token``).
+            Ray refuses the connection (e.g. a token-authenticated cluster and no token on this
+            machine, or ``RAY_AUTH_MODE=disabled``); the message says where the token goes.
     """
     if address:
-        # before Ray is imported: its core reads RAY_AUTH_MODE once, and its C++ retries would
-        # otherwise print a warning a second before the one line below
-        use_local_token()
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        use_local_token()  # before Ray is imported: its core reads RAY_AUTH_MODE once
     import ray
 
     if ray.is_initialized():

@@ -16,7 +16,7 @@ refused (the runs would land on a head node's disk).
 
 from __future__ import annotations
 
-from dlops.cluster import use_local_token  # noqa: F401  (shared with `dlops run` and `serve`)
+from dlops.cluster import use_local_token  # shared with `dlops run`, `validate` and `serve`
 from dlops.errors import SubmitError  # noqa: F401  (the kind lives in dlops.errors)
 import re
 import time
