@@ -246,9 +246,6 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
                                  max_queued_requests=max_queued_requests)
     ref = resolve_model(model_uri, uri)
     port_free(host, port)
-    from dlops.serving.engine import check_loads
-
-    check_loads(ref, uri, tta, crop_fraction)  # a broken model: exit 2 in seconds, before Ray starts
     try:
         from ray import serve as ray_serve
     except ImportError as exc:
@@ -256,13 +253,31 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
 
     from dlops.cluster import init_ray
     from dlops.serving import start
+    from dlops.serving.engine import CheckLoads
 
     def on_sigterm(signum: int, frame: object) -> None:  # systemd, Kubernetes: stop as on Ctrl-C
         raise SystemExit(143)
 
+    # the driver's test load (a broken model: exit 2 with its real error, no crash-looping
+    # replica) runs in a thread while Ray starts: mostly imports and unpickling in this process,
+    # while Ray's start is mostly waiting for its own processes, so the two overlap
+    check = CheckLoads(ref, uri, tta, crop_fraction)
     t_checked = time.perf_counter()
-    started = init_ray(ray_address, None, None)
+    try:
+        started = init_ray(ray_address, None, None)
+    except BaseException:
+        check.result()  # a model that does not load is the first thing to say; else the cluster's error
+        raise
     t_ray = time.perf_counter()
+    try:
+        check.result()
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
+    t_loaded = time.perf_counter()
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         start(ref, uri, host=host, port=port, route_prefix=route_prefix, options=options, tta=tta,
@@ -270,8 +285,9 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
         t_ready = time.perf_counter()
         click.echo(f"serving {ref.kind} model {ref.name} version {ref.version} ({model_uri}) at "
                    f"http://{host}:{port}{route_prefix}  (Ctrl-C to stop)", err=True)
-        click.echo(f"start-up {t_ready - t_start:.1f} s: checks and test load {t_checked - t_start:.1f} s, Ray "
-                   f"{t_ray - t_checked:.1f} s, Serve + replicas (model load included) {t_ready - t_ray:.1f} s; "
+        click.echo(f"start-up {t_ready - t_start:.1f} s: checks {t_checked - t_start:.1f} s, Ray {t_ray - t_checked:.1f} s "
+                   f"with the test load beside it ({check.seconds:.1f} s; {t_loaded - t_ray:.1f} s waited after Ray), "
+                   f"Serve + replicas (model load included) {t_ready - t_loaded:.1f} s; "
                    f"readiness: http://{host}:{port}{route_prefix.rstrip('/')}/-/ready", err=True)
         while True:
             time.sleep(3600)

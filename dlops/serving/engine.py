@@ -126,3 +126,39 @@ def check_loads(ref: ModelRef, tracking_uri: str, tta: Optional[str] = None, cro
         raise ServeError(f"MODEL_URI: {ref.uri} (models:/{ref.name}/{ref.version}) does not load: "
                          f"{type(exc).__name__}: {first}") from None
     return time.perf_counter() - t0
+
+
+class CheckLoads:
+    """:func:`check_loads` in a background thread, started at construction, so that the caller
+    can start Ray meanwhile (``dlops serve``); :meth:`result` waits and re-raises its error.
+
+    Attributes:
+        seconds: what the check took (load + one forward), once :meth:`result` returned; 0.0 before.
+    """
+
+    def __init__(self, ref: ModelRef, tracking_uri: str, tta: Optional[str] = None,
+                 crop_fraction: float = 0.875) -> None:
+        import threading
+
+        self.seconds = 0.0
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(ref, tracking_uri, tta, crop_fraction),
+                                        name="dlops-check-loads", daemon=True)
+        self._thread.start()
+
+    def _run(self, *args: Any) -> None:
+        try:
+            self.seconds = check_loads(*args)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._error = exc
+
+    def result(self) -> float:
+        """Wait for the check. Returns its seconds.
+
+        Raises:
+            ServeError: the model does not load (from :func:`check_loads`).
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.seconds

@@ -58,7 +58,7 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
         raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
     tags = mv.tags or {}
     kind = "ensemble" if "dlops.members" in tags else "single"
-    _check_model_files(f"models:/{mv.name}/{mv.version}", model_uri, kind)
+    _check_model_files(f"models:/{mv.name}/{mv.version}", model_uri, kind, tracking_uri)
     if kind == "single":
         return ModelRef(model_uri, mv.name, str(mv.version), "single")
     from dlops.ensemble import DEFAULT_METHOD
@@ -73,7 +73,7 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
     return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method)
 
 
-def _check_model_files(version_uri: str, model_uri: str, kind: str) -> None:
+def _check_model_files(version_uri: str, model_uri: str, kind: str, tracking_uri: str) -> None:
     """The version's ``MLmodel`` can be read and says what serving needs (a ``model_spec`` with
     ``image_size``; the pytorch flavour for a single model), checked in the driver in about a
     second, before Ray starts. Loading the weights is left to the replica (whose failure
@@ -84,6 +84,11 @@ def _check_model_files(version_uri: str, model_uri: str, kind: str) -> None:
     """
     import mlflow
 
+    # models:/ URIs resolve against the process's registry URI, not the client's: without this
+    # the look-up went to the default store (./mlflow.db), and a --tracking-uri elsewhere failed
+    # with "Registered Model ... not found" (or, worse, read another store's version)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     try:
         info = mlflow.models.get_model_info(version_uri)
     except Exception as exc:  # noqa: BLE001  (MlflowException, OSError: the artifacts are gone)

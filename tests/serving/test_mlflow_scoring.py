@@ -241,3 +241,23 @@ def test_mlflow_models_serve_input_formats_and_bad_input(registered):
                             ({"inputs": np.zeros((1, 3, 8, 8)).tolist()}, "3 channels")):
             status, out = srv.post(bad)
             assert status == 400 and needle in out["message"], (key, needle, status, str(out)[-300:])
+
+
+def test_resolve_model_reads_the_store_it_is_given_not_the_default(registered, tmp_path, monkeypatch):
+    """``dlops serve --tracking-uri STORE`` from a directory whose default store (./mlflow.db) is
+    another one: the version and its MLmodel are read from STORE (``models:/`` URIs resolve
+    against the process's registry URI, which resolve_model must set)."""
+    import mlflow
+
+    from dlops.serving import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    other = f"sqlite:///{tmp_path}/mlflow.db"
+    saved = mlflow_uris()
+    try:
+        mlflow.set_tracking_uri(other)
+        mlflow.set_registry_uri(other)
+        ref = resolve_model("models:/digits-scoring@champion", registered["store"])
+        assert (ref.name, ref.version, ref.kind) == ("digits-scoring", "1", "single")
+    finally:
+        restore_mlflow_uris(saved)
