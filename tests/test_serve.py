@@ -147,8 +147,12 @@ def test_serve_champion_predicts_like_the_registered_model(store):
 
     cfg = store["cfg"]
     before = _listeners()
-    srv = Server([f"models:/{cfg.model_name}@champion", "--tracking-uri", store["uri"], "--max-request-mb", "0.05"],
-                 store["dir"])
+    # Ray Serve's autoscaling, from 1 replica to at most 2 when more than 1 request is in flight
+    conf = store["dir"] / "serve-autoscaling.yaml"
+    conf.write_text("autoscaling_config: {min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1,\n"
+                    "                     upscale_delay_s: 0.5, metrics_interval_s: 0.5, look_back_period_s: 1}\n")
+    srv = Server([f"models:/{cfg.model_name}@champion", "--tracking-uri", store["uri"], "--max-request-mb", "0.05",
+                  "--serve-config", str(conf)], store["dir"])
     try:
         srv.wait_ready()
         ready = json.loads(urllib.request.urlopen(srv.url + "-/ready", timeout=30).read())
@@ -156,6 +160,7 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         info = srv.get()
         assert info["kind"] == "single" and info["ensemble_method"] is None and info["name"] == cfg.model_name and info["version"] == "1"
         assert info["max_request_mb"] == 0.05
+        assert info["deployment"]["autoscaling_config"]["max_replicas"] == 2 and "num_replicas" not in info["deployment"]
         assert info["classes"] == ["5", "6", "7", "8", "9"] and info["input_shape"] == [1, 8, 8]
         x, y = _digits()
         status, out = srv.post({"inputs": x.tolist()})
@@ -239,7 +244,29 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         assert e.value.code == 405
         pre = info["preprocessing"]
         assert pre["layout"] == "NCHW" and pre["mean"] == [0.5] and pre["std"] == [0.5] and pre["image_size"] == 8
-        # nothing new listens beyond loopback: the HTTP proxy, Ray and the replica's gRPC server
+        # under load (6 clients, each keeping a request in flight) Serve adds the second replica:
+        # the readiness endpoint, answered by one replica or the other, shows two replica tags
+        tags = {ready["replica"]}
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                requests.post(srv.url, json={"inputs": x.tolist()}, timeout=60)
+
+        workers = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+        for w in workers:
+            w.start()
+        t0 = time.time()
+        try:
+            while len(tags) < 2 and time.time() - t0 < 120:
+                tags.add(json.loads(urllib.request.urlopen(srv.url + "-/ready", timeout=30).read())["replica"])
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
+        assert len(tags) == 2 and None not in tags, tags
+        # nothing new listens beyond loopback: the HTTP proxy, Ray and the replicas' gRPC servers
         assert _listeners() - before == set()
         assert srv.interrupt() == 130
         # the start-up log says where it serves, and not Serve's "new http_options will not be

@@ -74,7 +74,7 @@ class ModelServer:
     def __init__(self, ref: ModelRef, tracking_uri: str, tta: Optional[str], crop_fraction: float,
                  loopback: bool = True, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
                  max_batch_size: int = DEFAULT_MAX_BATCH, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S,
-                 num_threads: int = 1) -> None:
+                 num_threads: int = 1, deployment: Optional[dict[str, Any]] = None) -> None:
         if loopback:  # before Serve starts this replica's gRPC server (after the constructor)
             loopback_replica_grpc()
         from dlops.serving.engine import Engine
@@ -84,6 +84,7 @@ class ModelServer:
         self.max_batch_size = int(max_batch_size)
         self.batch_wait_timeout_s = float(batch_wait_timeout_s)
         self.ref = ref
+        self.deployment = dict(deployment or {})
         self.engine = Engine(ref, tracking_uri, tta, crop_fraction, num_threads=num_threads)
         self.task, self.classes, self.shape = self.engine.task, self.engine.classes, self.engine.shape
         self.tta = self.engine.tta
@@ -93,6 +94,8 @@ class ModelServer:
         self._batched.set_max_batch_size(self.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
         self._ready_at = time.time()
+        self.forwards = 0  # forwards run and the images they took: the batching actually achieved
+        self.images = 0
 
     def describe(self) -> dict[str, Any]:
         spec = self.engine.spec
@@ -102,15 +105,26 @@ class ModelServer:
                 "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
                 "preprocessing": pre, "inputs": self._inputs_doc, "max_request_mb": self.max_request_mb,
                 "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
-                "ensemble_method": self.ref.method}
+                "ensemble_method": self.ref.method, "deployment": self.deployment}
 
     def ready(self) -> dict[str, Any]:
-        """What the readiness endpoint returns (a replica answers only once its model is loaded)."""
+        """What the readiness endpoint returns (a replica answers only once its model is loaded):
+        ``replica`` is the answering replica's Ray Serve tag (several replicas: several tags);
+        ``forwards`` and ``images`` count this replica's forwards and the images they took since
+        it started, ``mean_batch_images`` their ratio (the batching across clients achieved)."""
+        try:
+            replica = serve.get_replica_context().replica_tag
+        except Exception:  # noqa: BLE001  (outside a replica: tests of the class itself)
+            replica = None
         return {"ready": True, "model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version,
-                "kind": self.ref.kind, "load_s": round(self.engine.load_s, 3)}
+                "kind": self.ref.kind, "load_s": round(self.engine.load_s, 3), "replica": replica,
+                "forwards": self.forwards, "images": self.images,
+                "mean_batch_images": round(self.images / self.forwards, 2) if self.forwards else None}
 
     async def _forward(self, x: Any) -> Any:
         """One forward (N, C, H, W) -> (N, K) in the worker thread (torch releases the GIL)."""
+        self.forwards += 1
+        self.images += int(x.shape[0])
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.forward, x)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S, batch_size_fn=_images)
@@ -191,8 +205,10 @@ def build_app(ref: ModelRef, tracking_uri: str, options: Optional[ServeOptions] 
     dep = serve.deployment(ModelServer, name="dlops-model", max_constructor_retry_count=1,
                            graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5,
                            **opts.deployment_kwargs())
+    # what GET reports of the deployment: Ray Serve's names, as given
+    deployment = opts.deployment_kwargs()
     return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback, max_request_mb, opts.max_batch_size,
-                    opts.batch_wait_timeout_s, max(1, math.floor(num_cpus)))
+                    opts.batch_wait_timeout_s, max(1, math.floor(num_cpus)), deployment)
 
 
 def start(ref: ModelRef, tracking_uri: str, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/",
