@@ -269,6 +269,12 @@ class Served:
                 "quiet": "Traceback" not in text and "graceful_shutdown" not in text}
 
 
+def cell_name(config: str, wait: float, waits: list[float]) -> str:
+    """A configuration's name in the output: ``config``, or ``config@wWAIT`` when several batch
+    waits run."""
+    return config if len(waits) == 1 else f"{config}@w{wait:g}"
+
+
 def free_port() -> int:
     import socket
 
@@ -311,7 +317,7 @@ def main() -> None:
         for name in a.configs.split(","):
             model_uri, extra, raw_uris, tta = configs[name]
             for wait in waits:
-                key = name if len(waits) == 1 else f"{name}@w{wait:g}"
+                key = cell_name(name, wait, waits)
                 srv = Served(model_uri, uri, free_port(), extra + ["--max-batch-size", str(a.max_batch_size),
                                                                    "--batch-wait-timeout-s", str(wait)], d)
                 try:
@@ -344,7 +350,7 @@ def main() -> None:
                 print(f"{name:18s} raw forward: loop {med:.0f} img/s, vmapped (dlops.stacked) {smed:.0f} img/s "
                       f"= {smed / med:.2f}x", flush=True)
             for wait in waits:
-                key = name if len(waits) == 1 else f"{name}@w{wait:g}"
+                key = cell_name(name, wait, waits)
                 for n in sizes:
                     c = out["cells"][f"{key}/b{n}"]
                     c["ratio_to_raw"] = c["images_per_s"] / med

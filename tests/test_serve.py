@@ -165,6 +165,10 @@ def test_serve_champion_predicts_like_the_registered_model(store):
         x, y = _digits()
         status, out = srv.post({"inputs": x.tolist()})
         assert status == 200, out
+        # the replica counts its forwards and their images (the batching achieved)
+        counts = json.loads(urllib.request.urlopen(srv.url + "-/ready", timeout=30).read())
+        assert ready["forwards"] == 0 and ready["mean_batch_images"] is None
+        assert counts["forwards"] >= 1 and counts["images"] >= len(x) and counts["mean_batch_images"] > 0, counts
         # the registered version's own outputs, loaded here with MLflow
         mlflow.set_tracking_uri(store["uri"])
         model = mlflow.pytorch.load_model(f"models:/{cfg.model_name}/1").eval()

@@ -202,11 +202,9 @@ def build_app(ref: ModelRef, tracking_uri: str, options: Optional[ServeOptions] 
     check_options(1, num_cpus, tta, crop_fraction, max_request_mb)
     # one failed constructor is the answer (the real error, at once), not 20 retries of a model
     # that will not load; replicas stop quickly on shutdown (no request outlives 5 s here)
+    deployment = opts.deployment_kwargs()  # Ray Serve's names; GET reports them as given
     dep = serve.deployment(ModelServer, name="dlops-model", max_constructor_retry_count=1,
-                           graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5,
-                           **opts.deployment_kwargs())
-    # what GET reports of the deployment: Ray Serve's names, as given
-    deployment = opts.deployment_kwargs()
+                           graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5, **deployment)
     return dep.bind(ref, tracking_uri, tta, crop_fraction, loopback, max_request_mb, opts.max_batch_size,
                     opts.batch_wait_timeout_s, max(1, math.floor(num_cpus)), deployment)
 
