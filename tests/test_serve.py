@@ -407,3 +407,56 @@ def test_serve_broken_model_exits_2_fast_with_the_real_error(store):
     assert "broken-model" in r.stderr and "does not load" in r.stderr and "UnpicklingError" in r.stderr
     assert "Traceback" not in r.stderr and "Started Serve" not in r.stderr
     assert elapsed < 90, elapsed  # seconds on a quiet machine: no Ray start
+
+
+REPLICA_FAILS = r"""
+import sys, time
+import ray
+from ray import serve
+from dlops.cluster import init_ray
+from dlops.errors import ServeError
+from dlops.serving.app import start
+from dlops.serving.resolve import ModelRef
+
+uri, port = sys.argv[1], int(sys.argv[2])
+init_ray(None, 2, None)
+t0 = time.time()
+try:
+    start(ModelRef(uri="models:/broken-in-replica/1", name="broken-in-replica", version="1", kind="single"),
+          uri, port=port)
+    print("STARTED")
+except ServeError as exc:
+    print("SERVE_ERROR", exc)
+print("SECONDS", round(time.time() - t0, 1))
+print("STATUS", serve.status().applications["dlops"].status)
+serve.shutdown()
+ray.shutdown()
+"""
+
+
+def test_a_replica_whose_model_fails_to_load_is_one_error_not_a_crash_loop(store):
+    """The path behind the driver's test load: the replica's own constructor raises (the model
+    does not load there). `start` raises ServeError carrying the replica's exception line, after
+    one retry (``max_constructor_retry_count=1``), not Serve's default of retrying for minutes."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(store["uri"])
+    src = Path(mlflow.artifacts.download_artifacts(f"models:/{store['cfg'].model_name}/1",
+                                                   dst_path=str(store["dir"] / "broken-in-replica")))
+    for w in (src / "data").glob("*.pth"):
+        w.write_bytes(b"not a pickle")
+    client = MlflowClient(store["uri"], store["uri"])
+    client.create_registered_model("broken-in-replica")
+    client.create_model_version("broken-in-replica", source=str(src))
+    r = subprocess.run([sys.executable, "-c", REPLICA_FAILS, store["uri"], str(free_port())], cwd=store["dir"],
+                       env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    out = r.stdout
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "STARTED" not in out, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("SERVE_ERROR"))
+    assert "models:/broken-in-replica/1 (version 1) failed to load in its replica" in line, line
+    assert "UnpicklingError" in line, line  # the replica's own exception, not Serve's wrapper
+    assert "DEPLOY_FAILED" in out, out
+    seconds = float(next(ln for ln in out.splitlines() if ln.startswith("SECONDS")).split()[1])
+    assert seconds < 90, seconds
