@@ -6,7 +6,7 @@ downloaded. Pixels are 0..16 in the source and are rescaled to uint8 0..255 here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class TransferData:
     ``source`` holds every example of the source classes; ``train``/``train_dev`` come from the
     target training distribution, ``dev``/``test`` from the target distribution (here the same
     distribution, as in the digits default). ``*_classes`` give the original digit of each index.
+    ``indices``: per target split (``train``, ``train_dev``, ``dev``, ``test``), the sorted indices
+    of its examples in :func:`load_digits_arrays` (scikit-learn's order): which examples it holds.
     """
 
     source: ArraySplit
@@ -47,13 +49,21 @@ class TransferData:
     dev: ArraySplit
     test: ArraySplit
     target_classes: list[int]
+    indices: dict[str, list[int]] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, object]:
+        """What went where, JSON: the source and target classes, the sizes, the class index map
+        (``{digit: index}``) and, like a file source's manifest, ``splits``: ``{split: {"target":
+        [index, ...]}}``, the examples of each target split as indices into scikit-learn's digits.
+        The dev and test digests of a version's fingerprint are computed from these
+        (:func:`dlops.tracking.promotion.split_digests`)."""
         return {
             "source": "sklearn.datasets.load_digits",
             "source_classes": self.source_classes,
             "target_classes": self.target_classes,
             "sizes": {k: len(getattr(self, k)) for k in ("source", "train", "train_dev", "dev", "test")},
+            "class_map": {str(c): i for i, c in enumerate(self.target_classes)},
+            "splits": {k: {"target": list(v)} for k, v in self.indices.items()},
         }
 
 
@@ -96,10 +106,11 @@ def build_transfer_data(
         parts["dev"].append(rest[:n_dev])
         parts["test"].append(rest[n_dev:])
     tmap = {c: i for i, c in enumerate(target_classes)}
+    order = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
     def mk(key: str) -> ArraySplit:
-        ii = np.sort(np.concatenate(parts[key]))
+        ii = order[key]
         return ArraySplit(x[ii], np.array([tmap[c] for c in y[ii]], dtype=np.int64))
 
     return TransferData(source, list(source_classes), mk("train"), mk("train_dev"), mk("dev"), mk("test"),
-                        list(target_classes))
+                        list(target_classes), {k: [int(i) for i in v] for k, v in order.items()})

@@ -87,18 +87,21 @@ def split_digest(part: Any) -> str:
 def split_digests(manifest: Mapping[str, Any], seed: int, data: Mapping[str, Any]) -> tuple[str, str]:
     """(dev digest, test digest) of a data manifest (``data_manifest.json``).
 
-    A manifest that lists the examples of each split (image folders, CSV lists: ``splits.dev``,
-    ``splits.test``, ``class_map``) is hashed per split; one that does not (the digits package:
-    source, classes and sizes only) is hashed whole, with the seed and the data section that
-    determine the split.
+    Every source's manifest lists the examples of each split (``splits.dev``, ``splits.test``:
+    file paths for image folders and CSV lists, indices into scikit-learn's digits for the digits
+    package) and the ``class_map``; each digest hashes its own split's examples with the class
+    map, so dev and test digests differ whenever dev and test hold different examples. A
+    manifest without ``splits`` (none that dlops writes) is hashed whole, with the seed and the
+    data section that determine the split, and the split's name (it cannot tell the members
+    apart, but never reports dev and test as one split).
     """
     if isinstance(manifest.get("splits"), Mapping):
         sp, cmap = manifest["splits"], manifest.get("class_map")
         return (split_digest({"dev": sp.get("dev"), "class_map": cmap}),
                 split_digest({"test": sp.get("test"), "class_map": cmap}))
     whole = {k: v for k, v in manifest.items() if k != "skipped"}
-    d = split_digest({"manifest": whole, "seed": seed, "data": data})
-    return d, d
+    dev, test = (split_digest({"split": n, "manifest": whole, "seed": seed, "data": data}) for n in ("dev", "test"))
+    return dev, test
 
 
 def fingerprint(task: str, classes: Sequence[str], dev_split: str, test_split: str, metric: str,

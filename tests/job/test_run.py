@@ -277,6 +277,9 @@ def test_second_run_is_challenger_and_gate_decides_champion(job):
     v1 = c.get_model_version(cfg.model_name, "1")
     v2 = c.get_model_version(cfg.model_name, "2")
     assert str(c.get_model_version_by_alias(cfg.model_name, "challenger").version) == "2"
+    # the two runs' fingerprints are equal (the gate compares them), and name two different splits
+    fp1, fp2 = json.loads(v1.tags["dlops.fingerprint"]), json.loads(v2.tags["dlops.fingerprint"])
+    assert fp1 == fp2 and fp1["dev_split"] != fp1["test_split"]
     e1, e2 = float(v1.tags["dlops.metric.dev/error"]), float(v2.tags["dlops.metric.dev/error"])
     expected = "2" if e2 < e1 else "1"
     assert str(c.get_model_version_by_alias(cfg.model_name, "champion").version) == expected
