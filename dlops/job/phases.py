@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from dlops.errors import NothingToRegisterError
 from dlops.job.context import JobContext
-from dlops.job.summary import shown_alias
+from dlops.job.summary import ensemble_comparison, shown_alias
 
 
 def setup(ctx: JobContext) -> None:
@@ -245,10 +245,11 @@ def ensemble(ctx: JobContext) -> None:
     ctx.client.set_terminated(erid, "FINISHED")
     s.ensemble_uri = _uri(promo)
     s.ensemble_test_error, s.ensemble_members = evals["test"].error, ids
+    s.ensemble_metrics = {"dev/error": evals["dev"].error, "test/error": evals["test"].error, "dev/f1": evals["dev"].f1}
+    s.gate_metric = cfg.search.metric
     tta = "" if cfg.ensemble.tta == "none" else f" with {cfg.ensemble.tta} TTA"
-    ctx.out(f"  ensemble of {len(top)}{tta}: test error {evals['test'].error:.4f} vs best single "
-            f"{s.best_metrics['test/error']:.4f}; registered {promo.name} version {promo.version} with aliases "
-            f"{list(promo.aliases)} ({promo.reason})")
+    ctx.out(f"  ensemble of {len(top)}{tta}: {ensemble_comparison(s.gate_metric, s.ensemble_metrics, s.best_metrics)}; "
+            f"registered {promo.name} version {promo.version} with aliases {list(promo.aliases)} ({promo.reason})")
 
 
 def _uri(promo: Any) -> str:

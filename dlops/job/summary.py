@@ -24,6 +24,8 @@ class RunSummary:
     promotion_reason: str = ""
     ensemble_uri: Optional[str] = None
     ensemble_test_error: Optional[float] = None
+    ensemble_metrics: dict[str, float] = field(default_factory=dict)  # dev/error, test/error, dev/f1, ...
+    gate_metric: str = "dev/error"  # the optimizing metric the gate compares (search.metric)
     ensemble_members: list[str] = field(default_factory=list)
     report_summaries: dict[str, str] = field(default_factory=dict)
     phase_s: dict[str, float] = field(default_factory=dict)
@@ -42,6 +44,23 @@ class RunSummary:
 def shown_alias(aliases: tuple[str, ...]) -> str:
     """The alias to show for a registered version: ``champion`` when it holds it, else ``challenger``."""
     return "champion" if "champion" in aliases else "challenger"
+
+
+def _metric_name(metric: str) -> str:
+    """``dev/error`` -> ``dev error``, ``train_dev/error`` -> ``train-dev error``."""
+    return metric.replace("_", "-").replace("/", " ")
+
+
+def ensemble_comparison(gate_metric: str, ensemble: dict[str, float], single: dict[str, float]) -> str:
+    """The ensemble against the best single model, the way the gate compared them (its optimizing
+    metric, a dev metric) and then on test, e.g. ``dev error 0.0345 vs best single 0.0517 (the
+    gate's comparison); test error 0.0661 vs 0.0661``."""
+    nan = float("nan")
+    parts = [f"{_metric_name(gate_metric)} {ensemble.get(gate_metric, nan):.4f} vs best single "
+             f"{single.get(gate_metric, nan):.4f} (the gate's comparison)"]
+    if gate_metric != "test/error":
+        parts.append(f"test error {ensemble.get('test/error', nan):.4f} vs {single.get('test/error', nan):.4f}")
+    return "; ".join(parts)
 
 
 def _interval(m: dict[str, float], split: str, n: Optional[int]) -> str:
@@ -72,8 +91,11 @@ def format_summary(s: RunSummary) -> str:
                                                        ("train", "train_dev", "dev", "test")))
     lines.append(f"model          {s.model_uri}  (aliases: {', '.join(s.model_aliases)}; {s.promotion_reason})")
     if s.ensemble_uri:
-        lines.append(f"ensemble       {s.ensemble_uri}  test error {s.ensemble_test_error:.4f} vs best single "
-                     f"{m.get('test/error', float('nan')):.4f} ({len(s.ensemble_members)} members)")
+        ens = dict(s.ensemble_metrics)
+        if s.ensemble_test_error is not None:
+            ens.setdefault("test/error", s.ensemble_test_error)
+        lines.append(f"ensemble       {s.ensemble_uri}  {ensemble_comparison(s.gate_metric, ens, m)} "
+                     f"({len(s.ensemble_members)} members)")
     for name, text in s.report_summaries.items():
         lines.append(f"{name:<14} {text}")
     lines.append(f"trials         {s.n_trials} ({s.n_failed} failed)")

@@ -289,10 +289,19 @@ def test_second_run_is_challenger_and_gate_decides_champion(job):
 def test_summary_names_model_uris_and_ui_command(job):
     from dlops.job import format_summary
 
-    text = format_summary(job["first"])
+    s = job["first"]
+    text = format_summary(s)
     assert f"models:/{job['cfg'].model_name}@champion" in text
     assert "mlflow ui --backend-store-uri sqlite:///" in text
-    assert "ensemble" in text and "test error" in text
+    # the ensemble line shows the dev errors the gate compared, then the test errors, both labelled
+    ens, single = s.ensemble_metrics, s.best_metrics
+    shown = (f"dev error {ens['dev/error']:.4f} vs best single {single['dev/error']:.4f} (the gate's comparison); "
+             f"test error {ens['test/error']:.4f} vs {single['test/error']:.4f}")
+    assert s.gate_metric == job["cfg"].search.metric == "dev/error"
+    assert f"ensemble       {s.ensemble_uri}  {shown} (3 members)" in text
+    assert ens["test/error"] == pytest.approx(s.ensemble_test_error)
+    printed = [line for line in job["lines"] if line.startswith("  ensemble of 3")]
+    assert printed and printed[0].startswith(f"  ensemble of 3: {shown}; registered ")
     assert any(line.startswith("[search]") for line in job["lines"])
 
 
