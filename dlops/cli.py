@@ -256,6 +256,7 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
     from dlops.serving.engine import CheckLoads
 
     def on_sigterm(signum: int, frame: object) -> None:  # systemd, Kubernetes: stop as on Ctrl-C
+        click.echo("stopping (SIGTERM)", err=True)
         raise SystemExit(143)
 
     # the driver's test load (a broken model: exit 2 with its real error, no crash-looping

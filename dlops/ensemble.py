@@ -9,6 +9,7 @@ that any ensemble method a plugin provides is served the same way by ``dlops ser
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow.pyfunc
@@ -49,6 +50,51 @@ def load_member(path: str) -> tuple[Any, dict[str, Any]]:
     return load_checkpoint_model(path)
 
 
+def _load_named(key: str, path: str) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_member`, its error naming the member and its files (a truncated checkpoint
+    otherwise says only ``OSError: [Errno 22] Invalid argument``).
+
+    Raises:
+        RuntimeError: the member does not load (chained from the loader's error).
+    """
+    try:
+        return load_member(path)
+    except Exception as exc:  # noqa: BLE001  (whatever torch or MLflow raise: named, chained)
+        import os
+
+        from dlops.train.checkpoint import CHECKPOINT_FILE
+
+        files = path if os.path.exists(os.path.join(path, "MLmodel")) else os.path.join(path, CHECKPOINT_FILE)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise RuntimeError(f"ensemble member {key} ({files}) does not load: {type(exc).__name__}: {first}") from exc
+
+
+class _QuietTypeHintNotice:
+    """Drops MLflow's notice "Add type hints to the `predict` method" (printed in ANSI yellow when
+    a ``PythonModel`` subclass is defined, in every process that loads the ensemble) between its
+    construction and :meth:`restore`. Our ``predict`` has no type hints on purpose: MLflow would
+    validate inputs by them and refuse what JSON decodes to. MLflow shows the notice under its own
+    ``simplefilter("once")``, placed in front of any filter of ours, so a ``warnings`` filter cannot
+    silence it; ``warnings.showwarning``, which Python documents as replaceable, can."""
+
+    NOTICE = "Add type hints to the `predict` method"
+
+    def __init__(self) -> None:
+        self._show = warnings.showwarning
+        warnings.showwarning = self._filter
+
+    def _filter(self, message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                line: Any = None) -> None:
+        if self.NOTICE not in str(message):
+            self._show(message, category, filename, lineno, file, line)
+
+    def restore(self) -> None:
+        warnings.showwarning = self._show
+
+
+_quiet = _QuietTypeHintNotice()
+
+
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """Input (N, C, H, W), preprocessed exactly as in training (see the model metadata), of any
     numeric dtype (float64/int64 as JSON decodes it), or encoded images (base64 strings, an
@@ -76,7 +122,7 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         from dlops.predict import check_tta
 
         keys = sorted((k for k in context.artifacts if k.startswith("member_")), key=lambda k: int(k.split("_")[1]))
-        loaded = [load_member(context.artifacts[k]) for k in keys]
+        loaded = [_load_named(k, context.artifacts[k]) for k in keys]
         self.members = [m for m, _ in loaded]
         from dlops.stacked import StackedMembers
 
@@ -109,3 +155,6 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         probs = member_probabilities(getattr(self, "stacked", None) or self.members, x, self.task, self.tta,
                                      self.crop_fraction)
         return np.asarray(self.method.combine(probs), dtype=np.float32)
+
+
+_quiet.restore()

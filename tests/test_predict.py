@@ -142,3 +142,35 @@ def _check_pyfunc(tmp_path, task, members, x):
     assert not np.allclose(plain, p)
     with pytest.raises(ValueError, match="ensemble.tta"):
         mlflow.pyfunc.load_model(info.model_uri, model_config={"tta": "mirror"})
+
+
+def test_a_truncated_member_is_named_with_its_file(tmp_path):
+    """A member's state.pt cut short (a failed copy): the error names the member and its file,
+    not only torch's ``OSError: [Errno 22] Invalid argument``."""
+    from types import SimpleNamespace
+
+    from dlops.ensemble import EnsemblePyfunc
+    from dlops.train.checkpoint import CHECKPOINT_FILE
+
+    spec = {"name": "small_cnn", "num_classes": 4, "in_channels": 3, "hidden": 16, "width": 8, "image_size": 16}
+    paths = [_member(tmp_path, i, spec)[1] for i in range(2)]
+    f = tmp_path / "member_1" / CHECKPOINT_FILE
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    ctx = SimpleNamespace(artifacts={f"member_{i}": p for i, p in enumerate(paths)}, model_config={})
+    with pytest.raises(RuntimeError, match=r"ensemble member member_1 \(.*member_1/state\.pt\) does not load: ") as e:
+        EnsemblePyfunc().load_context(ctx)
+    assert e.value.__cause__ is not None  # torch's own error, chained
+    EnsemblePyfunc().load_context(SimpleNamespace(artifacts={"member_0": paths[0]}, model_config={}))  # the whole one loads
+
+
+def test_loading_the_ensemble_prints_no_mlflow_type_hint_notice():
+    """MLflow prints a yellow "Add type hints to the `predict` method" (ANSI codes in logs) in
+    every process that defines the ensemble's class; dlops drops that one notice and no other."""
+    import subprocess
+    import sys
+
+    code = "import warnings, dlops.ensemble; warnings.warn('another warning', UserWarning)"
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Add type hints" not in r.stderr and "\x1b[33m" not in r.stderr, r.stderr[-2000:]
+    assert "another warning" in r.stderr  # other warnings still show

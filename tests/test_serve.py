@@ -301,6 +301,8 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         info = srv.get()
         assert info["kind"] == "ensemble" and info["tta"] == "ten_crop" and info["ensemble_method"] == "average"
         assert info["max_batch_size"] == 1000 and info["batch_wait_timeout_s"] == 1.0
+        assert info["crop_fraction"] == 0.75 and len(info["members"]) == 3, info  # the top-3 of the run
+        assert requests.head(srv.url, timeout=30).status_code == 200  # health checkers' HEAD
         x, _ = _digits(6)
         status, out = srv.post({"inputs": x.tolist()})
         assert status == 200, out
@@ -344,6 +346,9 @@ def test_serve_ensemble_with_ten_crop_tta(store):
         # SIGTERM (systemd, Kubernetes) stops it as Ctrl-C does: 143, the port closed
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=90) == 143, srv.proc.stderr.read()[-2000:]
+        err = srv.proc.stderr.read()
+        assert "stopping (SIGTERM)" in err  # said, as Ctrl-C says "stopping"
+        assert "Add type hints" not in err and "\x1b[" not in err, err[-2000:]  # MLflow's yellow notice dropped
     finally:
         srv.kill()
     with pytest.raises(urllib.error.URLError):
@@ -367,8 +372,8 @@ def test_serve_port_in_use_exits_2_before_ray(store):
     (["models:/x@champion", "--tta", "mirror"], "mirror"),
     (["models:/x@champion", "--replicas", "0"], "--replicas"),
     (["models:/x@champion", "--max-request-mb", "0"], "--max-request-mb"),
-    (["models:/x@champion", "--max-queued-requests", "0"], "max_queued_requests"),
-    (["models:/x@champion", "--max-batch-size", "0"], "max_batch_size"),
+    (["models:/x@champion", "--max-queued-requests", "0"], "--max-queued-requests: 0 would refuse every request"),
+    (["models:/x@champion", "--max-batch-size", "0"], "--max-batch-size: "),  # the flag, not the option's key
     (["models:/x@champion", "--serve-config", "nope.yaml"], "nope.yaml"),
 ])
 def test_serve_bad_arguments_exit_2_and_create_nothing(tmp_path, args, needle):
@@ -460,3 +465,40 @@ def test_a_replica_whose_model_fails_to_load_is_one_error_not_a_crash_loop(store
     assert "DEPLOY_FAILED" in out, out
     seconds = float(next(ln for ln in out.splitlines() if ln.startswith("SECONDS")).split()[1])
     assert seconds < 90, seconds
+
+
+def test_missing_weights_and_a_deleted_champion_are_named_before_anything_starts(store):
+    """What a new user met: a version whose model.pth was deleted was reported as a missing
+    model.pt2 (MLflow's loader falls back to the exported format); an alias whose version was
+    deleted said only "no registered model version". Both are now named, in the driver."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dlops.serving.resolve import resolve_model
+    from dlops.tracking.registry import move_alias
+
+    from dlops.errors import ServeError
+
+    mlflow.set_tracking_uri(store["uri"])
+    whole, src = (Path(mlflow.artifacts.download_artifacts(f"models:/{store['cfg'].model_name}/1",
+                                                           dst_path=str(store["dir"] / d))) for d in ("w1", "w2"))
+    client = MlflowClient(store["uri"], store["uri"])
+    client.create_registered_model("no-weights")
+    client.create_model_version("no-weights", source=str(whole))  # version 1: whole
+    (src / "data" / "model.pth").unlink()
+    client.create_model_version("no-weights", source=str(src))  # version 2: its weights deleted
+    assert resolve_model("models:/no-weights/1", store["uri"]).version == "1"
+    with pytest.raises(ServeError, match=r"weights file data/model\.pth is missing .*pickle_module_info\.txt"):
+        resolve_model("models:/no-weights/2", store["uri"])
+    # the champion's version is deleted: MLflow drops the alias, the promotion history remembers
+    move_alias(client, "no-weights", "champion", "2", None, "forced", "test", "test")
+    client.delete_model_version("no-weights", "2")
+    with pytest.raises(ServeError, match=r"@champion pointed at version 2, which was deleted .*dlops promote"):
+        resolve_model("models:/no-weights@champion", store["uri"])
+    move_alias(client, "no-weights", "challenger", "1", None, "forced", "test", "test")
+    with pytest.raises(ServeError, match=r"no-weights has no alias @best; its aliases: @challenger \(version 1\)"):
+        resolve_model("models:/no-weights@best", store["uri"])
+    with pytest.raises(ServeError, match=r"no-weights has no version 7 \(latest: 1\)"):
+        resolve_model("models:/no-weights/7", store["uri"])
+    with pytest.raises(ServeError, match=r"no registered model named 'nope'"):
+        resolve_model("models:/nope@champion", store["uri"])

@@ -103,6 +103,8 @@ class ModelServer:
                "mean": spec.get("mean"), "std": spec.get("std"), "formula": "(pixel / 255 - mean) / std, per channel"}
         return {"model_uri": self.ref.uri, "name": self.ref.name, "version": self.ref.version, "kind": self.ref.kind,
                 "task": self.task, "classes": self.classes, "input_shape": list(self.shape), "tta": self.tta,
+                "crop_fraction": self.engine.crop_fraction if self.tta in ("five_crop", "ten_crop") else None,
+                "members": list(self.ref.members) if self.ref.kind == "ensemble" else None,
                 "preprocessing": pre, "inputs": self._inputs_doc, "max_request_mb": self.max_request_mb,
                 "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
                 "ensemble_method": self.ref.method, "deployment": self.deployment}
@@ -153,13 +155,17 @@ class ModelServer:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
+        if request.method == "HEAD":  # health checkers: the headers of GET, no body
+            from starlette.responses import Response
+
+            return Response(status_code=200, media_type="application/json")
         if request.url.path.rstrip("/").endswith(READY_PATH):
             return JSONResponse(self.ready())
         if request.method == "GET":
             return JSONResponse(self.describe())
         if request.method != "POST":
             return JSONResponse({"error": f"method {request.method} not allowed: GET describes the model, POST "
-                                          "predicts"}, status_code=405, headers={"Allow": "GET, POST"})
+                                          "predicts"}, status_code=405, headers={"Allow": "GET, HEAD, POST"})
         raw = await read_body_capped(request, self.max_request_bytes)
         if raw is None:
             return too_large_response(self.max_request_mb)

@@ -41,7 +41,8 @@ __all__ = ["IMAGE_CONTENT_TYPES", "MAX_ABS_INPUT", "MIN_IMAGE_SIDE", "RequestErr
 #: content types read as one encoded image (-> the Pillow format the decoder expects)
 IMAGE_CONTENT_TYPES: dict[str, str] = {
     "image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/webp": "WEBP",
-    "image/bmp": "BMP", "image/gif": "GIF", "image/tiff": "TIFF",
+    "image/bmp": "BMP", "image/gif": "GIF", "image/tiff": "TIFF", "image/x-portable-pixmap": "PPM",
+    "image/x-portable-graymap": "PPM", "image/x-portable-anymap": "PPM",
 }
 
 #: largest |value| accepted in a preprocessed tensor: normalised pixels lie within a few units
@@ -242,6 +243,11 @@ def _json_body(body: bytes, spec: dict) -> np.ndarray:
                                 f'{{"inputs": [...]}} of shape (N, {c}, {s}, {s})')
     if "images" in obj and "inputs" in obj:
         raise RequestError(400, 'request body: give either "images" or "inputs", not both')
+    unknown = sorted(set(obj) - {"images", "inputs"})
+    if unknown:  # a misspelt option must not be silently ignored (MLflow's "params" included: none here)
+        raise RequestError(400, f"request body: unknown key(s) {', '.join(map(repr, unknown))}; the body is "
+                                '{"images": [...]} or {"inputs": [...]} alone (test-time augmentation is '
+                                "dlops serve --tta)")
     if "inputs" in obj:
         return tensor_to_array(obj["inputs"], spec, "inputs")
     items = obj["images"]
@@ -301,9 +307,9 @@ def describe_inputs(spec: dict) -> dict[str, Any]:
     formula = "(pixel / 255 - mean) / std, per channel"
     return {
         "images": {
-            "content_types": sorted({"image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff"}),
-            "multipart": "multipart/form-data: every file part is one image, in order",
-            "json": '{"images": ["<base64 of an encoded image>", ...]}',
+            "content_types": sorted(t for t in IMAGE_CONTENT_TYPES if t not in ("image/jpg", "image/pjpeg")),
+            "multipart": "multipart/form-data: every file part is one image, in order; other fields are ignored",
+            "json": '{"images": ["<base64 of an encoded image>", ...]} (one string: one image; no other keys)',
             "formats": [f.lower() for f in DECODE_FORMATS],
             "decoding": ("EXIF orientation applied; converted to " + ("grey (ITU-R 601-2 luma)" if c == 1 else "RGB")
                          + "; alpha composited over black; 16-bit grey scaled by 1/257"),

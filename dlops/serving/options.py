@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dlops.errors import ServeError
 
@@ -55,10 +55,15 @@ class ServeOptions(BaseModel):
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0.0, le=60.0)
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1.0})
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 would refuse every request; use >= 1, or -1 for no limit")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "ServeOptions":
-        if self.max_queued_requests == 0:
-            raise ValueError("max_queued_requests: 0 would refuse every request; use >= 1, or -1 for no limit")
         if self.autoscaling_config is not None and self.num_replicas is not None:
             raise ValueError("num_replicas and autoscaling_config exclude each other (Ray Serve: give one)")
         cpus = self.ray_actor_options.get("num_cpus", 1.0)
@@ -112,14 +117,23 @@ def load_serve_options(path: Optional[str] = None, **flags: Any) -> ServeOptions
     data.update({k: v for k, v in flags.items() if v is not None})
     if num_cpus is not None:
         data["ray_actor_options"] = {**dict(data.get("ray_actor_options") or {}), "num_cpus": num_cpus}
+    given = {k for k, v in flags.items() if v is not None} | ({"num_cpus"} if num_cpus is not None else set())
     try:
         opts = ServeOptions(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first.get("loc", ()))
+        loc = [str(p) for p in first.get("loc", ())]
+        key = ".".join(loc)
         msg = str(first.get("msg", "")).removeprefix("Value error, ")
         if not key:  # a check across keys: its message names them
             raise ServeError(f"{where}: {msg}") from None
+        if first.get("type") == "extra_forbidden":
+            raise ServeError(f"{where}: unknown key {key!r} (the keys: "
+                             f"{', '.join(sorted(ServeOptions.model_fields))})") from None
+        flag = loc[0] if loc[0] in given else ("num_cpus" if loc[-1] == "num_cpus" and "num_cpus" in given else None)
+        if flag is not None:  # the value came from the command line: name the flag
+            name = {"num_replicas": "--replicas"}.get(flag, "--" + flag.replace("_", "-"))
+            raise ServeError(f"{name}: {msg} (got {first.get('input')!r})") from None
         raise ServeError(f"{where}: {key}: {msg} (got {first.get('input')!r})") from None
     if opts.autoscaling_config is not None:
         try:

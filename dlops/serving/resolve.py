@@ -22,6 +22,7 @@ class ModelRef:
     version: str
     kind: str  # "single" | "ensemble"
     method: Optional[str] = None  # an ensemble's method (a plugin's ``dlops_ensemble_methods``)
+    members: tuple[str, ...] = ()  # an ensemble's members: model URIs, or "trial ID" (checkpoint only)
 
 
 def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
@@ -55,7 +56,10 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
     try:
         mv = get_model_version(client, model_uri)
     except LookupError:
-        raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}") from None
+        from dlops.tracking.registry import why_missing
+
+        raise ServeError(f"MODEL_URI: no registered model version {model_uri!r} in {tracking_uri}: "
+                         f"{why_missing(client, model_uri)}") from None
     tags = mv.tags or {}
     kind = "ensemble" if "dlops.members" in tags else "single"
     _check_model_files(f"models:/{mv.name}/{mv.version}", model_uri, kind, tracking_uri)
@@ -70,7 +74,20 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
         get_registry().get("ensemble_methods", method)
     except PluginError as exc:
         raise ServeError(f"MODEL_URI: {model_uri} is an ensemble whose method no installed plugin provides: {exc}") from None
-    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method)
+    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method, _members(tags))
+
+
+def _members(tags: dict) -> tuple[str, ...]:
+    """An ensemble version's members from its tags (``dlops.member_uris``, else the trial ids of
+    ``dlops.members``): registered model URIs, or ``trial ID`` for a checkpoint-only member."""
+    import json
+
+    try:
+        ids = json.loads(tags.get("dlops.members") or "[]")
+        uris = json.loads(tags.get("dlops.member_uris") or "null") or [None] * len(ids)
+        return tuple(u or f"trial {t}" for u, t in zip(uris, ids))
+    except (ValueError, TypeError):
+        return ()
 
 
 def _check_model_files(version_uri: str, model_uri: str, kind: str, tracking_uri: str) -> None:
@@ -101,6 +118,17 @@ def _check_model_files(version_uri: str, model_uri: str, kind: str, tracking_uri
     if kind == "single" and "pytorch" not in (info.flavors or {}):
         raise ServeError(f"MODEL_URI: {model_uri} ({version_uri}) is not a pytorch model (flavors: "
                          f"{sorted(info.flavors or {})})")
+    if kind == "single":
+        # the weights file itself: without it MLflow's loader goes on to look for an exported
+        # model.pt2 and fails naming that file (after torch's own traceback), not the missing one
+        data = str(info.flavors["pytorch"].get("model_data") or "data")
+        try:
+            names = {a.path.rsplit("/", 1)[-1] for a in mlflow.artifacts.list_artifacts(f"{version_uri}/{data}")}
+        except Exception:  # noqa: BLE001  (a store that cannot list: the test load says what is wrong)
+            return
+        if not names & {"model.pth", "model.pt2"}:
+            raise ServeError(f"MODEL_URI: {model_uri} ({version_uri}): its weights file {data}/model.pth is missing "
+                             f"from the artifacts (in {data}/: {', '.join(sorted(names)) or 'nothing'})")
 
 
 def port_free(host: str, port: int) -> None:

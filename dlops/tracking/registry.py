@@ -166,6 +166,38 @@ def resolve_version(client: Any, name: str, version: Any) -> Any:
         raise RegistryError(f"{name} has no version {v}") from None
 
 
+def why_missing(client: Any, uri: str) -> str:
+    """Why ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` resolves to nothing, in one
+    sentence: no such registered model; an alias that is not set (naming those that are); an
+    alias whose version was deleted (MLflow drops the alias with it: the promotion history
+    remembers); a version that does not exist (naming the latest). Never raises."""
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else uri
+    name, at, alias = rest.partition("@")
+    version = None
+    if not at:
+        name, _, version = rest.rpartition("/")
+    try:
+        rm = client.get_registered_model(name)
+    except Exception:  # noqa: BLE001
+        return f"no registered model named {name!r}"
+    try:
+        if at:
+            aliases = _aliases(client, rm)
+            lost = _lost_aliases(client, rm, aliases)
+            if alias in lost:
+                return (f"@{alias} pointed at version {lost[alias]}, which was deleted (MLflow dropped the alias "
+                        f"with it; dlops promote {name} VERSION --alias {alias} sets it again)")
+            if alias in aliases and aliases[alias]["dangling"]:
+                return f"@{alias} points at version {aliases[alias]['version']}, which was deleted"
+            have = ", ".join(f"@{a} (version {e['version']})" for a, e in aliases.items()) or "none"
+            return f"{name} has no alias @{alias}; its aliases: {have}"
+        latest = max((int(v.version) for v in client.search_model_versions(f"name = '{name}'", max_results=1000)),
+                     default=None)
+        return f"{name} has no version {version}" + (f" (latest: {latest})" if latest else " (it has no versions)")
+    except Exception:  # noqa: BLE001  (a best-effort explanation)
+        return f"{name} has no {'alias @' + alias if at else 'version ' + str(version)}"
+
+
 def alias_version(client: Any, name: str, alias: str) -> Optional[str]:
     """The version ``alias`` of ``name`` points at, None when it points nowhere (never set, or
     the version it pointed at was deleted: a dangling alias is never followed)."""

@@ -34,7 +34,10 @@ def test_options_file_then_flags_with_ray_serve_names(tmp_path):
      "unknown key.*target_ongoing_request "),  # Ray's schema would ignore the typo
     ("- 1\n", {}, "mapping"),
     ("max_batch_size: [\n", {}, "not valid YAML"),
-    ("", {"batch_wait_timeout_s": -1}, "batch_wait_timeout_s"),
+    ("", {"batch_wait_timeout_s": -1}, "^--batch-wait-timeout-s: "),  # a flag's value: the flag is named
+    ("", {"max_batch_size": 0}, "^--max-batch-size: .*greater than or equal to 1"),
+    ("", {"num_replicas": 0}, "^--replicas: "),
+    ("max_batch_sise: 8\n", {}, "unknown key 'max_batch_sise' .*max_batch_size"),
     ("ray_actor_options: {num_cpus: 0}\n", {}, "num_cpus"),
 ])
 def test_bad_options_name_the_key(tmp_path, text, flags, needle):

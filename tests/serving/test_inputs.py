@@ -114,6 +114,7 @@ def test_parse_request_every_input_kind():
         x = parse_request(png, ct, GREY)
         assert x.shape == (1, 1, 8, 8) and x.dtype == np.float32 and np.array_equal(x[0], want), ct
     assert parse_request(encode(img, "WEBP", lossless=True), "image/webp", GREY).shape == (1, 1, 8, 8)
+    assert np.array_equal(parse_request(encode(img, "PPM"), "image/x-portable-graymap", GREY)[0], want)
     jpg = encode(img, "JPEG", quality=95)
     assert np.abs(parse_request(jpg, "image/jpeg", GREY) - want).max() < 0.5  # lossy, close
     b64 = base64.b64encode(png).decode()
@@ -149,6 +150,10 @@ def test_parse_request_every_input_kind():
     (b"{not json", "application/json", 400, ["not JSON"]),
     (json.dumps({"pixels": [1]}).encode(), "application/json", 400, ['"images"', '"inputs"']),
     (b"a,b\n1,2", "text/csv", 415, ["text/csv", "image/png"]),
+    # a misspelt or foreign key is refused, not ignored (MLflow's "params" too: no params here)
+    (json.dumps({"images": ["aGVsbG8="], "foo": 1}).encode(), "application/json", 400, ["unknown key(s) 'foo'"]),
+    (json.dumps({"inputs": [], "params": {"tta": "flip"}}).encode(), "application/json", 400,
+     ["'params'", "--tta"]),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem(body, ctype, status, needles):
     with pytest.raises(RequestError) as e:

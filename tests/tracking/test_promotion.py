@@ -64,7 +64,8 @@ def test_decide_two_classes_never_take_champion_from_ten():
     assert decide(better, champ, SPEC) == (True, "dev/error 0.01 beats champion version 1's 0.05")
     slow = Candidate("4", {"dev/error": 0.001, "latency_ms": 99.0}, FP10)
     assert decide(slow, champ, SPEC) == (False, "version 4 breaks latency_ms <= 50")
-    assert decide(better, None, SPEC)[0]
+    ok, why = decide(better, None, SPEC)
+    assert ok and why == "no champion now (the champion alias is not set)"
     worse = Candidate("5", {"dev/error": 0.07, "latency_ms": 1.0}, FP10)
     assert not decide(worse, champ, SPEC)[0]
 
