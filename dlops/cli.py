@@ -280,6 +280,9 @@ def serve(model_uri: str, tracking_uri: Optional[str], ray_address: Optional[str
         raise
     t_loaded = time.perf_counter()
     signal.signal(signal.SIGTERM, on_sigterm)
+    # a server started with `&` from a script inherits SIGINT ignored (POSIX: a background job of
+    # a non-interactive shell), and `kill -INT` would then do nothing: take Ctrl-C as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         start(ref, uri, host=host, port=port, route_prefix=route_prefix, options=options, tta=tta,
               crop_fraction=crop_fraction, loopback=not ray_address, max_request_mb=max_request_mb)

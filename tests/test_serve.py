@@ -500,5 +500,11 @@ def test_missing_weights_and_a_deleted_champion_are_named_before_anything_starts
         resolve_model("models:/no-weights@best", store["uri"])
     with pytest.raises(ServeError, match=r"no-weights has no version 7 \(latest: 1\)"):
         resolve_model("models:/no-weights/7", store["uri"])
+    with pytest.raises(ServeError, match=r"version 2 of no-weights was deleted \(latest: 1\)"):
+        resolve_model("models:/no-weights/2", store["uri"])  # the history moved an alias to it
+    assert resolve_model("models:/no-weights/latest", store["uri"]).version == "1"  # MLflow's own form
+    for bad in ("models:/no-weights", "models:/no-weights@", "models:/@champion", "models:/no-weights/"):
+        with pytest.raises(ServeError, match=r"MODEL_URI: expected models:/NAME@ALIAS or models:/NAME/VERSION"):
+            resolve_model(bad, store["uri"])
     with pytest.raises(ServeError, match=r"no registered model named 'nope'"):
         resolve_model("models:/nope@champion", store["uri"])

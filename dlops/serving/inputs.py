@@ -53,7 +53,8 @@ MAX_ABS_INPUT = 1e6
 #: min(MIN_IMAGE_SIDE, image_size)): a 1-pixel image resized to the input is one flat colour
 MIN_IMAGE_SIDE = 8
 
-_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+               b"P5\n", b"P6\n", b"P5 ", b"P6 ")  # ... PPM/PGM (binary)
 
 
 class RequestError(ServeError):
@@ -239,8 +240,9 @@ def _json_body(body: bytes, spec: dict) -> np.ndarray:
                                 "(N, C, H, W)} or an image with an image/* Content-Type") from None
     if not isinstance(obj, dict) or ("images" not in obj and "inputs" not in obj):
         c, s = _spec_shape(spec)
+        named = (f"; got the key(s) {', '.join(map(repr, sorted(obj)))}" if isinstance(obj, dict) and obj else "")
         raise RequestError(400, 'request body: expected a JSON object {"images": ["<base64>", ...]} or '
-                                f'{{"inputs": [...]}} of shape (N, {c}, {s}, {s})')
+                                f'{{"inputs": [...]}} of shape (N, {c}, {s}, {s}){named}')
     if "images" in obj and "inputs" in obj:
         raise RequestError(400, 'request body: give either "images" or "inputs", not both')
     unknown = sorted(set(obj) - {"images", "inputs"})
@@ -279,7 +281,10 @@ def parse_request(body: bytes, content_type: Optional[str], spec: dict) -> np.nd
         if body[:12].startswith(_SIGNATURES) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP"):
             return images_to_array([body], spec, ["image"])
         if media == "application/octet-stream":
-            raise RequestError(422, "image: application/octet-stream body that is not a png/jpeg/webp image")
+            from dlops.data.decode import DECODE_FORMATS
+
+            raise RequestError(422, "image: an application/octet-stream body that is not an image (accepted: "
+                                    f"{', '.join(f.lower() for f in DECODE_FORMATS)})")
         return _json_body(body, spec)
     if media in IMAGE_CONTENT_TYPES:
         return images_to_array([body], spec, [f"image ({media})"])

@@ -135,6 +135,15 @@ def load_serve_options(path: Optional[str] = None, **flags: Any) -> ServeOptions
             name = {"num_replicas": "--replicas"}.get(flag, "--" + flag.replace("_", "-"))
             raise ServeError(f"{name}: {msg} (got {first.get('input')!r})") from None
         raise ServeError(f"{where}: {key}: {msg} (got {first.get('input')!r})") from None
+    try:  # Ray Serve's own check of the deployment options (ray_actor_options keys and values); no Ray start
+        from ray import serve
+
+        serve.deployment(_Probe, **opts.deployment_kwargs())
+    except ImportError:
+        pass  # no Ray Serve: the command says so later
+    except (ValueError, TypeError) as exc:
+        key = "ray_actor_options: " if "ray_actor_options" in str(exc) else ""
+        raise ServeError(f"{where}: {key}{exc}".replace("\n", " ")) from None
     if opts.autoscaling_config is not None:
         try:
             from ray.serve.config import AutoscalingConfig
@@ -152,3 +161,7 @@ def load_serve_options(path: Optional[str] = None, **flags: Any) -> ServeOptions
         except Exception as exc:  # noqa: BLE001  (Ray's pydantic error, v1 or v2)
             raise ServeError(f"{where}: autoscaling_config: {exc}".replace("\n", " ")) from None
     return opts
+
+
+class _Probe:
+    """A class for Ray Serve's ``serve.deployment`` to check the options against (never run)."""

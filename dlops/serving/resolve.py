@@ -36,8 +36,12 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
 
     from dlops.tracking.store import is_local_store
 
-    if not model_uri.startswith("models:/") or len(model_uri) <= len("models:/"):
-        raise ServeError(f"MODEL_URI: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+    from dlops.tracking.registry import parse_model_uri
+
+    try:
+        parse_model_uri(model_uri)
+    except ValueError:
+        raise ServeError(f"MODEL_URI: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}") from None
     if is_local_store(tracking_uri):
         from pathlib import Path
 

@@ -182,7 +182,7 @@ def decide(candidate: Candidate, champion: Optional[Candidate], spec: GateSpec,
         return False, why
     v = float(candidate.metrics[spec.metric])
     if champion is None:
-        return True, "no champion now (the champion alias is not set)"
+        return True, "no version held champion"
     if champion.version == candidate.version:
         return False, f"version {candidate.version} is already champion"
     diff = fingerprint_diff(candidate.fingerprint, champion.fingerprint)

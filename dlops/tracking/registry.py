@@ -49,22 +49,40 @@ KIND_TAG = "dlops.kind"  # registered-model tag: "model" | "ensemble" (what dlop
 SETTLE_S = 1.0
 
 
+def parse_model_uri(uri: str) -> tuple[str, str, str]:
+    """``models:/NAME@ALIAS`` -> ``(NAME, "@", ALIAS)``; ``models:/NAME/VERSION`` -> ``(NAME, "/",
+    VERSION)`` (VERSION may be MLflow's ``latest``).
+
+    Raises:
+        ValueError: not one of those forms, or an empty name, alias or version.
+    """
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    name, sep, tail = rest.partition("@") if "@" in rest else rest.rpartition("/")
+    if not (sep and name and tail):
+        raise ValueError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, sep, tail
+
+
 def get_model_version(client: Any, uri: str) -> Any:
     """The ``ModelVersion`` behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
 
     Raises:
-        LookupError: not such a URI, or no such model, alias or version in the client's registry
-            (the message names the URI and MLflow's reason).
+        LookupError: not such a URI (:func:`parse_model_uri`), or no such model, alias or version
+            in the client's registry (the message names the URI and MLflow's reason).
     """
-    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
-    if not rest or ("@" not in rest and "/" not in rest):
-        raise LookupError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, version = rest.rsplit("/", 1)
-        return client.get_model_version(name, version)
+        name, sep, tail = parse_model_uri(uri)
+    except ValueError as exc:
+        raise LookupError(str(exc)) from None
+    try:
+        if sep == "@":
+            return client.get_model_version_by_alias(name, tail)
+        if tail == "latest":  # MLflow's models:/NAME/latest: the highest version number
+            versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
+            if not versions:
+                raise LookupError(f"{name} has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, tail)
     except Exception as exc:  # noqa: BLE001  (MlflowException, or a REST error)
         raise LookupError(f"no registered model version {uri!r} ({exc})") from None
 
@@ -171,11 +189,11 @@ def why_missing(client: Any, uri: str) -> str:
     sentence: no such registered model; an alias that is not set (naming those that are); an
     alias whose version was deleted (MLflow drops the alias with it: the promotion history
     remembers); a version that does not exist (naming the latest). Never raises."""
-    rest = uri[len("models:/"):] if uri.startswith("models:/") else uri
-    name, at, alias = rest.partition("@")
-    version = None
-    if not at:
-        name, _, version = rest.rpartition("/")
+    try:
+        name, sep, tail = parse_model_uri(uri)
+    except ValueError as exc:
+        return str(exc)
+    at, alias, version = sep == "@", tail, tail
     try:
         rm = client.get_registered_model(name)
     except Exception:  # noqa: BLE001
@@ -193,7 +211,14 @@ def why_missing(client: Any, uri: str) -> str:
             return f"{name} has no alias @{alias}; its aliases: {have}"
         latest = max((int(v.version) for v in client.search_model_versions(f"name = '{name}'", max_results=1000)),
                      default=None)
-        return f"{name} has no version {version}" + (f" (latest: {latest})" if latest else " (it has no versions)")
+        if latest is None:
+            return f"{name} has no versions"
+        # MLflow numbers versions 1, 2, ...: one below the latest existed once; so did one the
+        # promotion history moved an alias to
+        moved = {e.to_version for e in parse_history(rm.tags or {})}
+        if (str(version).isdigit() and 1 <= int(version) < latest) or version in moved:
+            return f"version {version} of {name} was deleted (latest: {latest})"
+        return f"{name} has no version {version} (latest: {latest})"
     except Exception:  # noqa: BLE001  (a best-effort explanation)
         return f"{name} has no {'alias @' + alias if at else 'version ' + str(version)}"
 

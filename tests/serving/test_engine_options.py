@@ -39,6 +39,7 @@ def test_options_file_then_flags_with_ray_serve_names(tmp_path):
     ("", {"num_replicas": 0}, "^--replicas: "),
     ("max_batch_sise: 8\n", {}, "unknown key 'max_batch_sise' .*max_batch_size"),
     ("ray_actor_options: {num_cpus: 0}\n", {}, "num_cpus"),
+    ("ray_actor_options: {num_cpu: 1}\n", {}, "ray_actor_options: .*'num_cpu'"),  # Ray Serve's own check, before Ray
 ])
 def test_bad_options_name_the_key(tmp_path, text, flags, needle):
     f = tmp_path / "serve.yaml"

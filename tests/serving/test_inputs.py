@@ -152,6 +152,8 @@ def test_parse_request_every_input_kind():
     (b"a,b\n1,2", "text/csv", 415, ["text/csv", "image/png"]),
     # a misspelt or foreign key is refused, not ignored (MLflow's "params" too: no params here)
     (json.dumps({"images": ["aGVsbG8="], "foo": 1}).encode(), "application/json", 400, ["unknown key(s) 'foo'"]),
+    (json.dumps({"image": ["aGVsbG8="]}).encode(), "application/json", 400, ['"images"', "got the key(s) 'image'"]),
+    (b"junk bytes", "application/octet-stream", 422, ["not an image", "gif", "bmp", "tiff"]),
     (json.dumps({"inputs": [], "params": {"tta": "flip"}}).encode(), "application/json", 400,
      ["'params'", "--tta"]),
 ])

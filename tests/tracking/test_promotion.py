@@ -65,7 +65,7 @@ def test_decide_two_classes_never_take_champion_from_ten():
     slow = Candidate("4", {"dev/error": 0.001, "latency_ms": 99.0}, FP10)
     assert decide(slow, champ, SPEC) == (False, "version 4 breaks latency_ms <= 50")
     ok, why = decide(better, None, SPEC)
-    assert ok and why == "no champion now (the champion alias is not set)"
+    assert ok and why == "no version held champion"
     worse = Candidate("5", {"dev/error": 0.07, "latency_ms": 1.0}, FP10)
     assert not decide(worse, champ, SPEC)[0]
 
