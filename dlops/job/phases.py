@@ -244,7 +244,7 @@ def ensemble(ctx: JobContext) -> None:
                                   cost)
     ctx.client.set_terminated(erid, "FINISHED")
     s.ensemble_uri = _uri(promo)
-    s.ensemble_test_error, s.ensemble_members = evals["test"].error, ids
+    s.ensemble_members = ids
     s.ensemble_metrics = {"dev/error": evals["dev"].error, "test/error": evals["test"].error, "dev/f1": evals["dev"].f1}
     s.gate_metric = cfg.search.metric
     tta = "" if cfg.ensemble.tta == "none" else f" with {cfg.ensemble.tta} TTA"

@@ -23,7 +23,6 @@ class RunSummary:
     model_aliases: tuple[str, ...] = ()
     promotion_reason: str = ""
     ensemble_uri: Optional[str] = None
-    ensemble_test_error: Optional[float] = None
     ensemble_metrics: dict[str, float] = field(default_factory=dict)  # dev/error, test/error, dev/f1, ...
     gate_metric: str = "dev/error"  # the optimizing metric the gate compares (search.metric)
     ensemble_members: list[str] = field(default_factory=list)
@@ -39,6 +38,11 @@ class RunSummary:
     def wall_s(self) -> float:
         """The sum of the phases' times (Ray's start included), in seconds."""
         return sum(self.phase_s.values())
+
+    @property
+    def ensemble_test_error(self) -> Optional[float]:
+        """The registered ensemble's test error (fraction), None when no ensemble was evaluated."""
+        return self.ensemble_metrics.get("test/error")
 
 
 def shown_alias(aliases: tuple[str, ...]) -> str:
@@ -91,10 +95,7 @@ def format_summary(s: RunSummary) -> str:
                                                        ("train", "train_dev", "dev", "test")))
     lines.append(f"model          {s.model_uri}  (aliases: {', '.join(s.model_aliases)}; {s.promotion_reason})")
     if s.ensemble_uri:
-        ens = dict(s.ensemble_metrics)
-        if s.ensemble_test_error is not None:
-            ens.setdefault("test/error", s.ensemble_test_error)
-        lines.append(f"ensemble       {s.ensemble_uri}  {ensemble_comparison(s.gate_metric, ens, m)} "
+        lines.append(f"ensemble       {s.ensemble_uri}  {ensemble_comparison(s.gate_metric, s.ensemble_metrics, m)} "
                      f"({len(s.ensemble_members)} members)")
     for name, text in s.report_summaries.items():
         lines.append(f"{name:<14} {text}")

@@ -22,7 +22,7 @@ class ModelRef:
     version: str
     kind: str  # "single" | "ensemble"
     method: Optional[str] = None  # an ensemble's method (a plugin's ``dlops_ensemble_methods``)
-    members: tuple[str, ...] = ()  # an ensemble's members: model URIs, or "trial ID" (checkpoint only)
+    members: tuple[str, ...] = ()  # an ensemble's members (dlops.tracking.registry.member_names)
 
 
 def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
@@ -78,20 +78,9 @@ def resolve_model(model_uri: str, tracking_uri: str) -> ModelRef:
         get_registry().get("ensemble_methods", method)
     except PluginError as exc:
         raise ServeError(f"MODEL_URI: {model_uri} is an ensemble whose method no installed plugin provides: {exc}") from None
-    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method, _members(tags))
+    from dlops.tracking.registry import member_names
 
-
-def _members(tags: dict) -> tuple[str, ...]:
-    """An ensemble version's members from its tags (``dlops.member_uris``, else the trial ids of
-    ``dlops.members``): registered model URIs, or ``trial ID`` for a checkpoint-only member."""
-    import json
-
-    try:
-        ids = json.loads(tags.get("dlops.members") or "[]")
-        uris = json.loads(tags.get("dlops.member_uris") or "null") or [None] * len(ids)
-        return tuple(u or f"trial {t}" for u, t in zip(uris, ids))
-    except (ValueError, TypeError):
-        return ()
+    return ModelRef(model_uri, mv.name, str(mv.version), "ensemble", method, tuple(member_names(tags)))
 
 
 def _check_model_files(version_uri: str, model_uri: str, kind: str, tracking_uri: str) -> None:

@@ -599,6 +599,19 @@ def _aliases(client: Any, rm: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def member_names(tags: Mapping[str, str]) -> list[str]:
+    """An ensemble version's members from its tags: ``dlops.members`` as they are (the versions of
+    ``dlops ensemble``), or, for a ``dlops run`` ensemble (``dlops.member_uris`` beside its trial
+    ids), the registered model URI of each member and ``trial ID (checkpoint only)`` for one that
+    is not registered. Empty when the tags are absent or not JSON."""
+    try:
+        ids = json.loads(tags.get("dlops.members") or "[]")
+        uris = json.loads(tags.get("dlops.member_uris") or "null") or ids
+        return [u if u else f"trial {t} (checkpoint only)" for u, t in zip(uris, ids)]
+    except (ValueError, TypeError):
+        return []
+
+
 def show_model(client: Any, name: str) -> dict[str, Any]:
     """Everything ``dlops models show`` prints about ``name``: its aliases (dangling ones
     marked), its versions newest first (aliases, gate spec, the optimizing and satisficing
@@ -633,13 +646,7 @@ def show_model(client: Any, name: str) -> dict[str, Any]:
         if entry["search_run_id"]:
             entry["data_manifest"] = f"runs:/{entry['search_run_id']}/data_manifest.json"
         if "dlops.members" in tags:
-            try:
-                ids = json.loads(tags["dlops.members"])
-                uris = json.loads(tags.get("dlops.member_uris") or "null") or ids
-                # an ensemble of dlops run: a member that is not registered is its trial (checkpoint only)
-                entry["members"] = [u if u else f"trial {t} (checkpoint only)" for u, t in zip(uris, ids)]
-            except (ValueError, TypeError):
-                entry["members"] = tags["dlops.members"]
+            entry["members"] = member_names(tags) or tags["dlops.members"]
             if tags.get("dlops.member_note"):
                 entry["member_note"] = tags["dlops.member_note"]
         versions.append(entry)

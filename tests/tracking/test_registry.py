@@ -229,3 +229,13 @@ def test_top_k_takes_comparable_eligible_versions_and_names_those_it_skips(store
     # anchored on the champion's fingerprint: the easier 2-class task never ranks above it
     assert f"{v[3]} (not comparable with the champion, version {v[0]}: classes differ (2 classes vs 3))" in lines[0]
     assert f" {v[1]} " not in lines[0] and f" {v[4]} " not in lines[0]
+
+
+def test_member_names_from_an_ensembles_tags():
+    """`models show` and `dlops serve`'s GET name an ensemble's members the same way."""
+    from dlops.tracking.registry import member_names
+
+    run = {"dlops.members": json.dumps(["t1", "t2"]), "dlops.member_uris": json.dumps(["models:/m/3", None])}
+    assert member_names(run) == ["models:/m/3", "trial t2 (checkpoint only)"]
+    assert member_names({"dlops.members": json.dumps(["models:/m/1", "models:/m/2"])}) == ["models:/m/1", "models:/m/2"]
+    assert member_names({"dlops.members": "not json"}) == [] and member_names({}) == []
