@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Optional
 
 from ray.tune.search import Searcher
@@ -27,6 +28,21 @@ from ray.tune.search import Searcher
 from dlops.search.confirm import CONFIRM_KEY, confirm_configs, confirm_result
 from dlops.search.plan import FINISHED, STAGE_KEY, StagedPlan
 from dlops.search.tune._private import backup_experiment_state
+
+
+def _write_atomically(text: str, dest: str, tmp_dir: str) -> None:
+    """Write ``text`` to a temporary file in ``tmp_dir`` (same filesystem as ``dest``), then
+    rename it onto ``dest``: a reader sees the old file or the new one, never part of one.
+    Raises ``OSError`` when ``tmp_dir`` cannot be written (the temporary file is removed)."""
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".dlops-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class StagedSearcher(Searcher):
@@ -99,15 +115,9 @@ class StagedSearcher(Searcher):
         state short (:func:`dlops.search.tune._private.repair_state_files`)."""
         if not self.snapshot_path:
             return
-        import os
-        import tempfile
-
         d = os.path.dirname(self.snapshot_path) or "."
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".dlops-plan-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.snapshot_path)
+        _write_atomically(text, self.snapshot_path, tmp_dir=d)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
         # metric and mode come from the plan; a conflicting TuneConfig is an error, not a silent override
@@ -148,15 +158,38 @@ class StagedSearcher(Searcher):
             self.cstate = json.loads(json.dumps(state["confirm"]))
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune saves the searcher with every experiment checkpoint (``TUNE_GLOBAL_CHECKPOINT_S``)
-        and copies the file into the experiment folder afterwards; the same state is written
-        atomically to ``snapshot_path`` first, so a copy cut short has a whole twin at least as new."""
-        text = json.dumps(self.get_state())
-        self._snapshot(text)
-        if self.snapshot_path:  # Tune's experiment state, whole at this moment, beside the snapshot
-            backup_experiment_state(os.path.dirname(checkpoint_path), os.path.dirname(self.snapshot_path))
+        """Write the searcher state (JSON) to ``checkpoint_path``; the same state goes atomically
+        to ``snapshot_path`` first, so a copy cut short has a whole twin at least as new."""
+        text = self._state_text(os.path.dirname(checkpoint_path))
         with open(checkpoint_path, "w") as f:
             f.write(text)
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune saves the searcher with every experiment checkpoint (``TUNE_GLOBAL_CHECKPOINT_S``)
+        into its staging folder ``checkpoint_dir`` and uploads that folder in the background.
+
+        Ray's ``Searcher.save_to_dir`` writes a temporary file *inside* that folder and then
+        renames it; an upload that lists the folder just before the rename fails to open the
+        temporary file and Tune logs a ``FileNotFoundError`` traceback (seen in CI on Ray 2.60;
+        harmless, the next upload carries the state, but alarming). The temporary file is written
+        beside the folder instead, on the same filesystem, so the rename stays atomic and the
+        upload only ever sees whole files. Falls back to Ray's way when that folder's parent
+        cannot be written."""
+        text = self._state_text(checkpoint_dir)
+        dest = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
+        try:
+            _write_atomically(text, dest, tmp_dir=os.path.dirname(os.path.abspath(checkpoint_dir)))
+        except OSError:
+            _write_atomically(text, dest, tmp_dir=checkpoint_dir)
+
+    def _state_text(self, staging_dir: str) -> str:
+        """The state as JSON, written to ``snapshot_path`` first, with Tune's experiment state
+        (whole at this moment in ``staging_dir``) backed up beside it."""
+        text = json.dumps(self.get_state())
+        self._snapshot(text)
+        if self.snapshot_path:
+            backup_experiment_state(staging_dir, os.path.dirname(self.snapshot_path))
+        return text
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
