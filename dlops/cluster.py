@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Optional
 
 from dlops.errors import ClusterError
@@ -33,24 +34,31 @@ def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                            "is the Ray head running there (ray start --head)?") from None
 
 
-def use_local_token() -> bool:
+def use_local_token(address: Optional[str] = None) -> bool:
     """Send this machine's Ray token when the cluster asks for one. Ray >= 2.59 starts clusters
     with token authentication when a token exists
     (https://docs.ray.io/en/latest/ray-security/token-auth.html), but ``ray.init`` and the Jobs
     client only send it with ``RAY_AUTH_MODE=token``; without it they fail with a bare
     ``ConnectionError`` or 401. When ``RAY_AUTH_MODE`` is unset and a token exists
     (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), set it to ``token``
-    for this process. ``dlops run``, ``validate`` and ``serve`` (through :func:`init_ray`) and
-    ``dlops submit`` all call it. Returns True when it set it."""
+    for this process, unless ``address`` (a GCS ``host:port``) is a cluster that answers without
+    a token (:func:`dlops._private.gcs_auth_mode`): a driver in token mode refuses such a cluster's
+    calls and its trials die before they start. ``dlops run``, ``validate`` and ``serve`` (through
+    :func:`init_ray`) and ``dlops submit`` all call it. Returns True when it set it."""
     from pathlib import Path
 
     if os.environ.get("RAY_AUTH_MODE"):
         return False
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-        return True
-    return False
+    if not (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
+        return False
+    if address:
+        from dlops._private import gcs_auth_mode
+
+        if gcs_auth_mode(address) == "disabled":
+            return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float]) -> bool:
@@ -71,13 +79,16 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
             machine, or ``RAY_AUTH_MODE=disabled``); the message says where the token goes.
     """
     if address:
-        use_local_token()  # before Ray is imported: its core reads RAY_AUTH_MODE once
+        loaded = sys.modules.get("ray")
+        if loaded is not None and loaded.is_initialized():
+            return False
+        probe_address(address)  # nothing listens: one line in 5 s, not Ray's minutes of retries
+        use_local_token(address)  # before Ray is imported: its core reads RAY_AUTH_MODE once
     import ray
 
     if ray.is_initialized():
         return False
     if address:
-        probe_address(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # noqa: BLE001  (ConnectionError, RuntimeError, auth errors ...)

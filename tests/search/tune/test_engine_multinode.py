@@ -6,20 +6,33 @@ Why ``ray.cluster_utils.Cluster`` (fixture ``gpu_cluster``) and not ``ray start`
 not supported"); with ``=1`` it rewrites ``127.0.0.1``/``localhost`` in ``--address`` to the
 machine's network address, and another loopback spelling (``--address=[::ffff:127.0.0.1]:PORT``,
 ``--node-ip-address=127.0.0.2``) joins, but its raylet then listens on every interface (``*:PORT``
-in ``ss -ltnp``). Why the pipeline runs in-process here and not through ``dlops submit``: with two
-nodes on one machine, the job's ``working_dir`` (the uploaded project folder) lies under the one
-session directory both nodes share, and the job's own working directory vanished under it
-mid-run (``FileNotFoundError`` from ``os.getcwd()`` in the job); ``dlops submit`` to a real one-node
-head is tested in ``tests/test_submit.py``."""
+in ``ss -ltnp``).
+
+The pipeline runs twice here: in-process (``run_project`` joining the session's cluster), and as a
+user runs it on a cluster, ``dlops submit`` to the Jobs API of a two-node cluster that runs in a
+process of its own (``cluster_process``, as a cluster runs on machines of its own). Its second node
+keeps its runtime environments (the job's uploaded ``working_dir``) in a folder of its own, as a
+second machine does: both nodes share one session folder on this machine, and with one runtime-env
+folder the job's driver died under the second node's agent (``FileNotFoundError`` from
+``os.getcwd()`` in an earlier session, "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so" while
+importing torch on 2026-12-02; with the folder of its own it runs). Started inside the pytest
+process (the session fixture ``gpu_cluster`` with the same options), the job's driver died with the
+same torch error, while the same cluster started from a plain Python process ran it; why was not
+found, so this test keeps the cluster out of the pytest process."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from engine_helpers import runs_of, tiny_overrides
+
+from dlops_testing import subprocess_env
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
@@ -72,3 +85,66 @@ def test_pipeline_spreads_trials_over_nodes_into_one_server(gpu_cluster, mlflow_
     assert _mlruns_under(driver, tmp_path / "ray_results", session) == []
     assert not (driver / "mlflow.db").exists() and not (driver / "mlartifacts").exists()
     assert summary.model_uri and summary.n_trials == 4
+
+
+_CLUSTER = """
+import os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+from ray.cluster_utils import Cluster
+dash, agent = int(sys.argv[1]), int(sys.argv[2])
+c = Cluster(initialize_head=True, head_node_args=dict(
+    num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+    dashboard_port=dash, dashboard_agent_listen_port=agent))
+c.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1", runtime_env_dir_name="runtime_resources_node2")
+c.wait_for_nodes()
+print(c.webui_url, flush=True)
+sys.stdin.read()  # until the test closes it
+c.shutdown()
+"""
+
+
+@pytest.fixture
+def cluster_process():
+    """A two-node fake-GPU cluster (1 CPU + 1 GPU each, loopback, Jobs API on 127.0.0.1) in a child
+    process; yields the Jobs API address ``http://127.0.0.1:PORT``."""
+    from engine_helpers import free_port
+
+    env = dict(subprocess_env())
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default for cluster_utils: no token authentication
+    p = subprocess.Popen([sys.executable, "-c", _CLUSTER, str(free_port()), str(free_port())], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = p.stdout.readline().strip()
+        assert url.startswith("127.0.0.1:"), url
+        yield f"http://{url}"
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.mark.slow
+def test_submit_spreads_the_demo_over_both_nodes_into_one_server(cluster_process, mlflow_server, project_file: Path,
+                                                                 tmp_path: Path) -> None:
+    """``dlops submit`` of the demo to a two-node cluster's Jobs API (127.0.0.1), logging to one
+    ``mlflow server``: the job succeeds, its trials ran on both nodes, every run is in the server."""
+    over = [o for o in tiny_overrides(tmp_path) if not o.startswith("tracking.uri")] + ["name=multinode-submit"]
+    sets = [a for o in over for a in ("--set", o)]
+    proj = tmp_path / "project"  # the uploaded folder: not the one the server writes into
+    proj.mkdir()
+    shutil.copy(project_file, proj / "project.yaml")
+    r = subprocess.run([sys.executable, "-m", "dlops.cli", "submit", str(proj / "project.yaml"), "--address",
+                        cluster_process, "--tracking-uri", mlflow_server, *sets], cwd=tmp_path, env=subprocess_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "SUCCEEDED" in r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "FileNotFoundError" not in r.stdout + r.stderr
+    runs = runs_of(mlflow_server, "multinode-submit")
+    kinds = [x.data.tags.get("dlops.kind") for x in runs]
+    assert kinds.count("search") == 1 and kinds.count("stage") == 2 and kinds.count("trial") == 4, kinds
+    assert {x.info.status for x in runs} == {"FINISHED"}
+    nodes = {x.data.tags["dlops.node_id"] for x in runs if x.data.tags.get("dlops.kind") == "trial"}
+    assert len(nodes) == 2, nodes  # trials ran on both nodes
+    assert all(x.info.artifact_uri.startswith("mlflow-artifacts:") for x in runs)
+    assert not any((d / "mlruns").exists() or (d / "mlflow.db").exists() for d in (tmp_path, proj))
