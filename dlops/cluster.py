@@ -78,16 +78,14 @@ def init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional
             Ray refuses the connection (e.g. a token-authenticated cluster and no token on this
             machine, or ``RAY_AUTH_MODE=disabled``); the message says where the token goes.
     """
+    loaded = sys.modules.get("ray")  # not imported yet: Ray's core reads RAY_AUTH_MODE once, on import
+    if loaded is not None and loaded.is_initialized():
+        return False
     if address:
-        loaded = sys.modules.get("ray")
-        if loaded is not None and loaded.is_initialized():
-            return False
         probe_address(address)  # nothing listens: one line in 5 s, not Ray's minutes of retries
-        use_local_token(address)  # before Ray is imported: its core reads RAY_AUTH_MODE once
+        use_local_token(address)
     import ray
 
-    if ray.is_initialized():
-        return False
     if address:
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")

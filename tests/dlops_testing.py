@@ -102,3 +102,43 @@ def restore_mlflow_uris(saved: dict) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+_CHILD_CLUSTER = """
+import json, os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+from ray.cluster_utils import Cluster
+head, workers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+c = Cluster(initialize_head=True, head_node_args=dict(node_ip_address="127.0.0.1", **head))
+for w in workers:
+    c.add_node(node_ip_address="127.0.0.1", **w)
+c.wait_for_nodes()
+print(json.dumps({"address": c.address, "webui_url": c.webui_url}), flush=True)
+sys.stdin.read()  # until the test closes it
+c.shutdown()
+"""
+
+
+def child_cluster(head: dict, workers: list[dict], env: dict[str, str]):
+    """Generator for a fixture: a ``ray.cluster_utils.Cluster`` on 127.0.0.1 in a child process
+    (``head``: the head's node args, ``workers``: one dict of node args per worker node, ``env``:
+    the child's environment, e.g. its ``RAY_AUTH_MODE``). Yields ``{"address": GCS host:port,
+    "webui_url": host:port or None}``; shuts the cluster down when the fixture ends."""
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", _CHILD_CLUSTER, json.dumps(head), json.dumps(workers)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = p.stdout.readline().strip()
+        assert line.startswith("{"), f"the child cluster did not start (exit {p.poll()})"
+        info = json.loads(line)
+        assert info["address"].startswith("127.0.0.1:"), info
+        yield info
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -37,47 +37,26 @@ def test_a_token_path_or_value_turns_it_on_and_an_explicit_mode_is_kept(no_auth_
     assert use_local_token() is False and os.environ["RAY_AUTH_MODE"] == "disabled"
 
 
-_HEAD = """
-import os, sys
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ["RAY_AUTH_MODE"] = sys.argv[1]
-from ray.cluster_utils import Cluster
-c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, node_ip_address="127.0.0.1",
-                                                      include_dashboard=False))
-print(c.address, flush=True)
-sys.stdin.read()  # until the test closes it
-c.shutdown()
-"""
-
-
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):
     """Two real Ray heads on 127.0.0.1 (``ray.cluster_utils``, in child processes): one without
     authentication, one with token authentication (a token of its own in a temp HOME)."""
     import os
-    import subprocess
-    import sys
+
+    from dlops_testing import child_cluster
 
     home = tmp_path_factory.mktemp("home")
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text("t" * 32)
-    procs, addrs = [], {}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
+    head = {"num_cpus": 0, "include_dashboard": False}
+    gens = [child_cluster(head, [], dict(env, HOME=str(home), RAY_AUTH_MODE=mode)) for mode in ("disabled", "token")]
     try:
-        for mode in ("disabled", "token"):
-            env = dict(os.environ, HOME=str(home))
-            for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-                env.pop(var, None)
-            p = subprocess.Popen([sys.executable, "-c", _HEAD, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, env=env)
-            procs.append(p)
-            addrs[mode] = p.stdout.readline().strip()
-            assert addrs[mode].startswith("127.0.0.1:"), addrs[mode]
+        addrs = {mode: next(g)["address"] for mode, g in zip(("disabled", "token"), gens)}
         yield addrs
     finally:
-        for p in procs:
-            p.stdin.close()
-        for p in procs:
-            p.wait(timeout=60)
+        for g in gens:
+            g.close()
 
 
 def test_gcs_auth_mode_tells_an_open_cluster_from_a_token_one(heads):

@@ -173,14 +173,10 @@ class StagedSearcher(Searcher):
         temporary file and Tune logs a ``FileNotFoundError`` traceback (seen in CI on Ray 2.60;
         harmless, the next upload carries the state, but alarming). The temporary file is written
         beside the folder instead, on the same filesystem, so the rename stays atomic and the
-        upload only ever sees whole files. Falls back to Ray's way when that folder's parent
-        cannot be written."""
+        upload only ever sees whole files."""
         text = self._state_text(checkpoint_dir)
         dest = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
-        try:
-            _write_atomically(text, dest, tmp_dir=os.path.dirname(os.path.abspath(checkpoint_dir)))
-        except OSError:
-            _write_atomically(text, dest, tmp_dir=checkpoint_dir)
+        _write_atomically(text, dest, tmp_dir=os.path.dirname(os.path.abspath(checkpoint_dir)))
 
     def _state_text(self, staging_dir: str) -> str:
         """The state as JSON, written to ``snapshot_path`` first, with Tune's experiment state

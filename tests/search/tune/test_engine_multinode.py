@@ -87,42 +87,24 @@ def test_pipeline_spreads_trials_over_nodes_into_one_server(gpu_cluster, mlflow_
     assert summary.model_uri and summary.n_trials == 4
 
 
-_CLUSTER = """
-import os, sys
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-from ray.cluster_utils import Cluster
-dash, agent = int(sys.argv[1]), int(sys.argv[2])
-c = Cluster(initialize_head=True, head_node_args=dict(
-    num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-    dashboard_port=dash, dashboard_agent_listen_port=agent))
-c.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1", runtime_env_dir_name="runtime_resources_node2")
-c.wait_for_nodes()
-print(c.webui_url, flush=True)
-sys.stdin.read()  # until the test closes it
-c.shutdown()
-"""
-
-
 @pytest.fixture
 def cluster_process():
     """A two-node fake-GPU cluster (1 CPU + 1 GPU each, loopback, Jobs API on 127.0.0.1) in a child
-    process; yields the Jobs API address ``http://127.0.0.1:PORT``."""
+    process, its second node with a runtime-env folder of its own; yields the Jobs API address
+    ``http://127.0.0.1:PORT``."""
     from engine_helpers import free_port
 
-    env = dict(subprocess_env())
-    env.pop("RAY_AUTH_MODE", None)  # Ray's default for cluster_utils: no token authentication
-    p = subprocess.Popen([sys.executable, "-c", _CLUSTER, str(free_port()), str(free_port())], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        url = p.stdout.readline().strip()
-        assert url.startswith("127.0.0.1:"), url
-        yield f"http://{url}"
-    finally:
-        p.stdin.close()
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    from dlops_testing import child_cluster
+
+    env = {k: v for k, v in subprocess_env().items() if k != "RAY_AUTH_MODE"}  # cluster_utils' default: no token
+    head = {"num_cpus": 1, "num_gpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()}
+    worker = {"num_cpus": 1, "num_gpus": 1, "runtime_env_dir_name": "runtime_resources_node2"}
+    gen = child_cluster(head, [worker], env)
+    info = next(gen)
+    assert str(info["webui_url"]).startswith("127.0.0.1:"), info
+    yield f"http://{info['webui_url']}"
+    gen.close()
 
 
 @pytest.mark.slow
