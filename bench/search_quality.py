@@ -491,6 +491,10 @@ C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any], str]] = {
     "shrink5": (ZoomRule(kind="shrink", shrink=0.6), {"first": 0.25, "n_zoom": 5}, "sobol"),
     # 25% first stage, zoom stages of 25% of the budget, all rounded up to whole batches of q
     "shrink3-q": (ZoomRule(kind="shrink", shrink=0.5), {"first": 0.25, "zoom_share": 0.25}, "sobol"),
+    # the same stages, each placed by GP Thompson sampling inside the box (dlops.search.model)
+    "gp3": (ZoomRule(kind="shrink", shrink=0.5), {"first": 0.25, "n_zoom": 3}, "gp"),
+    "gp3-s7": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3}, "gp"),
+    "gp3-s1": (ZoomRule(kind="shrink", shrink=1.0), {"first": 0.25, "n_zoom": 3}, "gp"),
 }
 DEFAULT_RULE = "shrink3"
 
@@ -689,8 +693,9 @@ def run_job(job: tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[str, ..
                 for n in budgets:
                     out[f"{m}|{n}|{q}"] = pick(task, hist, n)
             else:
-                q_free = base == "asha" or (base == "c2f" and "n_zoom" in C2F_RULES[rule or DEFAULT_RULE][1])
-                if q_free and q != concs[0]:  # stages that do not depend on q: the same trials
+                zr = C2F_RULES[rule or DEFAULT_RULE] if base == "c2f" else None
+                q_free = base == "asha" or (zr is not None and "n_zoom" in zr[1] and zr[2] != "gp")
+                if q_free and q != concs[0]:  # stages that do not depend on q (nor gp draws): the same trials
                     for n in budgets:
                         out[f"{m}|{n}|{q}"] = out[f"{m}|{n}|{concs[0]}"]
                     continue

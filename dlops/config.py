@@ -170,7 +170,7 @@ class ParamConfig(_Model):
 class StageConfig(_Model):
     trials: int = Field(ge=1)
     epochs: Optional[int] = Field(default=None, ge=1)
-    method: Literal["random", "sobol", "anchored"] = "random"
+    method: Literal["random", "sobol", "anchored", "gp"] = "random"
     tiers: Optional[int] = Field(default=None, ge=1, le=3)
     perturb: float = Field(default=0.5, gt=0, le=1)  # anchored: share of coordinates redrawn
 

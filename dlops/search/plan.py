@@ -36,7 +36,11 @@ class Stage:
         epochs: epochs each trial of this stage trains for (None: the trainable's default).
         method: ``random``, ``sobol`` (scrambled Sobol points; still random search) or
             ``anchored`` (random in the box, each coordinate kept at the best trial's value with
-            probability ``1 - perturb``; see :func:`dlops.search.space.sample_box`).
+            probability ``1 - perturb``; see :func:`dlops.search.space.sample_box`) or ``gp``
+            (Gaussian-process Thompson sampling inside the box, fitted on every ended trial so
+            far: :mod:`dlops.search.model`; each trial is placed when it is asked for, so the
+            trials of the stage still run in parallel; with fewer than 2 ended trials it samples
+            like ``sobol``).
         tiers: highest priority tier tuned in this stage (``tiers`` strategy); parameters of a
             higher tier are held at their default. None: all tiers.
         perturb: per-coordinate probability of drawing a coordinate (``anchored`` only).
@@ -44,7 +48,7 @@ class Stage:
 
     n_trials: int
     epochs: int | None = None
-    method: Literal["random", "sobol", "anchored"] = "random"
+    method: Literal["random", "sobol", "anchored", "gp"] = "random"
     tiers: int | None = None
     perturb: float = 0.5
 
@@ -99,6 +103,7 @@ class StagedPlan:
         self._draws = 0
         self.trust_width = 1.0  # kind="trust": the box width, a fraction of the original width
         self.restart_stage = 0  # kind="trust": centres use the trials of this stage on
+        self._posterior: tuple[tuple[int, int], Any] | None = None  # gp stages: ((stage, ended), fit)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -143,16 +148,39 @@ class StagedPlan:
             if not self._stage_done(self.stage):
                 return None  # barrier: wait for this stage's trials
             self._advance()
-        if not self._pending:
-            self._fill(self.stage)
-            self._pending = self._pending[issued:]
-        cfg = self._pending.pop(0)
+        cfg = self._model_point(issued) if self.stages[self.stage].method == "gp" and not self._pending else None
+        if cfg is None:
+            if not self._pending:
+                self._fill(self.stage)
+                self._pending = self._pending[issued:]
+            cfg = self._pending.pop(0)
         cfg[STAGE_KEY] = self.stage
         if self.stages[self.stage].epochs is not None:
             cfg[EPOCHS_KEY] = self.stages[self.stage].epochs
         self.suggested[key] = cfg
         self.trial_stage[key] = self.stage
         return dict(cfg)
+
+    def _model_point(self, index: int) -> dict[str, Any] | None:
+        """The ``index``-th trial of a ``gp`` stage: one Thompson draw of the GP fitted on every
+        ended trial so far (None: too few to model). The posterior is refitted only when a trial
+        has ended since the last draw; each draw has its own stream ``[seed, stage, index]``, so
+        the same ended trials give the same configs (a resumed search repeats them)."""
+        from dlops.search.model import fit_posterior
+
+        k = self.stage
+        done = self.outcomes()
+        key = (k, len(done))
+        if self._posterior is None or self._posterior[0] != key:
+            rng = np.random.default_rng([self.seed, k, len(done), 2])
+            post = fit_posterior(self.params, self.boxes[k], self.original, done, self.metric, self.mode, rng,
+                                 self.constraints, self._fixed(k))
+            self._posterior = (key, post)
+        post = self._posterior[1]
+        if post is None:
+            return None
+        cfg = post.draw(np.random.default_rng([self.seed, k, index, 3]))
+        return {**cfg, **self._fixed(k)}
 
     def _stage_done(self, k: int) -> bool:
         keys = self._stage_keys(k)

@@ -68,3 +68,34 @@ def test_ray_tune_search_matches_the_batched_driver(local_ray, _by_value, tmp_pa
         assert sorted(round(value(t.config), 12) for t in got.outcomes(k)) == want
     assert [b.to_dict() for b in got.boxes] == [b.to_dict() for b in ref.boxes]
     assert got.best().metrics["loss"] == pytest.approx(ref.best().metrics["loss"])
+
+
+@pytest.mark.slow
+def test_gp_stages_run_through_ray_tune_with_trials_in_flight(local_ray, _by_value, tmp_path) -> None:
+    """``method: gp`` stages under Tune with 4 trials in flight: every trial runs, lies in its
+    stage's box, none repeats a configuration, and the model stages improve on the Sobol stage."""
+    from ray import tune
+
+    from dlops.search.tune.searcher import StagedSearcher
+
+    plan = StagedPlan(PARAMS, [Stage(8, method="sobol"), Stage(8, method="gp"), Stage(8, method="gp")],
+                      "loss", "min", seed=5)
+    searcher = StagedSearcher(plan)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=Q),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="gp", verbose=0),
+    )
+    grid = tuner.fit()
+    got = searcher.plan
+    assert grid.num_errors == 0 and len(grid) == 24
+    configs = [(t.config["lr"], t.config["beta"]) for t in got.outcomes()]
+    assert len(set(configs)) == 24
+    for k in (1, 2):
+        box = got.boxes[k]
+        for t in got.outcomes(k):
+            for p in PARAMS:
+                lo, hi = box.intervals[p.name]
+                assert lo - 1e-9 <= p.to_u(t.config[p.name]) <= hi + 1e-9
+    first = min(value(t.config) for t in got.outcomes(0))
+    assert got.best().metrics["loss"] < first
