@@ -33,10 +33,13 @@ Methods, all given the same trial budget ``n`` and ``q`` trials in flight, simul
 batches (ask ``q``, evaluate them, tell all ``q``):
 
 * ``c2f``: :class:`dlops.search.plan.StagedPlan` driven by :func:`dlops.search.plan.run_plan_batched`
-  with the rule and stage layout of :data:`C2F_RULES` (``--rule``, default ``shrink3``: a
-  scrambled-Sobol first stage of 25% of the trials, then 3 equal stages, each box centred on the
-  best trial so far and half as wide; ``c2f:<rule>`` in ``--methods`` adds variants, e.g.
-  ``c2f:trust``, the trust-region rule with stages from :func:`dlops.search.plan.stage_sizes`).
+  with the rule and stage layout of :data:`C2F_RULES` (``--rule``, default ``gp3-s7``: a
+  scrambled-Sobol first stage of 25% of the trials, then 3 equal ``gp`` stages, each box centred
+  on the best trial so far and 0.7 times as wide, each trial placed inside it by Gaussian-process
+  Thompson sampling, :mod:`dlops.search.model`; ``c2f:<rule>`` in ``--methods`` adds variants,
+  e.g. ``c2f:shrink3``, the previous default, the same layout with Sobol points in every stage
+  and the width halved, or ``c2f:trust``, the trust-region rule with stages from
+  :func:`dlops.search.plan.stage_sizes`).
   These are the pure functions the Ray searcher
   (:class:`dlops.search.tune.searcher.StagedSearcher`) calls; ``tests/search/test_zoom_ray.py``
   checks that a search through Ray Tune picks the same trials as this driver.
@@ -495,8 +498,10 @@ C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any], str]] = {
     "gp3": (ZoomRule(kind="shrink", shrink=0.5), {"first": 0.25, "n_zoom": 3}, "gp"),
     "gp3-s7": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3}, "gp"),
     "gp3-s1": (ZoomRule(kind="shrink", shrink=1.0), {"first": 0.25, "n_zoom": 3}, "gp"),
+    # gp3-s7 with every categorical choice open until the last stage (the GP weighs them itself)
+    "gp3-s7-k": (ZoomRule(kind="shrink", shrink=0.7, keep_choices=True), {"first": 0.25, "n_zoom": 3}, "gp"),
 }
-DEFAULT_RULE = "shrink3"
+DEFAULT_RULE = "gp3-s7"
 
 
 def c2f_stage_list(n: int, q: int, dim: int, kw: Mapping[str, Any], method: str) -> list[Stage]:

@@ -9,7 +9,7 @@ EXAMPLE = REPO / "examples" / "digits-transfer.yaml"
 
 #: overrides that shrink the default example to a few seconds of training
 TINY = [
-    "search.stages=[{trials: 3, epochs: 2, method: sobol}, {trials: 2, epochs: 3}]",
+    "search.stages=[{trials: 3, epochs: 2, method: sobol}, {trials: 2, epochs: 3, method: gp}]",
     "pretrain.epochs=2",
     "ensemble.top_k=3",
     "search.confirm=null",  # the example's confirmation stage (top 3 x 2 seeds) is tested on its own (tests/job/test_run.py)
