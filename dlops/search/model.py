@@ -17,7 +17,8 @@ normal scores (a Gaussian copula: ``Phi^-1((rank + 0.5) / n)``), so a metric wit
 diverged trials (BBOB's Rosenbrock, a loss of 1e6) does not flatten the model. Failed trials and
 trials that break a satisficing constraint get the worst score.
 
-Pure functions: numpy, scipy and scikit-learn only; no Ray, no MLflow.
+Pure functions (numpy, scipy, threadpoolctl; no Ray, no MLflow), except that a
+:class:`Posterior` remembers which candidates it has handed out.
 """
 
 from __future__ import annotations
@@ -132,10 +133,16 @@ def fit_posterior(
         fixed: parameters held at a value (tiers not yet tuned): the candidates keep it.
         n_candidates: candidate points (Sobol in the box), >= 1.
 
+    Raises:
+        ValueError: ``n_candidates`` < 1.
+
     Returns:
         the posterior, or None when fewer than 2 trials have a finite feasible value (then there
-        is nothing to model: the caller samples the box instead).
+        is nothing to model: the caller samples the box instead) or when no length scale and
+        noise level of the grid give a positive-definite kernel matrix.
     """
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
     ok = [t for t in trials if is_feasible(t, metric, constraints)]
     if len(ok) < 2:
         return None

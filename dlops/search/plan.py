@@ -39,8 +39,9 @@ class Stage:
             probability ``1 - perturb``; see :func:`dlops.search.space.sample_box`) or ``gp``
             (Gaussian-process Thompson sampling inside the box, fitted on every ended trial so
             far: :mod:`dlops.search.model`; each trial is placed when it is asked for, so the
-            trials of the stage still run in parallel; with fewer than 2 ended trials it samples
-            like ``sobol``).
+            trials of the stage still run in parallel; while fewer than 2 ended trials are
+            feasible, e.g. at the start of a first stage or after failed or infeasible trials,
+            a trial takes its point of the stage's Sobol sequence instead).
         tiers: highest priority tier tuned in this stage (``tiers`` strategy); parameters of a
             higher tier are held at their default. None: all tiers.
         perturb: per-coordinate probability of drawing a coordinate (``anchored`` only).
@@ -124,8 +125,9 @@ class StagedPlan:
         rng = np.random.default_rng([self.seed, k])
         st = self.stages[k]
         n_explore = int(self.rule.explore * st.n_trials) if k > 0 and self.boxes[k] != self.original else 0
+        method = "sobol" if st.method == "gp" else st.method  # gp: its points before there is a model
         self._pending = sample_box(
-            self.params, self.boxes[k], st.n_trials - n_explore, rng, st.method, self._fixed(k), st.perturb
+            self.params, self.boxes[k], st.n_trials - n_explore, rng, method, self._fixed(k), st.perturb
         )
         if n_explore:  # the exploration share: drawn in the original box (own stream: same zoomed draws)
             rng_x = np.random.default_rng([self.seed, k, 1])
@@ -148,11 +150,14 @@ class StagedPlan:
             if not self._stage_done(self.stage):
                 return None  # barrier: wait for this stage's trials
             self._advance()
-        cfg = self._model_point(issued) if self.stages[self.stage].method == "gp" and not self._pending else None
+        gp = self.stages[self.stage].method == "gp"
+        cfg = self._model_point(issued) if gp and not self._pending else None
         if cfg is None:
             if not self._pending:
                 self._fill(self.stage)
                 self._pending = self._pending[issued:]
+                if gp:  # too few ended trials to model yet: this trial's Sobol point, then ask the model again
+                    self._pending = self._pending[:1]
             cfg = self._pending.pop(0)
         cfg[STAGE_KEY] = self.stage
         if self.stages[self.stage].epochs is not None:

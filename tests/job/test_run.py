@@ -430,3 +430,25 @@ def test_confirmation_reruns_the_top_configs_and_registers_the_mean_winner(job):
     mv = c.get_model_version(job["cfg"].model_name, "2")
     run_id = mv.run_id or mv.tags["dlops.run_id"]
     assert run_id == by_id[table["winner"]].info.run_id == s.best_run_id  # the registered model is the winner's
+
+
+@pytest.mark.slow
+def test_a_search_whose_first_stage_is_gp_runs_through_the_cli(tmp_path: Path):
+    """``method: gp`` on the first stage: its first trials take Sobol points (nothing has ended
+    yet), the rest come from the model; the CLI exits 0 and every trial ends FINISHED."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    cmd = [sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--tracking-uri", uri,
+           "--set", "search.stages=[{trials: 4, epochs: 1, method: gp}]", "--set", "pretrain.epochs=1",
+           "--set", "ray.num_cpus=2", "--set", "search.confirm=null", "--set", "ensemble.enabled=false",
+           "--set", "report.reporters=[]"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("digits-transfer")
+    trials = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+              if r.data.tags.get("dlops.kind") == "trial"]
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    assert len({(r.data.params["lr"], r.data.params["momentum"]) for r in trials}) == 4

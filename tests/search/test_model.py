@@ -166,3 +166,43 @@ def test_draws_from_one_posterior_never_repeat_a_candidate():
     assert len(set(seen)) == 16  # all 16 candidates, each once
     post.draw(rng)  # then they are all available again
     assert len(post.taken) == 1
+
+
+def test_a_first_gp_stage_takes_sobol_points_until_two_trials_ended_then_asks_the_model():
+    def obj(cfg):
+        return {"loss": _bowl(cfg)}
+
+    plan = StagedPlan(PARAMS, [Stage(10, method="gp")], "loss", "min", seed=0)
+    sobol = StagedPlan(PARAMS, [Stage(10, method="sobol")], "loss", "min", seed=0)
+    first = [plan.suggest(f"t{i}") for i in range(3)]  # three in flight, none ended: no model yet
+    ref = [sobol.suggest(f"t{i}") for i in range(3)]
+    assert first == ref  # the stage's own Sobol points, in order
+    for i, c in enumerate(first):
+        plan.record(f"t{i}", obj(c))
+    rest = [plan.suggest(f"t{i}") for i in range(3, 10)]
+    assert all(isinstance(c, dict) for c in rest)
+    sobol_rest = [sobol.suggest(f"t{i}") for i in range(3, 10)]
+    assert all(a != b for a, b in zip(rest, sobol_rest))  # the model placed every one of them
+    assert len({repr(sorted(c.items())) for c in first + rest}) == 10
+
+
+def test_a_gp_stage_after_a_stage_of_failed_trials_samples_instead_of_crashing():
+    plan = StagedPlan(PARAMS, [Stage(4, method="sobol"), Stage(4, method="gp")], "loss", "min", seed=2)
+    for i in range(4):
+        plan.suggest(f"a{i}")
+        plan.record(f"a{i}", {})  # failed: no metrics
+    cfgs = [plan.suggest(f"b{i}") for i in range(4)]
+    assert all(isinstance(c, dict) and c["stage"] == 1 for c in cfgs)
+    assert len({repr(sorted(c.items())) for c in cfgs}) == 4
+    box = plan.boxes[1]
+    for c in cfgs:
+        for p in PARAMS:
+            if p.is_numeric:
+                lo, hi = box.intervals[p.name]
+                assert lo - 1e-9 <= p.to_u(c[p.name]) <= hi + 1e-9
+
+
+def test_fit_posterior_refuses_no_candidates():
+    orig = initial_box(PARAMS)
+    with pytest.raises(ValueError, match="n_candidates"):
+        fit_posterior(PARAMS, orig, orig, _trials(4), "loss", "min", np.random.default_rng(0), n_candidates=0)
