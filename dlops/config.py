@@ -174,6 +174,12 @@ class StageConfig(_Model):
     tiers: Optional[int] = Field(default=None, ge=1, le=3)
     perturb: float = Field(default=0.5, gt=0, le=1)  # anchored: share of coordinates redrawn
 
+    @model_validator(mode="after")
+    def _perturb_only_when_anchored(self) -> "StageConfig":
+        if "perturb" in self.model_fields_set and self.method != "anchored":
+            raise ValueError(f"perturb is used by method 'anchored' only; this stage's method is {self.method!r}")
+        return self
+
 
 class ZoomConfig(_Model):
     kind: Literal["shrink", "box", "adaptive"] = "shrink"

@@ -57,6 +57,8 @@ def test_set_overrides_any_key():
         ("seed=true", "seed", "True"),
         ("ensemble.tta=mirror", "ensemble.tta", "mirror"),
         ("ensemble.crop_fraction=0", "ensemble.crop_fraction", "0"),
+        ("search.stages=[{trials: 2, method: gpp}]", "search.stages.0.method", "gpp"),
+        ("search.stages=[{trials: 2, method: gp, perturb: 0.3}]", "search.stages.0", "anchored"),
     ],
 )
 def test_bad_file_exit_2_names_key_and_nothing_logged(tmp_path: Path, override: str, key: str, value: str):
