@@ -37,6 +37,9 @@ LENGTH_SCALES = (0.05, 0.1, 0.2, 0.4, 0.8)
 NOISES = (1e-4, 1e-2, 0.1)
 #: candidate points drawn in the box per Thompson draw
 N_CANDIDATES = 256
+#: the most trials one fit uses: its cost grows as n^3 (bench/gp_fit_cost.py), so a search of
+#: thousands of trials fits on the trials inside the stage's box first, then the best others
+MAX_TRIALS = 256
 
 
 def encode(params: Sequence[Param], original: Box, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -120,6 +123,7 @@ def fit_posterior(
     constraints: Sequence[Constraint] = (),
     fixed: Mapping[str, Any] | None = None,
     n_candidates: int = N_CANDIDATES,
+    max_trials: int = MAX_TRIALS,
 ) -> Posterior | None:
     """Fit the GP on ``trials`` and its joint posterior on ``n_candidates`` random points of ``box``.
 
@@ -132,6 +136,9 @@ def fit_posterior(
         rng: the only source of randomness (the candidates).
         fixed: parameters held at a value (tiers not yet tuned): the candidates keep it.
         n_candidates: candidate points (Sobol in the box), >= 1.
+        max_trials: with more trials than this, the fit uses this many: those inside ``box``
+            first (a local model of the region the stage searches, as TuRBO's), best first, then
+            the best of the others (:func:`_most_relevant`).
 
     Raises:
         ValueError: ``n_candidates`` < 1.
@@ -143,6 +150,8 @@ def fit_posterior(
     """
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    if len(trials) > max_trials:
+        trials = _most_relevant(params, box, trials, metric, mode, constraints, max_trials)
     ok = [t for t in trials if is_feasible(t, metric, constraints)]
     if len(ok) < 2:
         return None
@@ -192,6 +201,34 @@ def _fit(params: Sequence[Param], box: Box, original: Box, trials: Sequence[Tria
     v = solve_triangular(low, ks.T, lower=True)  # (n, m)
     cov = matern52(_distances(xc, xc), ls * scale) - v.T @ v  # the latent function's posterior
     return Posterior(cands, mean, _safe_cholesky(cov), ls, nz)
+
+
+def _most_relevant(params: Sequence[Param], box: Box, trials: Sequence[TrialOutcome], metric: str, mode: Mode,
+                   constraints: Sequence[Constraint], limit: int) -> list[TrialOutcome]:
+    """``limit`` of ``trials``, in their order: inside ``box`` before outside, feasible before
+    failed or infeasible, better before worse."""
+    sign = 1.0 if mode == "min" else -1.0
+
+    def inside(t: TrialOutcome) -> bool:
+        for p in params:
+            if p.name not in t.config:
+                continue
+            if p.is_numeric and p.name in box.intervals:
+                lo, hi = box.intervals[p.name]
+                if not lo - 1e-12 <= p.to_u(float(t.config[p.name])) <= hi + 1e-12:
+                    return False
+            elif p.scale == "choice" and p.name in box.choices:
+                if repr(t.config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
+                    return False
+        return True
+
+    def key(i: int) -> tuple[bool, bool, float]:
+        t = trials[i]
+        ok = is_feasible(t, metric, constraints)
+        return (not inside(t), not ok, sign * float(t.metrics[metric]) if ok else 0.0)
+
+    keep = sorted(sorted(range(len(trials)), key=key)[:limit])
+    return [trials[i] for i in keep]
 
 
 def matern52(d: np.ndarray, length_scale: float) -> np.ndarray:

@@ -206,3 +206,29 @@ def test_fit_posterior_refuses_no_candidates():
     orig = initial_box(PARAMS)
     with pytest.raises(ValueError, match="n_candidates"):
         fit_posterior(PARAMS, orig, orig, _trials(4), "loss", "min", np.random.default_rng(0), n_candidates=0)
+
+
+def test_a_fit_on_many_trials_uses_the_cap_inside_the_box_first():
+    from dlops.search.model import _most_relevant
+    from dlops.search.space import Box
+
+    orig = initial_box(PARAMS)
+    lo, hi = orig.intervals["lr"]
+    box = Box({**orig.intervals, "lr": (lo, lo + 0.25 * (hi - lo))}, dict(orig.choices))
+    trials = _trials(600, seed=4)
+    trials[5] = TrialOutcome("t5", trials[5].config, {})  # a failed trial
+    kept = _most_relevant(PARAMS, box, trials, "loss", "min", (), 100)
+    assert len(kept) == 100
+    n_inside = sum(lo <= PARAMS[0].to_u(t.config["lr"]) <= lo + 0.25 * (hi - lo) for t in trials)
+    assert n_inside > 100  # about a quarter of 600: the cap is all inside the box
+    assert all(PARAMS[0].to_u(t.config["lr"]) <= lo + 0.25 * (hi - lo) + 1e-12 for t in kept)
+    assert all("loss" in t.metrics for t in kept)  # the feasible ones before the failed one
+    inside_losses = sorted(t.metrics["loss"] for t in trials
+                           if "loss" in t.metrics and PARAMS[0].to_u(t.config["lr"]) <= lo + 0.25 * (hi - lo))
+    assert max(t.metrics["loss"] for t in kept) == pytest.approx(inside_losses[99])  # the best 100 of them
+    assert [t.trial_id for t in kept] == [t.trial_id for t in trials if t in kept]  # in their order
+    post = fit_posterior(PARAMS, box, orig, trials, "loss", "min", np.random.default_rng(0), max_trials=100)
+    assert post is not None
+    for _ in range(5):
+        c = post.draw(np.random.default_rng(1))
+        assert lo - 1e-9 <= PARAMS[0].to_u(c["lr"]) <= lo + 0.25 * (hi - lo) + 1e-9
