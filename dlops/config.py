@@ -176,7 +176,8 @@ class StageConfig(_Model):
 
     @model_validator(mode="after")
     def _perturb_only_when_anchored(self) -> "StageConfig":
-        if "perturb" in self.model_fields_set and self.method != "anchored":
+        # a value other than the default: a logged project.json (every default written out) still loads
+        if self.method != "anchored" and self.perturb != type(self).model_fields["perturb"].default:
             raise ValueError(f"perturb is used by method 'anchored' only; this stage's method is {self.method!r}")
         return self
 

@@ -157,3 +157,13 @@ def test_unreachable_or_wrong_tracking_server_exits_2_at_once(tmp_path: Path):
     finally:
         srv.shutdown()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_dumped_project_loads_again_with_every_default_written_out():
+    """``project.json`` on the search run is ``model_dump``: every default is in it (``perturb`` on
+    every stage, too), and ``dlops report`` / ``--resume`` validate it again."""
+    from dlops.config import ProjectConfig
+
+    cfg = load_config(EXAMPLE, [])
+    again = ProjectConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again.model_dump(mode="json") == cfg.model_dump(mode="json")
