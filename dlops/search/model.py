@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, is_feasible, sample_box
+from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, in_box, is_feasible, sample_box
 
 #: length scales tried (in the unit cube of the original range, times sqrt(dim))
 LENGTH_SCALES = (0.05, 0.1, 0.2, 0.4, 0.8)
@@ -209,23 +209,10 @@ def _most_relevant(params: Sequence[Param], box: Box, trials: Sequence[TrialOutc
     failed or infeasible, better before worse."""
     sign = 1.0 if mode == "min" else -1.0
 
-    def inside(t: TrialOutcome) -> bool:
-        for p in params:
-            if p.name not in t.config:
-                continue
-            if p.is_numeric and p.name in box.intervals:
-                lo, hi = box.intervals[p.name]
-                if not lo - 1e-12 <= p.to_u(float(t.config[p.name])) <= hi + 1e-12:
-                    return False
-            elif p.scale == "choice" and p.name in box.choices:
-                if repr(t.config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
-                    return False
-        return True
-
     def key(i: int) -> tuple[bool, bool, float]:
         t = trials[i]
         ok = is_feasible(t, metric, constraints)
-        return (not inside(t), not ok, sign * float(t.metrics[metric]) if ok else 0.0)
+        return (not in_box(params, box, t.config), not ok, sign * float(t.metrics[metric]) if ok else 0.0)
 
     keep = sorted(sorted(range(len(trials)), key=key)[:limit])
     return [trials[i] for i in keep]

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, initial_box, sample_box
+from dlops.search.space import Box, Constraint, Mode, Param, TrialOutcome, in_box, initial_box, sample_box
 from dlops.search.zoom import ZoomRule, on_inner_edge, stage_improved, trust_box, trust_step, zoom
 
 FINISHED = "FINISHED"
@@ -212,7 +212,7 @@ class StagedPlan:
                 return
             if self.rule.use_history:
                 mine = set(self._stage_keys(k))
-                trials = [t for t in self.outcomes() if t.trial_id in mine or _inside(tuned, old, t.config)]
+                trials = [t for t in self.outcomes() if t.trial_id in mine or in_box(tuned, old, t.config)]
             res = zoom(tuned, old, self.original, trials, self.metric, self.mode, self.constraints, self.rule)
             intervals = {**old.intervals, **res.box.intervals}
             choices = {**old.choices, **res.box.choices}
@@ -375,22 +375,6 @@ def _default(p: Param) -> Any:
     return p.value
 
 
-def _inside(params: Sequence[Param], box: Box, config: Mapping[str, Any]) -> bool:
-    """Whether ``config`` is a value that sampling inside ``box`` can produce (value-scale check,
-    so rounding of int and quantised parameters does not push a trial "outside")."""
-    for p in params:
-        if p.name not in config:
-            return False
-        if p.is_numeric and p.name in box.intervals:
-            lo, hi = box.intervals[p.name]
-            a, b = p.from_u(lo), p.from_u(hi)
-            x = float(config[p.name])
-            if not (min(a, b) - 1e-12 <= x <= max(a, b) + 1e-12):
-                return False
-        elif p.scale == "choice" and p.name in box.choices:
-            if repr(config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
-                return False
-    return True
 
 
 def run_plan_batched(plan: StagedPlan, objective: Any, concurrency: int, prefix: str = "t") -> int:

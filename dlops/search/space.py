@@ -290,6 +290,24 @@ def sample_box(
     return out
 
 
+def in_box(params: Sequence[Param], box: Box, config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` is a value that sampling inside ``box`` can produce (value-scale check,
+    so rounding of int and quantised parameters does not push a trial "outside")."""
+    for p in params:
+        if p.name not in config:
+            return False
+        if p.is_numeric and p.name in box.intervals:
+            lo, hi = box.intervals[p.name]
+            a, b = p.from_u(lo), p.from_u(hi)
+            x = float(config[p.name])
+            if not (min(a, b) - 1e-12 <= x <= max(a, b) + 1e-12):
+                return False
+        elif p.scale == "choice" and p.name in box.choices:
+            if repr(config[p.name]) not in {repr(c) for c in box.choices[p.name]}:
+                return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Selecting the best trials: one optimizing metric, N-1 satisficing constraints
 # --------------------------------------------------------------------------------------------
