@@ -12,6 +12,7 @@ best trials with :func:`dlops.search.zoom.zoom`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -105,6 +106,10 @@ class StagedPlan:
         self.trust_width = 1.0  # kind="trust": the box width, a fraction of the original width
         self.restart_stage = 0  # kind="trust": centres use the trials of this stage on
         self._posterior: tuple[tuple[int, int], Any] | None = None  # gp stages: ((stage, ended), fit)
+        # per stage: trials issued and trials ended, kept with `trial_stage` and `results` so a
+        # suggestion is O(1), not a scan of every trial (Tune asks again at each step of a barrier)
+        self._issued: Counter[int] = Counter()
+        self._ended: Counter[int] = Counter()
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -114,6 +119,10 @@ class StagedPlan:
 
     def _stage_keys(self, k: int) -> list[str]:
         return [t for t, s in self.trial_stage.items() if s == k]
+
+    def _recount(self) -> None:
+        self._issued = Counter(self.trial_stage.values())
+        self._ended = Counter(s for t, s in self.trial_stage.items() if t in self.results)
 
     def _fixed(self, k: int) -> dict[str, Any]:
         tiers = self.stages[k].tiers
@@ -144,7 +153,7 @@ class StagedPlan:
         while True:
             if self.stage >= len(self.stages):
                 return FINISHED
-            issued = len(self._stage_keys(self.stage))
+            issued = self._issued[self.stage]
             if issued < self.stages[self.stage].n_trials:
                 break
             if not self._stage_done(self.stage):
@@ -164,6 +173,7 @@ class StagedPlan:
             cfg[EPOCHS_KEY] = self.stages[self.stage].epochs
         self.suggested[key] = cfg
         self.trial_stage[key] = self.stage
+        self._issued[self.stage] += 1
         return dict(cfg)
 
     def _model_point(self, index: int) -> dict[str, Any] | None:
@@ -188,8 +198,7 @@ class StagedPlan:
         return {**cfg, **self._fixed(k)}
 
     def _stage_done(self, k: int) -> bool:
-        keys = self._stage_keys(k)
-        return len(keys) >= self.stages[k].n_trials and all(t in self.results for t in keys)
+        return self._issued[k] >= self.stages[k].n_trials and self._ended[k] >= self._issued[k]
 
     def outcomes(self, k: int | None = None) -> list[TrialOutcome]:
         """Ended trials (of stage ``k``, or all), in the order they were suggested."""
@@ -273,13 +282,17 @@ class StagedPlan:
         """Record the end of trial ``key`` (``metrics`` None or {} when it failed)."""
         if key not in self.suggested:
             return
+        if key not in self.results:
+            self._ended[self.trial_stage[key]] += 1
         self.results[key] = dict(metrics or {})
 
     def forget(self, key: str) -> None:
         """Drop a suggested trial that never ran (e.g. Tune discarded it): it is sampled again."""
         if key in self.suggested and key not in self.results:
             cfg = self.suggested.pop(key)
-            self.trial_stage.pop(key, None)
+            k = self.trial_stage.pop(key, None)
+            if k is not None:
+                self._issued[k] -= 1
             if cfg.get(STAGE_KEY) == self.stage:
                 self._pending.insert(0, {k: v for k, v in cfg.items() if k not in (STAGE_KEY, EPOCHS_KEY)})
 
@@ -317,6 +330,7 @@ class StagedPlan:
         self._pending = [dict(c) for c in state["pending"]]
         self.trust_width = float(state.get("trust_width", 1.0))
         self.restart_stage = int(state.get("restart_stage", 0))
+        self._recount()
 
 
 def stage_sizes(

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dlops.search.plan import EPOCHS_KEY, FINISHED, STAGE_KEY, Stage, StagedPlan, run_plan
 from dlops.search.space import Constraint, Param
@@ -180,3 +182,30 @@ def test_bad_plans_raise() -> None:
         StagedPlan(PARAMS, [Stage(2), Stage(0)], "loss", "min")
     with pytest.raises(ValueError, match="mode"):
         StagedPlan(PARAMS, [Stage(2)], "loss", "best")  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["suggest", "record", "fail", "forget", "reload"]), st.integers(0, 7)),
+                max_size=80))
+def test_the_stage_counts_match_a_scan_of_every_trial(ops) -> None:
+    """The barrier and the stage sizes use per-stage counts kept beside ``trial_stage`` and
+    ``results`` (O(1) per suggestion); after any mix of suggest / record / forget / state reload
+    they agree with counting every trial, and the barrier is the one a full scan gives."""
+    plan = make([Stage(4, method="sobol"), Stage(3), Stage(5)])
+    for op, i in ops:
+        key = f"t{i}"
+        if op == "suggest":
+            plan.suggest(key)
+        elif op in ("record", "fail"):
+            plan.record(key, loss(plan.suggested[key]) if op == "record" and key in plan.suggested else None)
+        elif op == "forget":
+            plan.forget(key)
+        else:
+            fresh = make([Stage(4, method="sobol"), Stage(3), Stage(5)])
+            fresh.load_state_dict(json.loads(json.dumps(plan.state_dict())))
+            plan = fresh
+        for k in range(len(plan.stages)):
+            keys = [t for t, s in plan.trial_stage.items() if s == k]
+            assert plan._issued[k] == len(keys)
+            assert plan._ended[k] == sum(t in plan.results for t in keys)
+            assert plan._stage_done(k) == (len(keys) >= plan.stages[k].n_trials and all(t in plan.results for t in keys))
