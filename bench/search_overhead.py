@@ -26,10 +26,11 @@ to the first stays near 1.
 The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores
 plus the scale run.
 Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py [--scale 1000] [--no-ab]
-[--reps-noop 15] [--reps-sleep 3] [--checkpoint-s 1]
+[--reps-noop 15] [--reps-sleep 3] [--checkpoint-s 1] [--fixed-snapshots]
 (``--checkpoint-s S``: Tune's experiment snapshot every S s instead of dlops's 1 s, a measurement-only
-patch of ``dlops.search.tune.runtime.CHECKPOINT_PERIOD_S``; the scale run prints the driver's CPU ms
-per trial in every window of 100 trials.)
+patch of ``dlops.search.tune.runtime.CHECKPOINT_PERIOD_S``; ``--fixed-snapshots``: a fixed period,
+without dlops's pacing (``runtime.PACE_SNAPSHOTS = False``: what dlops did before it paced them);
+the scale run prints the driver's CPU ms per trial in every window of 100 trials.)
 """
 
 from __future__ import annotations
@@ -346,9 +347,15 @@ def main() -> None:
 
         runtime.CHECKPOINT_PERIOD_S = checkpoint_s
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = checkpoint_s
+    if "--fixed-snapshots" in sys.argv[1:]:
+        from dlops.search.tune import runtime
+
+        runtime.PACE_SNAPSHOTS = False
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level="ERROR")
-    out: dict[str, object] = {"checkpoint_s": checkpoint_s}
+    from dlops.search.tune import runtime as _rt
+
+    out: dict[str, object] = {"checkpoint_s": checkpoint_s, "paced_snapshots": _rt.PACE_SNAPSHOTS}
     n_scale, ab = _arg("--scale", 1000), "--no-ab" not in sys.argv[1:]
     REPS["noop"], REPS["sleep1s"] = _arg("--reps-noop", REPS["noop"]), _arg("--reps-sleep", REPS["sleep1s"])
     out["reps"] = dict(REPS)

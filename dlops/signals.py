@@ -8,7 +8,8 @@ clean-up that goes through Ray (or Tune's graceful stop) can be relied on. :func
 after ``ray.init``) replaces that handler: on SIGTERM it runs the clean-up set with
 :func:`set_cleanup` (MLflow only: the open runs end KILLED), prints one line and exits 143 (128 +
 SIGTERM) at once, without touching Ray. Tune's experiment state is at most
-``TUNE_GLOBAL_CHECKPOINT_S`` (1 s) old, so ``dlops run --resume`` continues the search as after a
+``TUNE_GLOBAL_CHECKPOINT_S`` (1 s, longer when a snapshot takes over 50 ms: see
+:mod:`dlops.search.tune.runtime`) old, so ``dlops run --resume`` continues the search as after a
 ``kill -9``.
 """
 

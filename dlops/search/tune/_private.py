@@ -32,6 +32,12 @@ What is here:
 4. :func:`repair_state_files`, :func:`fill_missing_checkpoints`: Tune's experiment-folder layout
    (:data:`STATE_FILES`, ``trial_data`` in the experiment state, ``checkpoint_<6 digits>``).
    Not speed-ups: they repair what a ``kill -9`` leaves, so ``--resume`` can restore.
+5. :func:`pace_snapshots`: Tune's own ``TUNE_GLOBAL_CHECKPOINT_S=auto`` rule (the period is 19
+   times the last snapshot's duration, so snapshots take at most ~5% of the driver's time) with
+   a floor of 1 s instead of Tune's 10 s (``_ExperimentCheckpointManager._checkpoint_period``,
+   ``_update_auto_checkpoint_time``: :data:`CHECKPOINT_MANAGER_LAYOUT`). A snapshot serialises
+   every trial and the plan, so with a fixed 1 s period its cost per second grows with the
+   trials done. Figures: ``bench/README.md`` (search_overhead, the scale run).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ CONTROLLER_LAYOUT: dict[str, Any] = {
     "_stopping_actors": dict,  # TrackedActor -> time it was asked to stop
     "_started_actors": set,  # TrackedActors whose __init__ finished
 }
+#: ``TuneController._checkpoint_manager`` (Tune's _ExperimentCheckpointManager) -> what pace_snapshots uses
+CHECKPOINT_MANAGER_LAYOUT = ("_checkpoint_period", "_update_auto_checkpoint_time")
 #: ``Tuner`` -> ``_local_tuner`` (a ``TunerInternal``) -> these configs and their public fields
 TUNER_LAYOUT: dict[str, tuple[str, ...]] = {
     "_tune_config": ("search_alg", "scheduler"),
@@ -108,6 +116,13 @@ class ActorKeeper:
         self.key: Any = None  # the trials' resource request (the cache's key)
         self.disabled = False
         self.released: Optional[int] = None  # set when the last trial ended (release_unstarted's count)
+        self.snapshot_floor_s: Optional[float] = None  # set: pace Tune's snapshots (pace_snapshots) once
+        self.paced: Optional[bool] = None  # pace_snapshots' answer, once it ran
+
+    def pace(self, controller: Any) -> None:
+        """Pace Tune's experiment snapshots (:func:`pace_snapshots`) once, if ``snapshot_floor_s`` is set."""
+        if self.snapshot_floor_s is not None and self.paced is None:
+            self.paced = pace_snapshots(controller, self.snapshot_floor_s)
 
     def see_trial(self, trial: Any) -> None:
         if self.key is None:
@@ -207,6 +222,7 @@ class _KeepActors:
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         if self.keeper is not None:
+            self.keeper.pace(tune_controller)
             self.keeper.sync(tune_controller)
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
 
@@ -232,6 +248,37 @@ class KeepActorsFIFO(_KeepActors, FIFOScheduler):
 
 class KeepActorsASHA(_KeepActors, ASHAScheduler):
     """Tune's ASHA scheduler that keeps trial actors across stage barriers."""
+
+
+# ---- 5. Tune's snapshot period, paced by its cost -----------------------------------------------
+
+#: the snapshot period is this many times the last snapshot's duration (Tune's own auto rule: 1/20 = 5%)
+SNAPSHOT_COST_FACTOR = 19.0
+
+
+def pace_snapshots(controller: Any, floor_s: float) -> bool:
+    """Make Tune's experiment snapshot period ``max(floor_s, 19 x the last snapshot's duration)`` (s).
+
+    This is Tune's ``TUNE_GLOBAL_CHECKPOINT_S=auto`` rule (at most ~5% of the driver's time goes to
+    snapshots) with dlops's floor (1 s: a ``kill -9`` loses little) instead of Tune's 10 s; Tune
+    has no public setting for the floor. A fixed 1 s period cost 3.49x driver CPU per trial at
+    10,000 trials (bench/README.md). Returns False, with one warning, and leaves Tune's fixed
+    period when the installed Ray lays the checkpoint manager out differently.
+    """
+    mgr = getattr(controller, "_checkpoint_manager", None)
+    if not (isinstance(getattr(mgr, "_checkpoint_period", None), float)
+            and callable(getattr(mgr, "_update_auto_checkpoint_time", None))):
+        warnings.warn("dlops: cannot pace Tune's experiment snapshots with this Ray version (no "
+                      "_checkpoint_manager._checkpoint_period / _update_auto_checkpoint_time); they stay at "
+                      "a fixed period (slower at thousands of trials, same results)", RuntimeWarning, stacklevel=2)
+        return False
+    floor = float(floor_s)
+
+    def update(time_taken: float) -> None:  # Tune calls it after each snapshot with its duration (s)
+        mgr._checkpoint_period = max(floor, SNAPSHOT_COST_FACTOR * float(time_taken))
+
+    mgr._update_auto_checkpoint_time = update
+    return True
 
 
 # ---- 2. a restored Tuner runs with this session's objects ---------------------------------------

@@ -76,10 +76,12 @@ class _Probe(_private.KeepActorsFIFO):
     """A dlops scheduler that records what the real controller lacks."""
 
     problems: Any = None
+    paced: Any = None
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         if _Probe.problems is None:
             _Probe.problems = _private.controller_layout_problems(tune_controller)
+            _Probe.paced = _private.pace_snapshots(tune_controller, 0.0)  # floor 0 s: this test's period
         return super().choose_trial_to_run(tune_controller)
 
 
@@ -110,7 +112,7 @@ def _real_search_meets_the_layout(tmp_path: Path) -> None:
     plan = StagedPlan([Param("x", "linear", 0.0, 1.0)], [Stage(2, 1)], "dev/error", "min", seed=0)
     exp = tmp_path / "ray" / "layout"
     searcher = StagedSearcher(plan, snapshot_path=str(exp / _private.PLAN_SNAPSHOT))
-    _Probe.problems = None
+    _Probe.problems = _Probe.paced = None
     with tune_environment({"TUNE_GLOBAL_CHECKPOINT_S": "0"}):
         tune.Tuner(tune.with_resources(_trainable, {"cpu": 1}),
                    tune_config=tune.TuneConfig(metric="dev/error", mode="min", search_alg=searcher,
@@ -118,6 +120,7 @@ def _real_search_meets_the_layout(tmp_path: Path) -> None:
                    run_config=tune.RunConfig(name="layout", storage_path=str(tmp_path / "ray"), verbose=0,
                                              checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
     assert _Probe.problems == [], f"TuneController lacks {_Probe.problems}: update dlops/search/tune/_private.py"
+    assert _Probe.paced is True, "the live TuneController's checkpoint manager is not laid out as pace_snapshots expects"
     for pattern, _ in _private.STATE_FILES:
         assert glob.glob(str(exp / pattern)), f"Tune no longer writes {pattern}"
     assert glob.glob(str(exp / _private.SEARCHER_STATE)), "Tune no longer writes the searcher state there"
@@ -128,3 +131,33 @@ def _real_search_meets_the_layout(tmp_path: Path) -> None:
     restored = tune.Tuner.restore(str(exp), trainable=_trainable)
     _private.use_fresh_objects(restored, searcher, object(), None)  # raises if the configs moved
     assert restored._local_tuner._tune_config.search_alg is searcher
+
+
+def test_the_checkpoint_manager_is_laid_out_as_pace_snapshots_expects() -> None:
+    """pace_snapshots replaces the manager's auto-period update, which Tune calls after every
+    snapshot with its duration, and sets the period Tune compares the time since the last one with."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert "self._checkpoint_manager = " in inspect.getsource(TuneController.__init__)
+    period, update = _private.CHECKPOINT_MANAGER_LAYOUT
+    assert f"self.{period} = " in inspect.getsource(_ExperimentCheckpointManager.__init__)
+    sync = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
+    assert f"self.{update}(time_taken=" in sync and f"< self.{period}" in sync
+
+
+def test_pace_snapshots_keeps_snapshots_near_5_percent_with_a_1_s_floor() -> None:
+    """On Tune's own checkpoint manager: after a 0.5 s snapshot the next waits 9.5 s (19 x 0.5),
+    after a 10 ms one it waits the 1 s floor; Tune's own auto rule would wait at least 10 s."""
+    from types import SimpleNamespace
+
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    mgr = _ExperimentCheckpointManager(storage=None, checkpoint_period=1)
+    assert _private.pace_snapshots(SimpleNamespace(_checkpoint_manager=mgr), 1.0)
+    mgr._update_auto_checkpoint_time(time_taken=0.5)
+    assert mgr._checkpoint_period == pytest.approx(9.5)
+    mgr._update_auto_checkpoint_time(time_taken=0.01)
+    assert mgr._checkpoint_period == pytest.approx(1.0)
+    with pytest.warns(RuntimeWarning, match="cannot pace"):
+        assert not _private.pace_snapshots(SimpleNamespace(), 1.0)
