@@ -341,21 +341,17 @@ def main() -> None:
     from dlops.console import quiet_libraries
 
     quiet_libraries()
+    from dlops.search.tune import runtime
+
     checkpoint_s = str(_arg("--checkpoint-s", int(CHECKPOINT_S)))
     if checkpoint_s != CHECKPOINT_S:  # measurement only: what Tune's 1 s experiment snapshot costs
-        from dlops.search.tune import runtime
-
         runtime.CHECKPOINT_PERIOD_S = checkpoint_s
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = checkpoint_s
     if "--fixed-snapshots" in sys.argv[1:]:
-        from dlops.search.tune import runtime
-
         runtime.PACE_SNAPSHOTS = False
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level="ERROR")
-    from dlops.search.tune import runtime as _rt
-
-    out: dict[str, object] = {"checkpoint_s": checkpoint_s, "paced_snapshots": _rt.PACE_SNAPSHOTS}
+    out: dict[str, object] = {"checkpoint_s": checkpoint_s, "paced_snapshots": runtime.PACE_SNAPSHOTS}
     n_scale, ab = _arg("--scale", 1000), "--no-ab" not in sys.argv[1:]
     REPS["noop"], REPS["sleep1s"] = _arg("--reps-noop", REPS["noop"]), _arg("--reps-sleep", REPS["sleep1s"])
     out["reps"] = dict(REPS)

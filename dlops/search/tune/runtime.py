@@ -114,6 +114,7 @@ class SearchOutcome:
     warnings: list[str] = field(default_factory=list)
     released_actors: Optional[int] = None  # never-started actors killed at the last trial (None: not reached)
     confirm: Any = None  # dlops.search.confirm.ConfirmResult with search.confirm, else None
+    paced_snapshots: Optional[bool] = None  # Tune's snapshots were paced by their cost (None: not asked to)
 
 
 @dataclass
@@ -357,7 +358,7 @@ def _finish(req: SearchRequest, p: _Parts, results: Any, out: Callable[[str], No
         plan=plan, results=results, callback=cb,
         checkpoints={r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None},
         n_trials=len(results), n_failed=sum(1 for r in results if r.error is not None),
-        released_actors=p.keeper.released, confirm=p.searcher.confirmation(),
+        released_actors=p.keeper.released, confirm=p.searcher.confirmation(), paced_snapshots=p.keeper.paced,
     )
     outcome.warnings += _log_zoom(req, cb, out)
     if outcome.confirm is not None:

@@ -62,6 +62,9 @@ def test_next_stage_runs_on_the_actors_of_the_last(ray_on_cluster, tmp_path: Pat
     # the keeper reaches the parts of Tune it needs in this Ray version (it warns and turns itself off otherwise)
     assert not [w for w in caught if "cannot manage Tune's trial actors" in str(w.message)]
     assert out.released_actors is not None  # the keeper saw the last trial end (0 or more actors killed then)
+    # run_search paced Tune's snapshots through the keeper (dlops's 1 s period, the variable unset)
+    assert out.paced_snapshots is True
+    assert not [w for w in caught if "cannot pace" in str(w.message)]
     assert out.n_trials == 4 and out.n_failed == 0
     pids: dict[int, set] = {0: set(), 1: set()}
     for r in out.results:
