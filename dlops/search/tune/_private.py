@@ -26,9 +26,11 @@ What is here:
    stopper replace the pickled copies (``Tuner._local_tuner._tune_config`` / ``_run_config``).
    Not a speed-up: ``Tuner.restore`` takes none of them, and the pickled copies hold a dead
    driver's MLflow client, so resume needs it.
-3. :func:`backup_experiment_state`: relies on Tune's ``TuneController.save_to_dir`` writing
-   ``experiment_state-*.json`` whole into its staging folder just before it saves the searcher
-   there. Not a speed-up: it lets ``--resume`` survive an exit while Tune copies that file.
+3. :func:`backup_state_files`: relies on Tune's ``TuneController.save_to_dir`` writing
+   ``experiment_state-*.json`` whole into its staging folder just before it saves the search
+   algorithm there, and on ``SearchGenerator.save_to_dir`` saving the base searcher before it
+   writes ``search_gen_state-*.json`` (whose ``counter`` the repair sets). Not a speed-up: it
+   lets ``--resume`` survive an exit while Tune copies those files.
 4. :func:`repair_state_files`, :func:`fill_missing_checkpoints`: Tune's experiment-folder layout
    (:data:`STATE_FILES`, ``trial_data`` in the experiment state, ``checkpoint_<6 digits>``).
    Not speed-ups: they repair what a ``kill -9`` leaves, so ``--resume`` can restore.
@@ -311,30 +313,39 @@ def use_fresh_objects(tuner: Any, searcher: Any, callback: Any, stopper: Any, ke
     rc.stop = stopper
 
 
-# ---- 3. backing up Tune's experiment state with each searcher save -----------------------------
+# ---- 3. backing up Tune's state files with each searcher save ----------------------------------
 
 
-def backup_experiment_state(staging_dir: str, dest_dir: str) -> None:
-    """Copy Tune's experiment state, which Tune has just written whole into ``staging_dir``
-    (``TuneController.save_to_dir`` writes it, then saves the searcher there), atomically into
-    ``dest_dir`` as ``dlops-backup.<name>``. Tune copies that file into the experiment folder in
-    the background, so a process that exits at the wrong moment (``kill -9``, SIGTERM) can leave
-    it cut short; ``--resume`` then puts the backup in its place (:func:`repair_state_files`).
-    Does nothing when ``staging_dir`` holds no experiment state or it cannot be read."""
-    states = glob.glob(os.path.join(staging_dir, STATE_FILES[0][0]))
-    if not states:
-        return
-    newest = max(states, key=os.path.getmtime)
-    try:
-        with open(newest, "rb") as f:
-            data = f.read()
-    except OSError:
-        return
+def backup_state_files(staging_dir: str, dest_dir: str) -> None:
+    """Copy Tune's state files from its staging folder ``staging_dir`` atomically into
+    ``dest_dir`` as ``dlops-backup.<name>`` (one per kind in :data:`STATE_FILES`, the newest).
+
+    ``TuneController.save_to_dir`` writes ``experiment_state-*.json`` whole into the staging
+    folder, then saves the search algorithm there: Tune's ``SearchGenerator.save_to_dir`` saves
+    the base searcher (dlops's, which calls this) and only then writes
+    ``search_gen_state-*.json`` (atomically). So the experiment state backed up here is this
+    snapshot's, and the search-generator state is the previous snapshot's, whole (its
+    ``counter`` may be a few trials behind; :func:`repair_state_files` brings it up to the
+    experiment state). Tune copies both files into the experiment folder in the background, so a
+    process that exits at the wrong moment (``kill -9``, SIGTERM) can leave either cut short,
+    and a session rewrites the same file names at every snapshot, so there is no older copy of
+    its own to fall back on; ``--resume`` then puts the backup in its place.
+    Skips a kind that ``staging_dir`` does not hold (yet) or that cannot be read."""
     d = dest_dir or "."
-    tmp = os.path.join(d, ".dlops-backup.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, os.path.join(d, BACKUP_PREFIX + os.path.basename(newest)))
+    for pattern, _kind in STATE_FILES:
+        states = glob.glob(os.path.join(staging_dir, pattern))
+        if not states:
+            continue
+        newest = max(states, key=os.path.getmtime)
+        try:
+            with open(newest, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        tmp = os.path.join(d, ".dlops-backup.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(d, BACKUP_PREFIX + os.path.basename(newest)))
 
 
 # ---- 4. Tune's experiment folder after a kill -9 ------------------------------------------------
@@ -367,6 +378,20 @@ def _readable(path: str, kind: str) -> bool:
         return False
 
 
+def _search_gen_state_caught_up(backup: str, dest: str, trials: int) -> None:
+    """Write to ``dest`` the search-generator state in ``backup`` with its ``counter`` (trials
+    created) at least ``trials``, the number in the experiment state Tune restores: the
+    counter numbers new trials' tags and ends the search at ``num_samples``."""
+    import ray.cloudpickle as cloudpickle
+
+    with open(backup, "rb") as f:
+        state = cloudpickle.load(f)
+    if isinstance(state, dict) and isinstance(state.get("counter"), int):
+        state["counter"] = max(state["counter"], trials)
+    with open(dest, "wb") as f:
+        cloudpickle.dump(state, f)
+
+
 def _repair_tune_states(exp_dir: str, repaired: list[str]) -> dict[str, str]:
     """Put back or remove damaged experiment / search-generator states; the newest whole one of each kind."""
     newest: dict[str, str] = {}
@@ -374,10 +399,13 @@ def _repair_tune_states(exp_dir: str, repaired: list[str]) -> dict[str, str]:
         files = sorted(glob.glob(os.path.join(exp_dir, pattern)))
         while files and not _readable(files[-1], kind):
             backup = os.path.join(exp_dir, BACKUP_PREFIX + os.path.basename(files[-1]))
-            if kind == "json" and os.path.exists(backup) and _readable(backup, kind):
-                # the same checkpoint, written whole by the searcher's save: put it in place
+            if os.path.exists(backup) and _readable(backup, kind):
+                # written whole by the searcher's save: put it in place
                 tmp = files[-1] + ".repair"
-                shutil.copyfile(backup, tmp)
+                if kind == "json":  # the same snapshot
+                    shutil.copyfile(backup, tmp)
+                else:  # the previous snapshot's: count the trials Tune created since
+                    _search_gen_state_caught_up(backup, tmp, len(_tune_trial_ids(newest.get("json"))))
                 os.replace(tmp, files[-1])
                 repaired.append(f"restored {os.path.basename(files[-1])} from {os.path.basename(backup)}")
                 break
@@ -401,7 +429,9 @@ def repair_state_files(exp_dir: str, plan: Any = None) -> list[str]:
     it had suggested that Tune's experiment state does not hold and that never started are
     dropped with :meth:`StagedPlan.forget`, so the stage barrier does not wait for them; those
     Tune restores stay); a damaged experiment state is put back from its whole backup
-    (``dlops-backup.<name>``, written with each searcher save); else a damaged experiment or
+    (``dlops-backup.<name>``, written with each searcher save), and so is a damaged
+    search-generator state (the previous snapshot's, its trial counter brought up to the
+    experiment state's trials: :func:`backup_state_files`); else a damaged experiment or
     search-generator state is removed when an older one is there to fall back on.
 
     Args:

@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 
 from dlops.search.confirm import CONFIRM_KEY, confirm_configs, confirm_result
 from dlops.search.plan import FINISHED, STAGE_KEY, StagedPlan
-from dlops.search.tune._private import backup_experiment_state
+from dlops.search.tune._private import backup_state_files
 
 
 def _write_atomically(text: str, dest: str, tmp_dir: str) -> None:
@@ -179,12 +179,12 @@ class StagedSearcher(Searcher):
         _write_atomically(text, dest, tmp_dir=os.path.dirname(os.path.abspath(checkpoint_dir)))
 
     def _state_text(self, staging_dir: str) -> str:
-        """The state as JSON, written to ``snapshot_path`` first, with Tune's experiment state
-        (whole at this moment in ``staging_dir``) backed up beside it."""
+        """The state as JSON, written to ``snapshot_path`` first, with Tune's state files (whole
+        at this moment in ``staging_dir``) backed up beside it."""
         text = json.dumps(self.get_state())
         self._snapshot(text)
         if self.snapshot_path:
-            backup_experiment_state(staging_dir, os.path.dirname(self.snapshot_path))
+            backup_state_files(staging_dir, os.path.dirname(self.snapshot_path))
         return text
 
     def restore(self, checkpoint_path: str) -> None:

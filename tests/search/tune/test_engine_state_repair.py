@@ -110,3 +110,32 @@ def test_experiment_state_cut_short_is_put_back_from_the_searchers_backup(tmp_pa
     assert json.loads((exp / "experiment_state-2026-03.json").read_text()) == state
     # Tune's own glob does not see the backup as a state file of its own
     assert sorted(p.name for p in exp.glob("experiment_state-*.json")) == ["experiment_state-2026-03.json"]
+
+
+def test_search_generator_state_cut_short_is_put_back_with_its_counter_caught_up(tmp_path: Path):
+    """Tune rewrites search_gen_state-<session>.json (a pickle) at every snapshot under the same
+    name, so a copy cut short has no older file to fall back on. The searcher's save backs up the
+    previous snapshot's (whole in the staging folder); the repair puts it back with its trial
+    counter raised to the trials of the experiment state Tune restores."""
+    import ray.cloudpickle as cloudpickle
+
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    staging.mkdir()
+    gen = {"counter": 2, "total_samples": 10, "finished": False, "experiment": None}
+    with open(staging / "search_gen_state-2026-03.json", "wb") as f:
+        cloudpickle.dump(gen, f)
+    s = _searcher(exp / PLAN_SNAPSHOT)
+    s.suggest("a")
+    s.save(str(staging / ".tmp_searcher_ckpt"))
+    assert (exp / "dlops-backup.search_gen_state-2026-03.json").exists()
+    trial_data = [[json.dumps({"trial_id": k, "status": "RUNNING"}), "{}"] for k in ("a", "b", "c")]
+    (exp / "experiment_state-2026-03.json").write_text(json.dumps({"trial_data": trial_data}))
+    (exp / "search_gen_state-2026-03.json").write_bytes(cloudpickle.dumps(gen)[:9])  # the copy, cut short
+    done = repair_state_files(str(exp))
+    assert done == ["restored search_gen_state-2026-03.json from dlops-backup.search_gen_state-2026-03.json"]
+    with open(exp / "search_gen_state-2026-03.json", "rb") as f:
+        assert cloudpickle.load(f) == {**gen, "counter": 3}  # three trials in the experiment state
+    (exp / "dlops-backup.search_gen_state-2026-03.json").write_bytes(b"")  # no whole copy left
+    (exp / "search_gen_state-2026-03.json").write_bytes(b"\x80")
+    with pytest.raises(NothingToResumeError, match="search_gen_state-2026-03.json"):
+        repair_state_files(str(exp))

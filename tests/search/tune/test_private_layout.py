@@ -62,6 +62,19 @@ def test_tune_writes_the_experiment_state_before_it_saves_the_searcher() -> None
     assert src.index("experiment_state_file_name") < src.index("_search_alg.save_to_dir")
 
 
+def test_the_search_generator_saves_the_searcher_before_its_own_state() -> None:
+    """backup_state_files backs up the search-generator state the previous save wrote (so it is
+    whole) and the repair sets its counter: both rely on this order and these keys."""
+    from ray.tune.search.search_generator import SearchGenerator
+
+    src = inspect.getsource(SearchGenerator.save_to_dir)
+    assert "base_searcher.save_to_dir" in src and "_atomic_save" in src
+    assert src.index("base_searcher.save_to_dir") < src.index("_atomic_save")
+    assert SearchGenerator.CKPT_FILE_TMPL.format("*") == _private.STATE_FILES[1][0]
+    assert "\"counter\"" in inspect.getsource(SearchGenerator.get_state)
+    assert "state[\"counter\"]" in inspect.getsource(SearchGenerator.set_state)
+
+
 def test_the_schedulers_hooks_keep_their_signatures() -> None:
     from ray.tune.schedulers import FIFOScheduler
 
@@ -127,6 +140,12 @@ def _real_search_meets_the_layout(tmp_path: Path) -> None:
     state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
     assert _private._tune_trial_ids(str(sorted(exp.glob("experiment_state-*.json"))[-1])) and "trial_data" in state
     assert list(exp.glob(_private.BACKUP_PREFIX + "experiment_state-*.json")), "the searcher's save saw no state"
+    gen_backups = list(exp.glob(_private.BACKUP_PREFIX + "search_gen_state-*.json"))
+    assert gen_backups, "the searcher's save saw no search-generator state"
+    import ray.cloudpickle as cloudpickle
+
+    with open(gen_backups[0], "rb") as f:
+        assert isinstance(cloudpickle.load(f)["counter"], int), "the search-generator state has no int counter"
     assert list(exp.glob("*/checkpoint_000000")), "trial checkpoints are no longer checkpoint_<6 digits>"
     restored = tune.Tuner.restore(str(exp), trainable=_trainable)
     _private.use_fresh_objects(restored, searcher, object(), None)  # raises if the configs moved
