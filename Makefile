@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/dlops run examples/digits-transfer.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_phases.py
