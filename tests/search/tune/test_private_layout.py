@@ -75,6 +75,18 @@ def test_the_search_generator_saves_the_searcher_before_its_own_state() -> None:
     assert "state[\"counter\"]" in inspect.getsource(SearchGenerator.set_state)
 
 
+def test_both_keep_actors_schedulers_choose_as_fifo_does() -> None:
+    """_KeepActors replaces FIFOScheduler.choose_trial_to_run (a scan of every trial) with the
+    same choice past the ended trials only when that is the choice its scheduler inherits; if
+    Ray gives ASHA a choice of its own, ASHA keeps it and the speed-up is gone: say so here."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    for cls in (_private.KeepActorsFIFO, _private.KeepActorsASHA):
+        assert cls._base_choice() is FIFOScheduler.choose_trial_to_run, cls
+    src = inspect.getsource(FIFOScheduler.choose_trial_to_run)
+    assert src.index("Trial.PENDING") < src.index("Trial.PAUSED"), "FIFO's choice changed: check first_pending_or_paused"
+
+
 def test_the_schedulers_hooks_keep_their_signatures() -> None:
     from ray.tune.schedulers import FIFOScheduler
 

@@ -60,13 +60,13 @@ def test_a_growing_trial_list_is_read_past_its_ended_trials_and_a_new_list_from_
     n, lines, now = _notice()
     trials = _trials(*["TERMINATED"] * 50, "RUNNING")
     n.on_step_end(0, trials)
-    assert n._ended == 50
+    assert n._prefix._ended == 50
     trials[50].set_status("TERMINATED")
     trials += _trials("PENDING", "PENDING")
     for t in range(0, 70, 10):
         now[0] = float(t)
         n.on_step_end(0, trials)
-    assert n._ended == 51 and len(lines) == 1 and "2 trial(s) pending" in lines[0]
+    assert n._prefix._ended == 51 and len(lines) == 1 and "2 trial(s) pending" in lines[0]
     # another list (a new Tune run): read from its start, its running trial means no wait
     n.on_step_end(0, _trials("RUNNING", *["PENDING"] * 60))
-    assert n._since is None and n._ended == 0
+    assert n._since is None and n._prefix._ended == 0
