@@ -20,16 +20,21 @@ Scale run (``--scale N``, default 1,000; ``--scale 10000`` for the long one, ``-
 skip): N no-op trials in 4 stages through ``run_search`` with the MLflow run tree on SQLite; the
 driver's wall time and CPU time (the whole driver process: Tune's loop and the MLflow writer
 thread) per trial over the first 100 trials, the 100 trials up to trial 1,000 and the 100 up to
-trial 10,000 (stage barriers included); flat per-trial cost means the ratio of the last window
-to the first stays near 1.
+trial 10,000 (stage barriers included), and, to judge whether it is flat, the mean of each stage
+and of each block of 1,000 trials and the least-squares slope of the block means (ms per 1,000
+trials, 95% t-interval): a single window of 100 is too noisy to compare with another. Also the
+cost of one choice of the next trial to run (µs, Tune's FIFO scan of every trial against dlops's
+choice past the ended trials, 100 / 1,000 / 10,000 trials, interleaved, ``choice_us``).
 
 The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores
 plus the scale run.
 Usage: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/search_overhead.py [--scale 1000] [--no-ab]
-[--reps-noop 15] [--reps-sleep 3] [--checkpoint-s 1] [--fixed-snapshots]
+[--reps-noop 15] [--reps-sleep 3] [--checkpoint-s 1] [--fixed-snapshots] [--fifo-scan]
 (``--checkpoint-s S``: Tune's experiment snapshot every S s instead of dlops's 1 s, a measurement-only
 patch of ``dlops.search.tune.runtime.CHECKPOINT_PERIOD_S``; ``--fixed-snapshots``: a fixed period,
 without dlops's pacing (``runtime.PACE_SNAPSHOTS = False``: what dlops did before it paced them);
+``--fifo-scan``: the next trial chosen by Tune's own scan of every trial (``_private.CHOOSE_PAST_ENDED
+= False``: what dlops did before);
 the scale run prints the driver's CPU ms per trial in every window of 100 trials.)
 """
 
@@ -214,6 +219,7 @@ def scale(tmp: Path, n: int, n_stages: int = 4, slots: int = 2) -> dict[str, Any
     # work per trial somewhere) shows as a trend, not only as first vs last
     res["cpu_ms_per_trial_windows"] = [round((marks[e - 1][1] - (marks[e - 101][1] if e > 100 else c0)) * 10, 2)
                                        for e in range(100, n + 1, 100)]
+    res.update(_flatness(res["cpu_ms_per_trial_windows"], sizes))
     ends = [e for e in (100, 1000, 10000) if e <= n]
     if len(ends) > 1:
         res["wall_growth_last_vs_first"] = round(res[f"wall_ms_per_trial_at_{ends[-1]}"]
@@ -221,6 +227,64 @@ def scale(tmp: Path, n: int, n_stages: int = 4, slots: int = 2) -> dict[str, Any
         res["cpu_growth_last_vs_first"] = round(res[f"cpu_ms_per_trial_at_{ends[-1]}"]
                                                 / res[f"cpu_ms_per_trial_at_{ends[0]}"], 2)
     client.set_terminated(parent, "FINISHED")
+    return res
+
+
+def _flatness(windows: list[float], stage_sizes: list[int]) -> dict[str, Any]:
+    """Is the driver's CPU per trial flat? From the per-100-trial windows (ms): the mean of each
+    stage and of each block of 10 windows (1,000 trials), and the least-squares slope of the
+    block means against the trials done (ms per 1,000 trials) with a 95% t-interval (blocks, not
+    windows: neighbouring windows share the machine's slow spells). One window is too noisy to
+    compare with another (the first and last differ by 1.2-1.7x in runs with a flat slope)."""
+    import numpy as np
+    from scipy import stats
+
+    w = np.asarray(windows, dtype=float)
+    out: dict[str, Any] = {}
+    bounds = np.cumsum([0, *stage_sizes]) // 100
+    out["cpu_ms_per_trial_stage_means"] = [round(float(w[a:b].mean()), 1) for a, b in zip(bounds[:-1], bounds[1:])
+                                           if b > a]
+    blocks = [float(w[i:i + 10].mean()) for i in range(0, len(w) - len(w) % 10, 10)]
+    out["cpu_ms_per_trial_blocks_1000"] = [round(b, 1) for b in blocks]
+    if len(blocks) >= 3:
+        fit = stats.linregress(np.arange(len(blocks), dtype=float), blocks)
+        half = stats.t.ppf(0.975, len(blocks) - 2) * fit.stderr
+        out["cpu_slope_ms_per_1000_trials"] = [round(float(fit.slope), 2), round(float(fit.slope - half), 2),
+                                               round(float(fit.slope + half), 2)]
+        out["cpu_slope_relative_per_1000_trials"] = round(float(fit.slope) / float(np.mean(blocks)), 4)
+    return out
+
+
+def choice_cost(sizes: tuple[int, ...] = (100, 1000, 10000), reps: int = 7) -> dict[str, Any]:
+    """µs per ``choose_trial_to_run`` call of Tune's ``FIFOScheduler`` (a scan of every trial)
+    and of dlops's ``KeepActorsFIFO`` (the same choice past the ended trials), on ``n`` real
+    Tune ``Trial`` objects (``stub=True``) of which all but the last 4 ended (2 running, 2
+    pending: the middle of a stage). Interleaved, ``reps`` medians of 200 calls each."""
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler
+
+    from dlops.search.tune._private import KeepActorsFIFO
+
+    res: dict[str, Any] = {}
+    for n in sizes:
+        trials = []
+        for i in range(n):
+            t = Trial("noop", config={"x": i}, trial_id=f"t{i}", stub=True)
+            t.set_status("TERMINATED" if i < n - 4 else ("RUNNING" if i < n - 2 else "PENDING"))
+            trials.append(t)
+        controller = SimpleNamespace(get_trials=lambda: trials)
+        fifo, ours = FIFOScheduler(), KeepActorsFIFO()
+        assert fifo.choose_trial_to_run(controller) is ours.choose_trial_to_run(controller) is trials[n - 2]
+        times: dict[str, list[float]] = {"fifo": [], "dlops": []}
+        for _ in range(reps):
+            for name, sched in (("fifo", fifo), ("dlops", ours)):
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    sched.choose_trial_to_run(controller)
+                times[name].append((time.perf_counter() - t0) / 200 * 1e6)
+        res[str(n)] = {k: round(_median(v), 2) for k, v in times.items()}
     return res
 
 
@@ -349,12 +413,20 @@ def main() -> None:
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = checkpoint_s
     if "--fixed-snapshots" in sys.argv[1:]:
         runtime.PACE_SNAPSHOTS = False
+    from dlops.search.tune import _private
+
+    if "--fifo-scan" in sys.argv[1:]:  # the A/B of choosing the next trial past the ended ones
+        _private.CHOOSE_PAST_ENDED = False
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level="ERROR")
-    out: dict[str, object] = {"checkpoint_s": checkpoint_s, "paced_snapshots": runtime.PACE_SNAPSHOTS}
+    out: dict[str, object] = {"checkpoint_s": checkpoint_s, "paced_snapshots": runtime.PACE_SNAPSHOTS,
+                              "choose_past_ended": _private.CHOOSE_PAST_ENDED}
     n_scale, ab = _arg("--scale", 1000), "--no-ab" not in sys.argv[1:]
     REPS["noop"], REPS["sleep1s"] = _arg("--reps-noop", REPS["noop"]), _arg("--reps-sleep", REPS["sleep1s"])
     out["reps"] = dict(REPS)
+    out["choice_us"] = choice_cost()
+    print("next-trial choice per Tune step, µs (Tune's FIFO scan vs dlops past the ended trials): " + ", ".join(
+        f"{n} trials {v['fifo']:.1f} vs {v['dlops']:.1f}" for n, v in out["choice_us"].items()), flush=True)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for label, n, sleep in (("noop", N_NOOP, 0.0), ("sleep1s", N_SLEEP, 1.0)) if ab else ():

@@ -22,6 +22,11 @@ What is here:
    --release-ab``, 3 interleaved pairs on 2 shared, loaded cores, 2026-12-01): median 12.63 s vs
    13.50 s (0.935), faster in each pair (14.30/14.46, 12.63/13.50, 11.14/12.75 s); Tune's wait is
    for an actor's start-up, longer on GPU nodes (no-op trials: 0.2-0.8 s).
+   The same schedulers choose the next trial as Tune's ``FIFOScheduler`` does (first
+   ``PENDING``, else first ``PAUSED``) but past the ended trials (:mod:`~dlops.search.tune.trial_list`;
+   a public hook, no private part): Tune's scan of every trial at every step was 30% of its loop
+   late in a 10,000-trial run (``CHOOSE_PAST_ENDED = False`` and ``bench/search_overhead.py
+   --fifo-scan`` give Tune's own scan back for the A/B).
 2. :func:`use_fresh_objects`: after ``Tuner.restore``, this session's searcher, callbacks and
    stopper replace the pickled copies (``Tuner._local_tuner._tune_config`` / ``_run_config``).
    Not a speed-up: ``Tuner.restore`` takes none of them, and the pickled copies hold a dead
@@ -208,6 +213,10 @@ class ActorKeeper:
                       RuntimeWarning, stacklevel=2)
 
 
+#: the KeepActors schedulers choose the next trial past the ended ones (False: Tune's own scan, for the A/B)
+CHOOSE_PAST_ENDED = True
+
+
 class _KeepActors:
     """Scheduler mixin: hands Tune's controller to ``keeper`` (an :class:`ActorKeeper`, or None: a
     plain scheduler). A scheduler is the one object Tune hands its controller to (public hooks).
@@ -227,7 +236,7 @@ class _KeepActors:
         if self.keeper is not None:
             self.keeper.pace(tune_controller)
             self.keeper.sync(tune_controller)
-        if type(self)._base_choice() is not FIFOScheduler.choose_trial_to_run:
+        if not CHOOSE_PAST_ENDED or type(self)._base_choice() is not FIFOScheduler.choose_trial_to_run:
             return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
         # FIFO's choice (ASHA's too: it inherits it) scans every trial at every step, 30% of
         # Tune's loop at 10,000 trials (bench/README.md); the same choice past the ended ones
