@@ -24,7 +24,9 @@ trial 10,000 (stage barriers included), and, to judge whether it is flat, the me
 and of each block of 1,000 trials and the least-squares slope of the block means (ms per 1,000
 trials, 95% t-interval): a single window of 100 is too noisy to compare with another. Also the
 cost of one choice of the next trial to run (µs, Tune's FIFO scan of every trial against dlops's
-choice past the ended trials, 100 / 1,000 / 10,000 trials, interleaved, ``choice_us``).
+choice past the ended trials, 100 / 1,000 / 10,000 trials, interleaved, ``choice_us``), and
+Tune's experiment snapshots in the scale run (``snapshots``: how many, the last and the longest
+duration in s, and the longest period the pacing set, the most state a ``kill -9`` could lose).
 
 The LAST line printed is one JSON object with the headline figures. About 3 minutes on 2 cores
 plus the scale run.
@@ -203,7 +205,7 @@ def scale(tmp: Path, n: int, n_stages: int = 4, slots: int = 2) -> dict[str, Any
 
     t0, c0 = time.perf_counter(), time.process_time()
     req = SearchRequest(plan, search, RayConfig(storage_path=str(tmp / "ray")), "scale", client, exp_id, parent, sid)
-    run_search(trainable, {"sleep": 0.0}, req, out=out)
+    outcome = run_search(trainable, {"sleep": 0.0}, req, out=out)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert len(marks) == n, (len(marks), n)
     res: dict[str, Any] = {"trials": n, "stages": n_stages, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
@@ -220,6 +222,10 @@ def scale(tmp: Path, n: int, n_stages: int = 4, slots: int = 2) -> dict[str, Any
     res["cpu_ms_per_trial_windows"] = [round((marks[e - 1][1] - (marks[e - 101][1] if e > 100 else c0)) * 10, 2)
                                        for e in range(100, n + 1, 100)]
     res.update(_flatness(res["cpu_ms_per_trial_windows"], sizes))
+    pace = outcome.snapshot_pace  # Tune's experiment snapshots (paced: None with --fixed-snapshots)
+    if pace is not None:
+        res["snapshots"] = {"count": pace.count, "last_s": round(pace.last_s, 3), "longest_s": round(pace.longest_s, 3),
+                            "longest_period_s": round(pace.longest_period_s, 2)}
     ends = [e for e in (100, 1000, 10000) if e <= n]
     if len(ends) > 1:
         res["wall_growth_last_vs_first"] = round(res[f"wall_ms_per_trial_at_{ends[-1]}"]
@@ -478,6 +484,11 @@ def main() -> None:
                               if f"wall_ms_per_trial_at_{e}" in sc)
             print(f"scale: {n_scale} no-op trials in 4 stages, {sc['wall_s']:.0f} s ({sc['ms_per_trial']:.1f} ms per "
                   f"trial); driver per trial over the 100 trials up to {shown}", flush=True)
+            if "snapshots" in sc:
+                snap = sc["snapshots"]
+                print(f"  Tune's experiment snapshots: {snap['count']}, the last {snap['last_s']:.3f} s, the longest "
+                      f"{snap['longest_s']:.3f} s; the longest period {snap['longest_period_s']:.2f} s (the most "
+                      f"state a kill -9 could lose)", flush=True)
         if not ab:
             ray.shutdown()
             print(json.dumps(out))

@@ -55,6 +55,7 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,11 +127,12 @@ class ActorKeeper:
         self.released: Optional[int] = None  # set when the last trial ended (release_unstarted's count)
         self.snapshot_floor_s: Optional[float] = None  # set: pace Tune's snapshots (pace_snapshots) once
         self.paced: Optional[bool] = None  # pace_snapshots' answer, once it ran
+        self.pace_stats = SnapshotPace()  # the paced snapshots' durations and periods
 
     def pace(self, controller: Any) -> None:
         """Pace Tune's experiment snapshots (:func:`pace_snapshots`) once, if ``snapshot_floor_s`` is set."""
         if self.snapshot_floor_s is not None and self.paced is None:
-            self.paced = pace_snapshots(controller, self.snapshot_floor_s)
+            self.paced = pace_snapshots(controller, self.snapshot_floor_s, self.pace_stats)
 
     def see_trial(self, trial: Any) -> None:
         if self.key is None:
@@ -285,7 +287,17 @@ class KeepActorsASHA(_KeepActors, ASHAScheduler):
 SNAPSHOT_COST_FACTOR = 19.0
 
 
-def pace_snapshots(controller: Any, floor_s: float) -> bool:
+@dataclass
+class SnapshotPace:
+    """What the paced snapshots of one search cost, as Tune reported them (durations in s)."""
+
+    count: int = 0  # snapshots taken
+    last_s: float = 0.0  # the last one's duration
+    longest_s: float = 0.0  # the longest one's
+    longest_period_s: float = 0.0  # the longest period set: the most state a kill -9 could lose
+
+
+def pace_snapshots(controller: Any, floor_s: float, pace: Optional[SnapshotPace] = None) -> bool:
     """Make Tune's experiment snapshot period ``max(floor_s, 19 x the last snapshot's duration)`` (s).
 
     This is Tune's ``TUNE_GLOBAL_CHECKPOINT_S=auto`` rule (at most ~5% of the driver's time goes to
@@ -305,6 +317,11 @@ def pace_snapshots(controller: Any, floor_s: float) -> bool:
 
     def update(time_taken: float) -> None:  # Tune calls it after each snapshot with its duration (s)
         mgr._checkpoint_period = max(floor, SNAPSHOT_COST_FACTOR * float(time_taken))
+        if pace is not None:
+            pace.count += 1
+            pace.last_s = float(time_taken)
+            pace.longest_s = max(pace.longest_s, pace.last_s)
+            pace.longest_period_s = max(pace.longest_period_s, mgr._checkpoint_period)
 
     mgr._update_auto_checkpoint_time = update
     return True

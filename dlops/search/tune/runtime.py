@@ -115,6 +115,7 @@ class SearchOutcome:
     released_actors: Optional[int] = None  # never-started actors killed at the last trial (None: not reached)
     confirm: Any = None  # dlops.search.confirm.ConfirmResult with search.confirm, else None
     paced_snapshots: Optional[bool] = None  # Tune's snapshots were paced by their cost (None: not asked to)
+    snapshot_pace: Any = None  # dlops.search.tune._private.SnapshotPace when paced: count, durations, periods (s)
 
 
 @dataclass
@@ -359,6 +360,7 @@ def _finish(req: SearchRequest, p: _Parts, results: Any, out: Callable[[str], No
         checkpoints={r.metrics.get("trial_id"): r.checkpoint for r in results if r.checkpoint is not None},
         n_trials=len(results), n_failed=sum(1 for r in results if r.error is not None),
         released_actors=p.keeper.released, confirm=p.searcher.confirmation(), paced_snapshots=p.keeper.paced,
+        snapshot_pace=p.keeper.pace_stats if p.keeper.paced else None,
     )
     outcome.warnings += _log_zoom(req, cb, out)
     if outcome.confirm is not None:

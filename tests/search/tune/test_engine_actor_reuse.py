@@ -64,6 +64,10 @@ def test_next_stage_runs_on_the_actors_of_the_last(ray_on_cluster, tmp_path: Pat
     assert out.released_actors is not None  # the keeper saw the last trial end (0 or more actors killed then)
     # run_search paced Tune's snapshots through the keeper (dlops's 1 s period, the variable unset)
     assert out.paced_snapshots is True
+    # Tune reported each snapshot's duration to the pacing (the end of a search forces one at least)
+    pace = out.snapshot_pace
+    assert pace.count >= 1 and 0.0 < pace.last_s <= pace.longest_s < 30.0
+    assert pace.longest_period_s >= 1.0  # never below dlops's 1 s floor
     assert not [w for w in caught if "cannot pace" in str(w.message)]
     assert out.n_trials == 4 and out.n_failed == 0
     pids: dict[int, set] = {0: set(), 1: set()}
