@@ -11,7 +11,9 @@
   seconds; dlops sets 1 s while the search runs unless the variable is set, and lengthens the
   period to 19 times the last snapshot's duration when that is longer (Tune's own ``auto`` rule,
   at most ~5% of the driver's time, with a 1 s floor instead of Tune's 10 s: a snapshot
-  serialises every trial), so a ``kill -9`` loses about 1 s (a few seconds at 10,000 trials).
+  serialises every trial), so a ``kill -9`` loses about 1 s of state in a search of hundreds of
+  trials; at 10,000 no-op trials a snapshot took 1.3-1.8 s and the period reached 35 s
+  (``bench/README.md``, search_overhead; :attr:`SearchOutcome.snapshot_pace` has a search's own).
   Any other value of the variable is a fixed period, as Tune reads it.
 * Failure budget: see :mod:`dlops.search.tune.budget`; :class:`TooManyFailuresError` is raised
   when it is exceeded.
