@@ -268,8 +268,7 @@ class _KeepActors:
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d.pop("keeper", None)
-        d.pop("_prefix", None)  # holds Tune's trial list
+        d.pop("keeper", None)  # (the EndedPrefix pickles without Tune's trial list by itself)
         return d
 
 
@@ -381,14 +380,13 @@ def backup_state_files(staging_dir: str, dest_dir: str) -> None:
         if not states:
             continue
         newest = max(states, key=os.path.getmtime)
-        try:
-            with open(newest, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
         tmp = os.path.join(d, ".dlops-backup.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:  # streamed: the experiment state of 10,000 trials is tens of MB
+            shutil.copyfile(newest, tmp)
+        except OSError:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            continue
         os.replace(tmp, os.path.join(d, BACKUP_PREFIX + os.path.basename(newest)))
 
 
