@@ -52,7 +52,7 @@ from ray.tune import Callback
 
 from dlops.search.confirm import CONFIRM_KEY
 from dlops.search.plan import EPOCHS_KEY, STAGE_KEY
-from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH, TAG_STAGE, TAG_TRIAL
+from dlops.tracking.store import TAG_KIND, TAG_PARENT, TAG_SEARCH, TAG_STAGE, TAG_STAGE_METHOD, TAG_TRIAL
 
 #: result keys that are logged as MLflow metrics (everything else is Tune bookkeeping)
 def is_logged_metric(key: str) -> bool:
@@ -156,6 +156,7 @@ class MlflowTreeCallback(Callback):
         self._ended: set[str] = set()  # trial ids whose run end this callback has queued
         self._stage_ready: set[int] = set()  # stages whose run is created / running again (queued)
         self._stage_size: dict[int, int] = {}  # stage -> its number of trials (from stage_info)
+        self._stage_methods: dict[int, Optional[str]] = {}  # stage -> its method (from stage_info)
         self._stage_ended: dict[int, set[str]] = {}  # stage -> trial ids this callback ended
         self._writer: Optional[ThreadPoolExecutor] = None
         self._futures: list[Future] = []
@@ -379,6 +380,15 @@ class MlflowTreeCallback(Callback):
         self._enqueue(_Op("create", run=("stage", k), fn=create))
         self._queue_batch(("stage", k), params=params, tags=tags)
 
+    def _stage_method(self, k: int) -> Optional[str]:
+        """Stage k's sampling method (``random``, ``sobol``, ``gp``, ``confirm``) from
+        ``stage_info``, or None without one (cached: it is asked once per trial)."""
+        if k not in self._stage_methods:
+            info = self.stage_info(k) if self.stage_info else {}
+            m = info.get("params", {}).get("method")
+            self._stage_methods[k] = str(m) if m is not None else None
+        return self._stage_methods[k]
+
     def _stage_run(self, k: int) -> str:
         """Stage k's run id (waits for the writer queue)."""
         self._queue_stage_run(k)
@@ -406,6 +416,9 @@ class MlflowTreeCallback(Callback):
         start = int(time.time() * 1000)  # when Tune starts the trial, not when the write lands
         extra = {"dlops.confirm": "true"} if CONFIRM_KEY in trial.config else {}
         name = f"confirm-{tid}" if extra else f"stage{k}-{tid}"
+        method = self._stage_method(k)
+        if method:
+            extra[TAG_STAGE_METHOD] = method
 
         def create() -> None:
             run = self.client.create_run(

@@ -14,6 +14,7 @@ DEFAULT_ARTIFACT_DIR = "mlartifacts"
 TAG_KIND = "dlops.kind"  # pretrain | search | stage | trial | ensemble | report
 TAG_SEARCH = "dlops.search_id"
 TAG_STAGE = "dlops.stage"
+TAG_STAGE_METHOD = "dlops.stage_method"  # on trial runs: random | sobol | gp | confirm (their stage's method)
 TAG_TRIAL = "dlops.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 

@@ -66,6 +66,7 @@ def test_run_tree_nests_search_stage_trial(job):
     assert len(kinds["trial"]) == 5
     assert len(kinds["ensemble"]) == 1
     stage_ids = {int(r.data.tags["dlops.stage"]): r.info.run_id for r in kinds["stage"]}
+    stage_params = {int(r.data.tags["dlops.stage"]): r.data.params for r in kinds["stage"]}
     for r in kinds["stage"] + kinds["ensemble"]:
         assert r.data.tags["mlflow.parentRunId"] == s.search_run_id
     per_stage = {0: 0, 1: 0}
@@ -74,6 +75,8 @@ def test_run_tree_nests_search_stage_trial(job):
         per_stage[k] += 1
         assert r.data.tags["mlflow.parentRunId"] == stage_ids[k]
         assert r.data.params["stage"] == str(k)
+        # the stage's method on each trial, as on its stage run (the UI can group trials by it)
+        assert r.data.tags["dlops.stage_method"] == stage_params[k]["method"]
         assert {"lr", "momentum", "batch_size", "hidden"} <= set(r.data.params)
     assert per_stage == {0: 3, 1: 2}
     # the pretrain run is its own run, with its model

@@ -68,7 +68,7 @@ def stages_figure(plan: Any, path: str, best_id: Optional[str] = None) -> Option
             if px.name in box.intervals and py.name in box.intervals:
                 (x0, x1), (y0, y1) = box.intervals[px.name], box.intervals[py.name]
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
-                                       edgecolor=colours(k / k_max), label=f"stage {k} box"))
+                                       edgecolor=colours(k / k_max), label=f"stage {k} box ({_method(plan, k)})"))
         pts = [(u(px, t.config[px.name]), u(py, t.config[py.name]), int(plan.trial_stage.get(t.trial_id, 0)))
                for t, _ in ys if px.name in t.config and py.name in t.config]
         if pts:
@@ -101,8 +101,21 @@ def stages_figure(plan: Any, path: str, best_id: Optional[str] = None) -> Option
         axes.flat[0].legend(handles, labels, loc="best", fontsize=7)
     for extra in list(axes.flat)[n:]:
         extra.axis("off")
-    fig.suptitle(f"coarse-to-fine search: {len(plan.stages)} stages, {len(ys)} trials ({metric}, {plan.mode})")
+    fig.suptitle(figure_title(plan, len(ys)))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _method(plan: Any, k: int) -> str:
+    """Stage k's sampling method as the project file names it (``random``, ``sobol``, ``gp``)."""
+    return str(getattr(plan.stages[k], "method", "random")) if k < len(plan.stages) else "confirm"
+
+
+def figure_title(plan: Any, n_trials: int) -> str:
+    """The figure's title: the stages with their methods, the trials drawn, the metric and mode
+    (e.g. ``coarse-to-fine search: 4 stages (sobol, gp, gp, gp), 64 trials (dev/error, min)``)."""
+    methods = ", ".join(_method(plan, k) for k in range(len(plan.stages)))
+    return (f"coarse-to-fine search: {len(plan.stages)} stages ({methods}), {n_trials} trials "
+            f"({plan.metric}, {plan.mode})")

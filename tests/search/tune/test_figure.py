@@ -6,12 +6,13 @@ import math
 from pathlib import Path
 
 
-def _plan():
+def _plan(second: str = "random"):
     from dlops.search.plan import Stage, StagedPlan
     from dlops.search.space import Param
 
     return StagedPlan([Param("lr", "log", 1e-4, 1.0), Param("momentum", "one_minus_log", 0.9, 0.999),
-                       Param("bs", "choice", choices=[8, 16])], [Stage(6), Stage(4)], "dev/error", "min", seed=1)
+                       Param("bs", "choice", choices=[8, 16])], [Stage(6, method="sobol"), Stage(4, method=second)],
+                      "dev/error", "min", seed=1)
 
 
 def test_stages_figure_draws_every_pair_and_the_best_so_far(tmp_path: Path) -> None:
@@ -35,3 +36,10 @@ def test_no_finite_trial_draws_nothing(tmp_path: Path) -> None:
 
     plan = run_plan(_plan(), lambda c: {"dev/error": float("nan")})
     assert stages_figure(plan, str(tmp_path / "s.png")) is None and not (tmp_path / "s.png").exists()
+
+
+def test_the_title_names_each_stage_method() -> None:
+    from dlops.search.tune.figure import figure_title
+
+    assert figure_title(_plan("gp"), 10) == "coarse-to-fine search: 2 stages (sobol, gp), 10 trials (dev/error, min)"
+    assert "(sobol, random)" in figure_title(_plan(), 10)
