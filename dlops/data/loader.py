@@ -11,7 +11,9 @@ Rules (each a pure function, unit-tested):
   BLAS/OpenMP (``threadpoolctl``, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
   for libraries loaded later), so ``workers + main threads == max(cpus, workers + 1)``: a trial's
   processes never run more threads than the CPUs Ray gave it (unless ``num_workers`` is set above
-  ``cpus - 1``).
+  ``cpus - 1``). The workers are forked with OpenCV's pool paused in the training process
+  (:func:`opencv_pool_paused`: a child forked from a process whose pool has threads can hang in
+  its own ``cv2.setNumThreads``).
 * **Seeding** (:func:`worker_seed`): worker ``w`` draws its augmentation in epoch ``e`` from
   ``SeedSequence([seed, e, w])``: the same trial seed gives the same augmented batches (for the
   same number of workers), workers differ from one another, and a trial resumed at epoch ``e``
@@ -26,14 +28,17 @@ Rules (each a pure function, unit-tested):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["EpochBatchSampler", "FileImageDataset", "ThreadPlan", "TrainLoader", "WorkerInit", "cap_threads",
-           "default_num_workers", "drop_last_batch", "thread_counts", "thread_plan", "worker_seed"]
+           "default_num_workers", "drop_last_batch", "opencv_pool_paused", "thread_counts", "thread_plan",
+           "worker_seed"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -107,6 +112,27 @@ def cap_threads(n: int) -> None:
         threadpool_limits(limits=n)
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def opencv_pool_paused() -> Iterator[None]:
+    """Around a ``fork`` (DataLoader workers starting): OpenCV's thread pool cut to 1 thread in
+    this process, and its size restored after.
+
+    A child forked while OpenCV's pool has threads inherits the pool without its threads, and the
+    worker's ``cv2.setNumThreads`` (:func:`cap_threads`) can then hang for ever in
+    ``pthread_cond_destroy`` (measured here with OpenCV 4.x: a parent whose pool of 4 threads had
+    run ``GaussianBlur``, 3 of 6 forked children hung; with the pool paused, 0 of 10). Only when
+    OpenCV is already imported; otherwise a no-op."""
+    cv2 = sys.modules.get("cv2")
+    n = int(cv2.getNumThreads()) if cv2 is not None and hasattr(cv2, "getNumThreads") else 1
+    if n > 1:
+        cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            cv2.setNumThreads(n)
 
 
 def thread_counts() -> dict[str, int]:
@@ -281,10 +307,12 @@ class TrainLoader:
 
         self.sampler.set_epoch(epoch)
         if self.loader is not None:
+            with opencv_pool_paused():  # the first epoch forks the (persistent) workers
+                it = iter(self.loader)
             if self.tail is None:
-                return iter(self.loader)
+                return it
             tail = self.tail
-            return ((tail(xb.numpy()), yb) for xb, yb in self.loader)
+            return ((tail(xb.numpy()), yb) for xb, yb in it)
         order = torch.as_tensor(self.sampler.order(), dtype=torch.int64)
         bs = self.sampler.bs
         return ((self.pre[order[b * bs:(b + 1) * bs]], self.yt[order[b * bs:(b + 1) * bs]])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dlops.data.cache import DiskCache, cache_key, choose_cache, default_cache_dir, load_resized, read_resized
 from dlops.data.loader import (EpochBatchSampler, FileImageDataset, ThreadPlan, TrainLoader, WorkerInit,
-                               cap_threads, default_num_workers, drop_last_batch, thread_counts, thread_plan,
+                               cap_threads, default_num_workers, drop_last_batch, opencv_pool_paused, thread_counts, thread_plan,
                                worker_seed)
 from dlops.data.transforms import build_transform
 from dlops.errors import DataError
@@ -99,7 +99,9 @@ def test_threads_inside_a_worker_are_capped():
     plan = thread_plan(3)  # 2 workers of 1 thread, the trainer 1: 3 threads for 3 CPUs
     dl = torch.utils.data.DataLoader(_Threads(), batch_size=1, num_workers=plan.num_workers,
                                      worker_init_fn=WorkerInit(0, plan.worker_threads))
-    rows = torch.cat(list(dl)).view(-1, 3)
+    with opencv_pool_paused():  # whatever OpenCV pool an earlier test left in this process
+        it = iter(dl)
+    rows = torch.cat(list(it)).view(-1, 3)
     assert set(rows[:, 2].tolist()) == {0, 1}
     assert rows[:, 0].tolist() == [1] * 4 and rows[:, 1].tolist() == [1] * 4
     before = torch.get_num_threads()
@@ -233,3 +235,37 @@ def test_uint8_batches_normalised_at_once_equal_the_per_image_transform():
     for (xa, ya), (xb, yb) in zip(per_image, batched):
         assert xb.shape == (len(yb), 3, 8, 8) and xb.dtype == torch.float32
         assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-5)
+
+
+_FORK_AFTER_OPENCV = r"""
+import sys
+import cv2, numpy as np
+from dlops.data.loader import TrainLoader, thread_plan
+from dlops.data.transforms import build_transform
+
+cv2.setNumThreads(4)  # the training process's own OpenCV pool, busy before the workers start
+img = np.random.default_rng(0).random((1500, 1500)).astype(np.float32)
+rng = np.random.default_rng(1)
+x, y = rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8), np.arange(8) % 2
+t = build_transform("standard", 1.0, 16, [0.5], [0.5], train=True)
+for round in range(8):  # a fork with the pool's threads alive hung about half the time
+    for _ in range(2):
+        cv2.GaussianBlur(img, (15, 15), 3)
+    loader = TrainLoader(x, y, t, 4, seed=round, plan=thread_plan(3, num_workers=2))
+    assert sum(len(b[1]) for b in loader.epoch(0)) == 8
+    loader.close()
+    assert cv2.getNumThreads() == 4  # restored after the fork
+print("ok")
+"""
+
+
+def test_workers_forked_after_opencv_ran_threads_start(tmp_path):
+    """A trial process whose OpenCV pool has run threads forks its DataLoader workers without
+    hanging (:func:`dlops.data.loader.opencv_pool_paused`); in a subprocess, so a hang is a
+    timeout here and the pool is this scenario's own."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FORK_AFTER_OPENCV], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
