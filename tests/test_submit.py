@@ -183,18 +183,22 @@ def test_submit_runs_the_main_job_on_a_ray_head(tmp_path, tmp_path_factory):
         assert r2.returncode == 0, r2.stderr
         sid = r2.stdout.strip().splitlines()[-1]
         assert sid.startswith("dlops-digits-transfer-")
-        from dlops.submit import Submission, use_local_token, wait
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        from dlops.submit import find_job_python, use_local_token
 
         use_local_token()
-        status = wait(Submission(sid, address, "", str(tmp_path)), out=lambda s: None, timeout_s=300)
-        assert status == "SUCCEEDED"
+        client = JobSubmissionClient(address)
+        # it returned while the job still runs (a whole `dlops run` takes 20 s or more); `wait`,
+        # which follows a job to its end, ran for the first submission: this one is stopped
+        assert client.get_job_status(sid) in (JobStatus.PENDING, JobStatus.RUNNING)
+        client.stop_job(sid)
+        t0 = time.time()
+        while client.get_job_status(sid) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+            assert time.time() - t0 < 120, "the --no-wait job did not stop"
+            time.sleep(1)
         # a cluster whose Pythons lack the module: one clear SubmitError naming each interpreter
         # tried and what to install, and only the probe job was submitted
-        from ray.job_submission import JobSubmissionClient
-
-        from dlops.submit import find_job_python
-
-        client = JobSubmissionClient(address)
         with pytest.raises(SubmitError) as err:
             find_job_python(client, address, {}, "dlops-missing-check", module="dlops_not_installed")
         msg = str(err.value)
