@@ -33,3 +33,17 @@ def test_plugins_list_is_light_and_lists_builtins():
     assert heavy == []
     names = {p["name"] for p in json.loads(out)["plugins"]}
     assert {"augment", "augment_tv2", "bias_variance", "error_analysis", "learning_curves", "ensemble"} <= names
+
+
+def test_the_final_garbage_collection_is_skipped_after_every_other_exit_handler():
+    """``dlops.cli`` registers its :func:`gc.freeze` at exit when it is imported, before torch,
+    MLflow and Ray register theirs, so it runs after them (``atexit`` is last in, first out): a
+    handler registered later still sees nothing frozen, and the process exits 0 with its output
+    whole."""
+    code = ("import atexit, gc, dlops.cli\n"
+            "atexit.register(lambda: print('frozen before ours:', gc.get_freeze_count(), flush=True))\n"
+            "dlops.cli._skip_the_final_collection(); n = gc.get_freeze_count(); gc.unfreeze()\n"
+            "print('frozen by ours:', n > 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["frozen by ours: True", "frozen before ours: 0"]
