@@ -48,8 +48,7 @@ def once(variant: str, d: str) -> float:
 
 
 def main() -> None:
-    import numpy as np
-    from scipy import stats
+    from paired import paired_ratio_ci
 
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 8
     w: dict[str, list[float]] = {"with": [], "without": []}
@@ -59,13 +58,11 @@ def main() -> None:
             for v in (("with", "without") if rep % 2 == 0 else ("without", "with")):
                 w[v].append(once(v, d))
             print(f"rep {rep}: exit with gc.freeze {w['with'][-1]:.2f} s, without {w['without'][-1]:.2f} s", flush=True)
-    lr = np.log(np.asarray(w["with"]) / np.asarray(w["without"]))
-    half = float(stats.t.ppf(0.975, len(lr) - 1) * lr.std(ddof=1) / np.sqrt(len(lr)))
+    g, lo, hi = paired_ratio_ci(w["with"], w["without"])
     out = {"reps": reps, "exit_s_with_freeze": round(statistics.median(w["with"]), 3),
            "exit_s_without": round(statistics.median(w["without"]), 3),
            "ratio": round(statistics.median(w["with"]) / statistics.median(w["without"]), 3),
-           "paired_geomean": round(float(np.exp(lr.mean())), 3),
-           "ci95": [round(float(np.exp(lr.mean() - half)), 3), round(float(np.exp(lr.mean() + half)), 3)]}
+           "paired_geomean": round(g, 3), "ci95": [round(lo, 3), round(hi, 3)]}
     print(f"exit after the work: {out['exit_s_with_freeze']} s with gc.freeze at exit, {out['exit_s_without']} s "
           f"without ({out['ratio']}x; paired {out['paired_geomean']} {out['ci95']})")
     print(json.dumps(out))

@@ -369,19 +369,21 @@ def _median(xs: list[float]) -> float:
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
     """The paired comparison of wall times ``a`` (dlops) and ``b`` (a baseline), one pair per
     repetition (the same repetition ran both, interleaved): ``n`` pairs, ``faster`` (pairs where
-    ``a < b``), the geometric mean of ``a / b`` with a 95% t-interval on the log ratios, and the
-    two-sided Wilcoxon signed-rank p of the log ratios (``scipy.stats.wilcoxon``; ``None`` below 5
-    pairs). A geometric-mean interval that contains 1.0 means the runs cannot tell the two apart."""
-    import numpy as np
+    ``a < b``), the geometric mean of ``a / b`` with a 95% t-interval on the log ratios
+    (:func:`paired.paired_ratio_ci`), and the two-sided Wilcoxon signed-rank p of the log ratios
+    (``scipy.stats.wilcoxon``; ``None`` below 5 pairs). A geometric-mean interval that contains 1.0
+    means the runs cannot tell the two apart."""
+    import math
+
+    from paired import paired_ratio_ci
     from scipy import stats
 
-    lr = np.log(np.asarray(a, dtype=float) / np.asarray(b, dtype=float))
-    n = len(lr)
-    out: dict[str, Any] = {"n": n, "faster": int((lr < 0).sum()), "geomean": round(float(np.exp(lr.mean())), 3)}
-    if n >= 2:
-        half = float(stats.t.ppf(0.975, n - 1) * lr.std(ddof=1) / np.sqrt(n))
-        out["ci95"] = [round(float(np.exp(lr.mean() - half)), 3), round(float(np.exp(lr.mean() + half)), 3)]
-    out["wilcoxon_p"] = round(float(stats.wilcoxon(lr).pvalue), 4) if n >= 5 else None
+    lr = [math.log(x / y) for x, y in zip(a, b)]
+    g, lo, hi = paired_ratio_ci(a, b)
+    out: dict[str, Any] = {"n": len(lr), "faster": sum(v < 0 for v in lr), "geomean": round(g, 3)}
+    if len(lr) >= 2:
+        out["ci95"] = [round(lo, 3), round(hi, 3)]
+    out["wilcoxon_p"] = round(float(stats.wilcoxon(lr).pvalue), 4) if len(lr) >= 5 else None
     return out
 
 

@@ -125,7 +125,7 @@ def opencv_pool_paused() -> Iterator[None]:
     run ``GaussianBlur``, 3 of 6 forked children hung; with the pool paused, 0 of 10). Only when
     OpenCV is already imported; otherwise a no-op."""
     cv2 = sys.modules.get("cv2")
-    n = int(cv2.getNumThreads()) if cv2 is not None and hasattr(cv2, "getNumThreads") else 1
+    n = int(cv2.getNumThreads()) if cv2 is not None else 1
     if n > 1:
         cv2.setNumThreads(1)
     try:

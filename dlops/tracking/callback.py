@@ -156,7 +156,7 @@ class MlflowTreeCallback(Callback):
         self._ended: set[str] = set()  # trial ids whose run end this callback has queued
         self._stage_ready: set[int] = set()  # stages whose run is created / running again (queued)
         self._stage_size: dict[int, int] = {}  # stage -> its number of trials (from stage_info)
-        self._stage_methods: dict[int, Optional[str]] = {}  # stage -> its method (from stage_info)
+        self._stage_infos: dict[int, dict[str, Any]] = {}  # stage -> stage_info(k), asked once
         self._stage_ended: dict[int, set[str]] = {}  # stage -> trial ids this callback ended
         self._writer: Optional[ThreadPoolExecutor] = None
         self._futures: list[Future] = []
@@ -361,7 +361,7 @@ class MlflowTreeCallback(Callback):
             return
         from mlflow.entities import Param, RunTag
 
-        info = self.stage_info(k) if self.stage_info else {}
+        info = self._stage_info(k)
         params = [Param(key, _param_value(v)) for key, v in info.get("params", {}).items()]
         tags = [RunTag(key, str(v)[:5000]) for key, v in info.get("tags", {}).items()]
         if isinstance(info.get("params", {}).get("trials"), int):
@@ -380,14 +380,12 @@ class MlflowTreeCallback(Callback):
         self._enqueue(_Op("create", run=("stage", k), fn=create))
         self._queue_batch(("stage", k), params=params, tags=tags)
 
-    def _stage_method(self, k: int) -> Optional[str]:
-        """Stage k's sampling method (``random``, ``sobol``, ``gp``, ``confirm``) from
-        ``stage_info``, or None without one (cached: it is asked once per trial)."""
-        if k not in self._stage_methods:
-            info = self.stage_info(k) if self.stage_info else {}
-            m = info.get("params", {}).get("method")
-            self._stage_methods[k] = str(m) if m is not None else None
-        return self._stage_methods[k]
+    def _stage_info(self, k: int) -> dict[str, Any]:
+        """``stage_info(k)`` (``{}`` without one), asked once per stage: its run's params and tags,
+        and the method each of its trials is tagged with."""
+        if k not in self._stage_infos:
+            self._stage_infos[k] = self.stage_info(k) if self.stage_info else {}
+        return self._stage_infos[k]
 
     def _stage_run(self, k: int) -> str:
         """Stage k's run id (waits for the writer queue)."""
@@ -416,9 +414,9 @@ class MlflowTreeCallback(Callback):
         start = int(time.time() * 1000)  # when Tune starts the trial, not when the write lands
         extra = {"dlops.confirm": "true"} if CONFIRM_KEY in trial.config else {}
         name = f"confirm-{tid}" if extra else f"stage{k}-{tid}"
-        method = self._stage_method(k)
-        if method:
-            extra[TAG_STAGE_METHOD] = method
+        method = self._stage_info(k).get("params", {}).get("method")
+        if method is not None:
+            extra[TAG_STAGE_METHOD] = str(method)
 
         def create() -> None:
             run = self.client.create_run(

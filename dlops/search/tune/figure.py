@@ -110,7 +110,7 @@ def stages_figure(plan: Any, path: str, best_id: Optional[str] = None) -> Option
 
 def _method(plan: Any, k: int) -> str:
     """Stage k's sampling method as the project file names it (``random``, ``sobol``, ``gp``)."""
-    return str(getattr(plan.stages[k], "method", "random")) if k < len(plan.stages) else "confirm"
+    return str(plan.stages[k].method)
 
 
 def figure_title(plan: Any, n_trials: int) -> str:
