@@ -2,7 +2,7 @@
 ``dlops.cli``'s :func:`gc.freeze` at exit (the interpreter's final garbage collection skipped).
 
 Each run is a fresh interpreter that imports what ``dlops run`` loads (``dlops.cli``, torch,
-torchvision, MLflow with its SQLite store, Ray Tune, scikit-learn's digits), builds a small model
+torchvision, MLflow with its SQLite store, Ray Tune, the demo's digits), builds a small model
 and a store, prints ``READY`` and returns; the time from ``READY`` to the process's exit is
 measured (s). ``without`` unregisters the handler (``atexit.unregister``), so the same code runs
 either way. Paired, interleaved repetitions (``--reps``, default 8); the LAST line is one JSON
@@ -27,8 +27,9 @@ import atexit, sys
 import dlops.cli
 if sys.argv[1] == "without":
     atexit.unregister(dlops.cli._skip_the_final_collection)
-import mlflow, ray.tune, sklearn.datasets, torch, torchvision
-x, y = sklearn.datasets.load_digits(return_X_y=True)
+import mlflow, ray.tune, torch, torchvision
+from dlops.data.digits import load_digits_arrays
+x, y = load_digits_arrays()
 m = torchvision.models.resnet18(num_classes=10)
 c = mlflow.MlflowClient(f"sqlite:///{sys.argv[2]}/m.db")
 c.search_experiments()

@@ -1,7 +1,17 @@
 """The embedded default data: scikit-learn's handwritten digits (1,797 real 8x8 images).
 
-Shipped with scikit-learn (UCI optical recognition of handwritten digits, test part); nothing is
-downloaded. Pixels are 0..16 in the source and are rescaled to uint8 0..255 here.
+The data are those of ``sklearn.datasets.load_digits`` (UCI "Optical Recognition of Handwritten
+Digits", test part; E. Alpaydin and C. Kaynak, 1998; CC BY 4.0), in scikit-learn's order, kept
+beside this module as ``digits.npz`` (``images`` (1797, 8, 8) uint8 0..16, ``target`` (1797,)
+uint8 0..9; 45 KB): reading it takes 2 ms, where importing scikit-learn to call ``load_digits``
+took 2.3 s of every ``dlops run``'s start-up (bench/digits_load.py). Nothing is downloaded.
+tests/data/test_digits_fingerprint.py checks it equals ``load_digits()`` element for element.
+Pixels are 0..16 in the source and are rescaled to uint8 0..255 here.
+
+Regenerate (only if scikit-learn ever changed the data; the test above would say so)::
+
+    python -c "from sklearn.datasets import load_digits; import numpy as np; d = load_digits(); \
+      np.savez_compressed('dlops/data/digits.npz', images=d.images.astype(np.uint8), target=d.target.astype(np.uint8))"
 """
 
 from __future__ import annotations
@@ -22,13 +32,24 @@ class ArraySplit:
         return len(self.y)
 
 
+def load_raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``load_digits`` gives them: images (1797, 8, 8) uint8 in 0..16 and labels
+    (1797,) uint8 in 0..9, read from ``digits.npz`` beside this module.
+
+    Raises:
+        OSError: the file is missing from the installed package (a broken install).
+    """
+    from importlib.resources import files
+
+    with files("dlops.data").joinpath("digits.npz").open("rb") as f, np.load(f) as z:
+        return z["images"], z["target"]
+
+
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All digits: images (1797, 8, 8, 1) uint8 in [0, 255] and labels (1797,) int64 in 0..9."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
-    return x, d.target.astype(np.int64)
+    images, target = load_raw_digits()
+    x = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
+    return x, target.astype(np.int64)
 
 
 @dataclass

@@ -54,3 +54,35 @@ def test_demo_manifest_lists_the_examples_of_each_split():
 def test_a_manifest_without_splits_never_gives_one_digest_to_dev_and_test():
     dev, test = split_digests({"source": "elsewhere", "sizes": {"dev": 10, "test": 10}}, 0, {})
     assert dev != test
+
+
+def test_the_embedded_digits_are_scikit_learns_element_for_element():
+    """dlops/data/digits.npz holds ``load_digits()``'s images and labels, in its order."""
+    from sklearn.datasets import load_digits
+
+    from dlops.data.digits import load_raw_digits
+
+    d = load_digits()
+    images, target = load_raw_digits()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8 and target.shape == (1797,)
+    np.testing.assert_array_equal(images, d.images)
+    np.testing.assert_array_equal(target, d.target)
+    x, y = load_digits_arrays()
+    np.testing.assert_array_equal(x[..., 0], np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(y, d.target)
+
+
+def test_loading_the_demo_data_does_not_import_scikit_learn():
+    """The demo's data load (what ``dlops run`` does before Ray starts) reads the file beside
+    the module: importing scikit-learn took 2.3 s of every run's start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dlops.config import load_config; from dlops.data.sources import load_task; "
+            f"cfg = load_config({str(DEMO)!r}); d = load_task(cfg.data, cfg.seed, cfg.task); "
+            "print(len(d.train), len(d.dev), sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_train, n_dev, sk = r.stdout.split(" ", 2)
+    assert int(n_train) > 0 and int(n_dev) > 0
+    assert sk.strip() == "[]"
