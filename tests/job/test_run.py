@@ -320,7 +320,7 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path, sig: int, code: int, group
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     cmd = [sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--tracking-uri", uri,
-           "--set", "search.stages=[{trials: 4, epochs: 40}, {trials: 2, epochs: 40}]", "--set", "pretrain.epochs=1",
+           "--set", "search.stages=[{trials: 4, epochs: 40}, {trials: 2, epochs: 8}]", "--set", "pretrain.epochs=1",
            "--set", "ray.num_cpus=2", "--set", "search.confirm=null"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=group)
