@@ -1,5 +1,6 @@
-"""``dlops report`` on the project's own data and task, end to end: real Ray (``dlops run`` in a
-subprocess), a real MLflow SQLite store, ``dlops report`` through the CLI (click's runner).
+"""``dlops report`` on the project's own data and task, end to end: real Ray (one local Ray for the
+module), a real MLflow SQLite store, ``dlops run`` and ``dlops report`` through the CLI (click's
+runner, in this process: a subprocess would add its imports and its own Ray start to each run).
 
 a. An image-folder project (three classes named by their folders, 8x8 grey PNGs of real digits,
    the project file in another folder than the one ``dlops run`` and ``dlops report`` start
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import REPO, make_digits_images_module, run_dlops
+from dlops_testing import REPO, make_digits_images_module
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +67,32 @@ report:
 def _write_folder(root: Path) -> None:
     """``PER_CLASS`` real digits per class as 8x8 grey PNGs under ``root/<word>/``."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+    from dlops.data.digits import load_raw_digits
 
-    d = load_digits()
-    x = (d.images * 255 / 16).astype(np.uint8)
+    images, target = load_raw_digits()  # scikit-learn's load_digits, as dlops ships it
+    x = (images.astype(np.float64) * 255 / 16).astype(np.uint8)
     for word, digit in CLASSES.items():
         (root / word).mkdir(parents=True)
-        for i in np.flatnonzero(d.target == digit)[:PER_CLASS]:
+        for i in np.flatnonzero(target == digit)[:PER_CLASS]:
             Image.fromarray(x[i]).save(root / word / f"{i:04d}.png")
+
+
+def _run(args: list[str], cwd: Path):
+    """``dlops run ARGS`` through the CLI, from ``cwd`` (on the module's local Ray)."""
+    import os
+
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        r = CliRunner().invoke(main, ["run", *args])
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0, (r.output[-3000:], r.exception)
+    return r
 
 
 def _report(args: list[str], uri: str, cwd: Path, monkeypatch):
@@ -98,7 +117,7 @@ def _last(client, run_id: str, key: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def folder_job(tmp_path_factory):
+def folder_job(tmp_path_factory, local_ray):
     d = tmp_path_factory.mktemp("report-folder")
     proj = d / "project"
     _write_folder(proj / "images")
@@ -106,9 +125,7 @@ def folder_job(tmp_path_factory):
     elsewhere = d / "elsewhere"  # dlops run starts from another folder than the project file's
     elsewhere.mkdir()
     uri = f"sqlite:///{d}/mlflow.db"
-    r = run_dlops(["run", str(proj / "project.yaml"), "--tracking-uri", uri, "--set",
-                   f"ray.storage_path={d}/ray_results"], cwd=elsewhere, timeout=400)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    _run([str(proj / "project.yaml"), "--tracking-uri", uri, "--set", f"ray.storage_path={d}/ray_results"], elsewhere)
     from mlflow import MlflowClient
 
     return {"dir": d, "proj": proj, "uri": uri, "client": MlflowClient(uri)}
@@ -154,15 +171,13 @@ def test_report_with_the_image_folder_gone_names_it(folder_job, tmp_path, monkey
 
 
 @pytest.fixture(scope="module")
-def multilabel_job(tmp_path_factory):
+def multilabel_job(tmp_path_factory, local_ray):
     d = tmp_path_factory.mktemp("report-multilabel")
     make_digits_images_module().write_multilabel(d / "data", seed=0)
     shutil.copy(REPO / "examples" / "multilabel.yaml", d / "multilabel.yaml")  # target_csv: data/...
     uri = f"sqlite:///{d}/mlflow.db"
-    r = run_dlops(["run", str(d / "multilabel.yaml"), "--tracking-uri", uri,
-                   "--set", "search.stages=[{trials: 2, epochs: 2}]", "--set", "ensemble.enabled=false",
-                   "--set", "ray.num_cpus=2", "--set", f"ray.storage_path={d}/ray_results"], cwd=d, timeout=400)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    _run([str(d / "multilabel.yaml"), "--tracking-uri", uri, "--set", "search.stages=[{trials: 2, epochs: 2}]",
+          "--set", "ensemble.enabled=false", "--set", "ray.num_cpus=2", "--set", f"ray.storage_path={d}/ray_results"], d)
     from mlflow import MlflowClient
 
     return {"dir": d, "uri": uri, "client": MlflowClient(uri)}
