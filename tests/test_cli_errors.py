@@ -16,12 +16,18 @@ def _sets(tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_nothing_to_register_is_one_line_and_exit_1(tmp_path):
+def test_nothing_to_register_is_one_line_and_exit_1(tmp_path, local_ray, monkeypatch):
+    """Through click's runner in this process (on the module's local Ray: a subprocess would add
+    its imports and a Ray start); the exit code and stderr are the CLI's own."""
+    from click.testing import CliRunner
     from mlflow import MlflowClient
 
-    r = run_dlops(["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
-                                              "search.stages=[{trials: 2, epochs: 1, method: sobol}]")], tmp_path)
-    assert r.returncode == 1, r.stderr[-3000:]
+    from dlops.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
+                                                             "search.stages=[{trials: 2, epochs: 1, method: sobol}]")])
+    assert r.exit_code == 1, (r.stderr[-3000:], r.exception)
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nothing to register" in errors[0], r.stderr[-2000:]
