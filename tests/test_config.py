@@ -116,11 +116,29 @@ def test_missing_registered_source_model_exit_2_and_no_store(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_with_no_store_exit_2_and_no_store(tmp_path: Path):
-    r = _dlops(["run", str(EXAMPLE), "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+def test_resume_with_nothing_to_resume_exits_2_before_ray_starts(tmp_path: Path):
+    """No store, or a store without the project's experiment: exit 2 naming ``--resume``, and
+    nothing created, Ray's session folder included (``RAY_TMPDIR`` points into ``tmp_path``):
+    found before Ray starts."""
+    import os
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    r = subprocess.run([sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--resume", "--tracking-uri", uri],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2, r.stderr
-    assert "--resume" in r.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert "--resume: there is no store at" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no store, no Ray session folder
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).create_experiment("another-project")  # a store, but not this project's experiment
+    r = subprocess.run([sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--resume", "--tracking-uri", uri],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "has no experiment 'digits-transfer'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "ray").exists()
+    assert MlflowClient(uri).get_experiment_by_name("digits-transfer") is None  # nothing half-written
 
 
 def test_unreachable_or_wrong_tracking_server_exits_2_at_once(tmp_path: Path):

@@ -105,18 +105,20 @@ def check_resume(cfg: ProjectConfig, uri: str) -> list[dict[str, Any]]:
     Raises:
         ConfigError: a change that would alter the search (its keys named); the search run is
             left as it was.
-        NothingToResumeError: the experiment has no unfinished search.
+        NothingToResumeError: no store at ``uri``, no experiment of the project in it, or no
+            unfinished search in the experiment (found here, before Ray starts).
     """
     from mlflow import MlflowClient
 
     from dlops.search.resume import check_resume_changes, find_resumable
 
     if store_missing(uri):
-        return []  # open_context says there is nothing to resume from
+        raise _no_store_to_resume(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None:
-        return []
+        raise NothingToResumeError(f"--resume: the store {uri} has no experiment {cfg.experiment_name!r} to resume "
+                                   "from; run without --resume to start a new search")
     point = find_resumable(client, exp.experiment_id, cfg.ray.storage_path, cfg.name)
     return check_resume_changes(client, point, cfg.model_dump(mode="json"))
 
@@ -138,9 +140,8 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
 
     check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
     missing_store = store_missing(uri)
-    if resume and missing_store:
-        raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
-                                   "run without --resume to start a new search")
+    if resume and missing_store:  # run_project's check_resume says so before Ray starts
+        raise _no_store_to_resume(uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
     client = MlflowClient(uri)
@@ -169,6 +170,11 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     return JobContext(config=cfg, data=data, client=client, tracking_uri=uri, experiment_id=exp_id,
                       search_run_id=parent_id, search_id=search_id, out=out, resume=resume, open_runs=[parent_id],
                       summary=RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id))
+
+
+def _no_store_to_resume(uri: str) -> NothingToResumeError:
+    return NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
+                                "run without --resume to start a new search")
 
 
 def store_missing(uri: str) -> bool:
