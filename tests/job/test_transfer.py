@@ -18,8 +18,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +47,15 @@ def _by_kind(client, exp_id: str, kind: str):
 
 
 @pytest.fixture(scope="module")
-def folder_job(tmp_path_factory):
+def folder_job(tmp_path_factory, local_ray):
+    """The image-folder project through the CLI (click's runner, in this process, on the module's
+    local Ray: a subprocess would add its imports and its own Ray start)."""
+    import types
+
     import torch
+    from click.testing import CliRunner
+
+    from dlops.cli import main
 
     from dlops.models import create_model
 
@@ -67,18 +72,22 @@ def folder_job(tmp_path_factory):
     weights = d / "resnet18-random.pt"
     torch.save(source_state, weights)
     uri = f"sqlite:///{d}/mlflow.db"
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     sets = [f"data.target_dir={target}", "data.source_dir=null", "data.target_train_share=0.5", "data.dev_share=0.25",
             "data.image_size=16", f"model.weights={weights}", "model.freeze=backbone", STAGES,
             f"ray.storage_path={d}/ray_results", "ray.num_cpus=2", "report.reporters=[bias_variance]",
             "ensemble.tta=ten_crop", "ensemble.crop_fraction=0.75"]
-    cmd = [sys.executable, "-m", "dlops.cli", "run", str(REPO / "examples" / "imagefolder-transfer.yaml"),
-           "--tracking-uri", uri]
+    args = ["run", str(REPO / "examples" / "imagefolder-transfer.yaml"), "--tracking-uri", uri]
     for s in sets:
-        cmd += ["--set", s]
-    r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=400)
+        args += ["--set", s]
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        res = CliRunner().invoke(main, args)
+    finally:
+        os.chdir(old)
+    # the CLI's exit code and its two streams, as the tests below read a finished process's
+    r = types.SimpleNamespace(returncode=res.exit_code, stdout=res.stdout,
+                              stderr=res.stderr + (f"\n{res.exception!r}" if res.exception else ""))
     from mlflow import MlflowClient
 
     return {"dir": d, "uri": uri, "proc": r, "source_state": source_state, "client": MlflowClient(uri),
