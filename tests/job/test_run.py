@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """Run the tiny project twice into one store (the second run tests the promotion gate)."""
+def job(tmp_path_factory, local_ray):
+    """Run the tiny project twice into one store (the second run tests the promotion gate), on the
+    module's local Ray."""
     from dlops.config import load_config
     from dlops.job import run_project
 
@@ -436,19 +437,23 @@ def test_confirmation_reruns_the_top_configs_and_registers_the_mean_winner(job):
 
 
 @pytest.mark.slow
-def test_a_search_whose_first_stage_is_gp_runs_through_the_cli(tmp_path: Path):
+def test_a_search_whose_first_stage_is_gp_runs_through_the_cli(tmp_path: Path, local_ray, monkeypatch):
     """``method: gp`` on the first stage: its first trials take Sobol points (nothing has ended
-    yet), the rest come from the model; the CLI exits 0 and every trial ends FINISHED."""
+    yet), the rest come from the model; the CLI exits 0 and every trial ends FINISHED. (Click's
+    runner, in this process, on the module's local Ray.)"""
+    from click.testing import CliRunner
     from mlflow import MlflowClient
 
+    from dlops.cli import main
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    cmd = [sys.executable, "-m", "dlops.cli", "run", str(EXAMPLE), "--tracking-uri", uri,
-           "--set", "search.stages=[{trials: 4, epochs: 1, method: gp}]", "--set", "pretrain.epochs=1",
-           "--set", "ray.num_cpus=2", "--set", "search.confirm=null", "--set", "ensemble.enabled=false",
-           "--set", "report.reporters=[]"]
-    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    args = ["run", str(EXAMPLE), "--tracking-uri", uri,
+            "--set", "search.stages=[{trials: 4, epochs: 1, method: gp}]", "--set", "pretrain.epochs=1",
+            "--set", "ray.num_cpus=2", "--set", "search.confirm=null", "--set", "ensemble.enabled=false",
+            "--set", "report.reporters=[]"]
+    p = CliRunner().invoke(main, args)
+    assert p.exit_code == 0, (p.output[-3000:], p.exception)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("digits-transfer")
     trials = [r for r in client.search_runs([exp.experiment_id], max_results=100)
