@@ -73,7 +73,7 @@ def _cfg(tmp_path, extra=()):
                                         "ray.num_cpus=2", "ensemble.enabled=false", *extra])
 
 
-def test_every_phase_and_the_search_fire_their_hooks(recorder, tmp_path, monkeypatch):
+def test_every_phase_and_the_search_fire_their_hooks(recorder, tmp_path, monkeypatch, local_ray):
     from dlops.job import JobContext, run_project
     from dlops.job.phases import PHASES
 
@@ -99,7 +99,7 @@ def test_every_phase_and_the_search_fire_their_hooks(recorder, tmp_path, monkeyp
     assert not [c for c in recorder if "error" in c[0]]
 
 
-def test_a_failing_search_fires_the_error_hooks_with_the_before_arguments(recorder, tmp_path, monkeypatch):
+def test_a_failing_search_fires_the_error_hooks_with_the_before_arguments(recorder, tmp_path, monkeypatch, local_ray):
     from mlflow import MlflowClient
 
     from dlops.errors import TooManyFailuresError
