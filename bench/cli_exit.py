@@ -16,7 +16,6 @@ Usage: .venv/bin/python bench/cli_exit.py [--reps 8]
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def once(variant: str, d: str) -> float:
 
 
 def main() -> None:
-    from paired import paired_ratio_ci
+    from paired import paired_summary
 
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 8
     w: dict[str, list[float]] = {"with": [], "without": []}
@@ -59,11 +58,7 @@ def main() -> None:
             for v in (("with", "without") if rep % 2 == 0 else ("without", "with")):
                 w[v].append(once(v, d))
             print(f"rep {rep}: exit with gc.freeze {w['with'][-1]:.2f} s, without {w['without'][-1]:.2f} s", flush=True)
-    g, lo, hi = paired_ratio_ci(w["with"], w["without"])
-    out = {"reps": reps, "exit_s_with_freeze": round(statistics.median(w["with"]), 3),
-           "exit_s_without": round(statistics.median(w["without"]), 3),
-           "ratio": round(statistics.median(w["with"]) / statistics.median(w["without"]), 3),
-           "paired_geomean": round(g, 3), "ci95": [round(lo, 3), round(hi, 3)]}
+    out = paired_summary("exit_s_with_freeze", w["with"], "exit_s_without", w["without"])
     print(f"exit after the work: {out['exit_s_with_freeze']} s with gc.freeze at exit, {out['exit_s_without']} s "
           f"without ({out['ratio']}x; paired {out['paired_geomean']} {out['ci95']})")
     print(json.dumps(out))

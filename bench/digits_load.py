@@ -12,7 +12,6 @@ Usage: .venv/bin/python bench/digits_load.py [--reps 10]
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def once(variant: str) -> tuple[float, str]:
 
 
 def main() -> None:
-    from paired import paired_ratio_ci
+    from paired import paired_summary
 
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 10
     w: dict[str, list[float]] = {"npz": [], "sklearn": []}
@@ -60,11 +59,7 @@ def main() -> None:
         assert len(sizes) == 1, sizes  # both loaders give the same splits
         print(f"rep {rep}: data load {w['npz'][-1]:.3f} s from digits.npz, {w['sklearn'][-1]:.3f} s via scikit-learn",
               flush=True)
-    g, lo, hi = paired_ratio_ci(w["npz"], w["sklearn"])
-    out = {"reps": reps, "load_s_npz": round(statistics.median(w["npz"]), 4),
-           "load_s_sklearn": round(statistics.median(w["sklearn"]), 4),
-           "ratio": round(statistics.median(w["npz"]) / statistics.median(w["sklearn"]), 4),
-           "paired_geomean": round(g, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    out = paired_summary("load_s_npz", w["npz"], "load_s_sklearn", w["sklearn"], digits=4)
     print(f"demo data load: {out['load_s_npz']} s from digits.npz, {out['load_s_sklearn']} s via scikit-learn "
           f"({out['ratio']}x; paired {out['paired_geomean']} {out['ci95']})")
     print(json.dumps(out))

@@ -31,3 +31,19 @@ def paired_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95)
     sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
     half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def paired_summary(a_key: str, a: Sequence[float], b_key: str, b: Sequence[float], digits: int = 3) -> dict:
+    """The JSON summary of an A/B timing: ``reps``, the medians under ``a_key`` and ``b_key``
+    (units as given), their ``ratio`` (A / B), and ``paired_geomean`` with its 95% interval
+    ``ci95`` (:func:`paired_ratio_ci`), rounded to ``digits``.
+
+    Raises:
+        ValueError: as :func:`paired_ratio_ci`.
+    """
+    import statistics
+
+    g, lo, hi = paired_ratio_ci(a, b)
+    ma, mb = statistics.median(a), statistics.median(b)
+    return {"reps": len(a), a_key: round(ma, digits), b_key: round(mb, digits), "ratio": round(ma / mb, digits),
+            "paired_geomean": round(g, digits), "ci95": [round(lo, digits), round(hi, digits)]}
