@@ -39,6 +39,19 @@ def local_ray():
 
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_uris_restored_per_module():
+    """Each module leaves the MLflow URIs as it found them: a module-scoped fixture that runs a job
+    in this process (``run_project`` sets ``MLFLOW_TRACKING_URI``) is set up before the per-test
+    guard below saves them, so without this its store would reach later modules (and click's
+    ``--tracking-uri`` reads ``MLFLOW_TRACKING_URI``)."""
+    from dlops_testing import mlflow_uris, restore_mlflow_uris
+
+    saved = mlflow_uris()
+    yield
+    restore_mlflow_uris(saved)
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uris_restored():
     """Every test leaves the MLflow tracking and registry URIs as it found them

@@ -25,7 +25,8 @@ def test_nothing_to_register_is_one_line_and_exit_1(tmp_path, local_ray, monkeyp
     from dlops.cli import main
 
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(main, ["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
+    # the store is the project's tracking.uri: no MLFLOW_TRACKING_URI (click's --tracking-uri envvar) from elsewhere
+    r = CliRunner(env={"MLFLOW_TRACKING_URI": None}).invoke(main, ["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
                                                              "search.stages=[{trials: 2, epochs: 1, method: sobol}]")])
     assert r.exit_code == 1, (r.stderr[-3000:], r.exception)
     assert "Traceback" not in r.stderr
