@@ -81,8 +81,9 @@ def main() -> None:
 @click.argument("project_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a key of the project file (YAML value); repeatable.")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
+@click.option("--tracking-uri", default=None,  # no envvar: the file's tracking.uri comes before $MLFLOW_TRACKING_URI
+              help="MLflow tracking URI. Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow.db in the working directory.")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
               help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray on 127.0.0.1).")
 @click.option("--resume", is_flag=True, default=False,
@@ -174,7 +175,7 @@ def report(target: str, split: str, reporters: tuple[str, ...], tracking_uri: Op
               help="The cluster's Ray Jobs API, e.g. http://head:8265 (as `ray job submit`: "
                    "$RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="As for dlops run; repeatable.")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+@click.option("--tracking-uri", default=None,  # no envvar: the file's tracking.uri comes before $MLFLOW_TRACKING_URI
               help="A tracking server the cluster reaches (a local store only for a cluster on this machine). "
                    "Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.")
 @click.option("--resume", is_flag=True, default=False, help="Pass --resume to the job.")

@@ -185,3 +185,23 @@ def test_a_dumped_project_loads_again_with_every_default_written_out():
     cfg = load_config(EXAMPLE, [])
     again = ProjectConfig.model_validate(cfg.model_dump(mode="json"))
     assert again.model_dump(mode="json") == cfg.model_dump(mode="json")
+
+
+def test_tracking_uri_precedence_flag_then_file_then_environment(tmp_path: Path, monkeypatch):
+    """``--tracking-uri`` > the file's ``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` (README), read
+    off the store ``dlops run --resume`` names when there is nothing to resume (before Ray)."""
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    env_uri, file_uri, flag_uri = (f"sqlite:///{tmp_path}/{n}.db" for n in ("env", "file", "flag"))
+    runner = CliRunner(env={"MLFLOW_TRACKING_URI": env_uri})
+    cases = [(["--set", f"tracking.uri={file_uri}"], file_uri),
+             (["--set", f"tracking.uri={file_uri}", "--tracking-uri", flag_uri], flag_uri),
+             ([], env_uri)]
+    for extra, want in cases:
+        r = runner.invoke(main, ["run", str(EXAMPLE), "--resume", *extra])
+        assert r.exit_code == 2, (extra, r.output)
+        assert f"there is no store at {want} " in r.stderr, (extra, r.stderr)
+    assert list(tmp_path.iterdir()) == []
