@@ -43,8 +43,8 @@ def local_ray():
 def _mlflow_uris_restored_per_module():
     """Each module leaves the MLflow URIs as it found them: a module-scoped fixture that runs a job
     in this process (``run_project`` sets ``MLFLOW_TRACKING_URI``) is set up before the per-test
-    guard below saves them, so without this its store would reach later modules (and click's
-    ``--tracking-uri`` reads ``MLFLOW_TRACKING_URI``)."""
+    guard below saves them, so without this its store would reach later modules (and `dlops report`,
+    `serve` and `models` read ``MLFLOW_TRACKING_URI`` as their ``--tracking-uri``)."""
     from dlops_testing import mlflow_uris, restore_mlflow_uris
 
     saved = mlflow_uris()

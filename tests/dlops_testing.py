@@ -38,6 +38,24 @@ def run_dlops(args: list[str], cwd: Path, timeout: int = 300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def invoke_cli(args: list[str], cwd: Path, env: dict | None = None):
+    """``dlops ARGS`` through click's runner in this process, from ``cwd`` (a module's ``local_ray``
+    saves the Ray start; no subprocess imports); returns click's ``Result`` (``exit_code``,
+    ``stdout``, ``stderr``, ``exception``). ``env``: variables to set (None unsets) meanwhile."""
+    import os
+
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner(env=env).invoke(main, args)
+    finally:
+        os.chdir(old)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
     import socket

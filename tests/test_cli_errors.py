@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlops_testing import EXAMPLE, TINY, run_dlops
+from dlops_testing import EXAMPLE, TINY, invoke_cli, run_dlops
 
 
 def _sets(tmp_path, *extra):
@@ -16,18 +16,13 @@ def _sets(tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_nothing_to_register_is_one_line_and_exit_1(tmp_path, local_ray, monkeypatch):
+def test_nothing_to_register_is_one_line_and_exit_1(tmp_path, local_ray):
     """Through click's runner in this process (on the module's local Ray: a subprocess would add
     its imports and a Ray start); the exit code and stderr are the CLI's own."""
-    from click.testing import CliRunner
     from mlflow import MlflowClient
 
-    from dlops.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    # the store is the project's tracking.uri: no MLFLOW_TRACKING_URI (click's --tracking-uri envvar) from elsewhere
-    r = CliRunner(env={"MLFLOW_TRACKING_URI": None}).invoke(main, ["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
-                                                             "search.stages=[{trials: 2, epochs: 1, method: sobol}]")])
+    r = invoke_cli(["run", str(EXAMPLE), *_sets(tmp_path, "search.constraints=[{metric: latency_ms, op: '<=', threshold: 0}]",
+                                                "search.stages=[{trials: 2, epochs: 1, method: sobol}]")], tmp_path)
     assert r.exit_code == 1, (r.stderr[-3000:], r.exception)
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]

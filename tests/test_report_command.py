@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import REPO, make_digits_images_module
+from dlops_testing import REPO, invoke_cli, make_digits_images_module
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +79,7 @@ def _write_folder(root: Path) -> None:
 
 def _run(args: list[str], cwd: Path):
     """``dlops run ARGS`` through the CLI, from ``cwd`` (on the module's local Ray)."""
-    import os
-
-    from click.testing import CliRunner
-
-    from dlops.cli import main
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        r = CliRunner().invoke(main, ["run", *args])
-    finally:
-        os.chdir(old)
+    r = invoke_cli(["run", *args], cwd)
     assert r.exit_code == 0, (r.output[-3000:], r.exception)
     return r
 

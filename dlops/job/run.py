@@ -113,7 +113,8 @@ def check_resume(cfg: ProjectConfig, uri: str) -> list[dict[str, Any]]:
     from dlops.search.resume import check_resume_changes, find_resumable
 
     if store_missing(uri):
-        raise _no_store_to_resume(uri)
+        raise NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
+                                   "run without --resume to start a new search")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None:
@@ -127,7 +128,8 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
                  resume_changes: Optional[list[dict[str, Any]]] = None) -> JobContext:
     """Check resources and the source model, open the store and the experiment, and create (or,
     with ``resume``, reopen) the search run. A request the cluster cannot meet leaves no run and no
-    new store. ``resume_changes`` (from :func:`check_resume`) are recorded on the reopened run.
+    new store. ``resume_changes`` (from :func:`check_resume`, which has already refused a missing
+    store or experiment before Ray started) are recorded on the reopened run.
 
     Raises:
         ResourceError, NothingToResumeError, DataError, TrackingError: as :func:`run_project`.
@@ -139,9 +141,6 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     from dlops.tracking.store import check_artifact_root, ensure_experiment
 
     check_resources(cfg.search.resources.cpu, cfg.search.resources.gpu, cfg.ray.autoscaler)
-    missing_store = store_missing(uri)
-    if resume and missing_store:  # run_project's check_resume says so before Ray starts
-        raise _no_store_to_resume(uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # reaches Ray workers started from here explicitly
     client = MlflowClient(uri)
@@ -170,11 +169,6 @@ def open_context(cfg: ProjectConfig, data: Any, uri: str, out: Callable[[str], N
     return JobContext(config=cfg, data=data, client=client, tracking_uri=uri, experiment_id=exp_id,
                       search_run_id=parent_id, search_id=search_id, out=out, resume=resume, open_runs=[parent_id],
                       summary=RunSummary(tracking_uri=uri, experiment_id=exp_id, search_run_id=parent_id))
-
-
-def _no_store_to_resume(uri: str) -> NothingToResumeError:
-    return NothingToResumeError(f"--resume: there is no store at {uri} to resume from; "
-                                "run without --resume to start a new search")
 
 
 def store_missing(uri: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import EXAMPLE, TINY
+from dlops_testing import EXAMPLE, TINY, invoke_cli
 
 pytestmark = pytest.mark.slow
 
@@ -437,22 +437,18 @@ def test_confirmation_reruns_the_top_configs_and_registers_the_mean_winner(job):
 
 
 @pytest.mark.slow
-def test_a_search_whose_first_stage_is_gp_runs_through_the_cli(tmp_path: Path, local_ray, monkeypatch):
+def test_a_search_whose_first_stage_is_gp_runs_through_the_cli(tmp_path: Path, local_ray):
     """``method: gp`` on the first stage: its first trials take Sobol points (nothing has ended
     yet), the rest come from the model; the CLI exits 0 and every trial ends FINISHED. (Click's
     runner, in this process, on the module's local Ray.)"""
-    from click.testing import CliRunner
     from mlflow import MlflowClient
 
-    from dlops.cli import main
-
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
     args = ["run", str(EXAMPLE), "--tracking-uri", uri,
             "--set", "search.stages=[{trials: 4, epochs: 1, method: gp}]", "--set", "pretrain.epochs=1",
             "--set", "ray.num_cpus=2", "--set", "search.confirm=null", "--set", "ensemble.enabled=false",
             "--set", "report.reporters=[]"]
-    p = CliRunner().invoke(main, args)
+    p = invoke_cli(args, tmp_path)
     assert p.exit_code == 0, (p.output[-3000:], p.exception)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("digits-transfer")

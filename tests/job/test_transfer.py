@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlops_testing import EXAMPLE, REPO, TINY, make_digits_images_module
+from dlops_testing import EXAMPLE, REPO, TINY, invoke_cli, make_digits_images_module
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +53,6 @@ def folder_job(tmp_path_factory, local_ray):
     import types
 
     import torch
-    from click.testing import CliRunner
-
-    from dlops.cli import main
 
     from dlops.models import create_model
 
@@ -79,12 +76,7 @@ def folder_job(tmp_path_factory, local_ray):
     args = ["run", str(REPO / "examples" / "imagefolder-transfer.yaml"), "--tracking-uri", uri]
     for s in sets:
         args += ["--set", s]
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        res = CliRunner().invoke(main, args)
-    finally:
-        os.chdir(old)
+    res = invoke_cli(args, d)
     # the CLI's exit code and its two streams, as the tests below read a finished process's
     r = types.SimpleNamespace(returncode=res.exit_code, stdout=res.stdout,
                               stderr=res.stderr + (f"\n{res.exception!r}" if res.exception else ""))
