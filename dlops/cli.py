@@ -85,7 +85,8 @@ def main() -> None:
               help="MLflow tracking URI. Default: tracking.uri of the file, else $MLFLOW_TRACKING_URI, "
                    "else sqlite:///mlflow.db in the working directory.")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
-              help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray on 127.0.0.1).")
+              help="Ray cluster address, e.g. ray://head:10001. Default: $RAY_ADDRESS (a Ray Job's "
+                   "driver gets its cluster there), else ray.address of the file, else a local Ray on 127.0.0.1.")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue the latest unfinished search of this project (after a crash or kill) "
                    "instead of starting a new one.")

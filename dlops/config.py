@@ -52,7 +52,8 @@ class TrackingConfig(_Model):
 
 
 class RayConfig(_Model):
-    """Where trials run. ``address`` None: ``$RAY_ADDRESS`` or a local Ray on 127.0.0.1."""
+    """Where trials run. ``$RAY_ADDRESS``, when set, comes before ``address`` (Ray Jobs sets it
+    for a job's driver); ``address`` None and no ``$RAY_ADDRESS``: a local Ray on 127.0.0.1."""
 
     address: Optional[str] = None
     num_cpus: Optional[int] = Field(default=None, ge=1)

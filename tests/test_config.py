@@ -205,3 +205,33 @@ def test_tracking_uri_precedence_flag_then_file_then_environment(tmp_path: Path,
         assert r.exit_code == 2, (extra, r.output)
         assert f"there is no store at {want} " in r.stderr, (extra, r.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_address_precedence_flag_then_environment_then_file(tmp_path: Path, monkeypatch):
+    """``--ray-address`` > ``$RAY_ADDRESS`` > the file's ``ray.address`` (README: Ray Jobs sets the
+    variable for a submitted job's driver), for the CLI and for ``run_project`` alike; read off the
+    address named by the error when nothing listens there (before Ray starts or any run)."""
+    from click.testing import CliRunner
+
+    from dlops.cli import main
+    from dlops.errors import DlopsError
+    from dlops.job.run import run_project
+    from dlops_testing import TINY, free_port
+
+    monkeypatch.chdir(tmp_path)
+    env_a, file_a, flag_a = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    sets = [*TINY, f"tracking.uri=sqlite:///{tmp_path}/m.db", f"ray.address={file_a}"]
+    runner = CliRunner(env={"RAY_ADDRESS": env_a})
+    args = ["run", str(EXAMPLE)] + [a for s in sets for a in ("--set", s)]
+    for extra, want in ((["--ray-address", flag_a], flag_a), ([], env_a)):
+        r = runner.invoke(main, args + extra)
+        assert r.exit_code == 2, (extra, r.output)
+        assert f"nothing answers at {want}" in r.stderr, (extra, r.stderr)
+    monkeypatch.setenv("RAY_ADDRESS", env_a)
+    cfg = load_config(EXAMPLE, sets)
+    with pytest.raises(DlopsError, match=f"nothing answers at {env_a}"):
+        run_project(cfg, out=lambda s: None)
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(DlopsError, match=f"nothing answers at {file_a}"):
+        run_project(cfg, out=lambda s: None)
+    assert not (tmp_path / "m.db").exists()

@@ -29,7 +29,10 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
     Args:
         cfg: a validated project.
         tracking_uri: overrides ``tracking.uri`` (else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
-        ray_address: overrides ``ray.address`` (else ``$RAY_ADDRESS``, else a local Ray on 127.0.0.1).
+        ray_address: the Ray cluster; else ``$RAY_ADDRESS``, else ``ray.address``, else a local Ray
+            on 127.0.0.1. The environment comes before the file here, unlike the tracking URI:
+            Ray Jobs sets ``$RAY_ADDRESS`` for a job's driver, so a ``dlops submit`` job joins the
+            cluster it was submitted to whatever address the file names.
         out: where progress lines go.
         resume: continue the latest unfinished search of the experiment (same parent run,
             same trials; see :mod:`dlops.search.resume`) instead of starting a new one.
@@ -53,7 +56,7 @@ def run_project(cfg: ProjectConfig, tracking_uri: Optional[str] = None, ray_addr
     source_state = check_weights(cfg, data, uri)  # so are bad weights
     changes = check_resume(cfg, uri) if resume else []  # so is a change that would alter the search
     t_ray = time.perf_counter()
-    started = init_ray(ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS"), cfg.ray.num_cpus,
+    started = init_ray(ray_address or os.environ.get("RAY_ADDRESS") or cfg.ray.address, cfg.ray.num_cpus,
                        cfg.ray.num_gpus)
     t_ray = time.perf_counter() - t_ray
     sigterm = signals.install()  # after ray.init, whose native SIGTERM handler aborts: see dlops.signals
