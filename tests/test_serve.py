@@ -390,7 +390,8 @@ def test_serve_unknown_model_in_an_existing_store_exits_2(store):
 
 def test_serve_broken_model_exits_2_fast_with_the_real_error(store):
     """A registered version whose weights file is corrupt: exit 2 with the unpickling error, from
-    the driver's test load, before Ray starts (no crash-looping replica)."""
+    the driver's test load (dlops.serving.engine.CheckLoads, which runs while Ray starts), before Serve
+    starts (no crash-looping replica)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -411,7 +412,7 @@ def test_serve_broken_model_exits_2_fast_with_the_real_error(store):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "broken-model" in r.stderr and "does not load" in r.stderr and "UnpicklingError" in r.stderr
     assert "Traceback" not in r.stderr and "Started Serve" not in r.stderr
-    assert elapsed < 90, elapsed  # seconds on a quiet machine: no Ray start
+    assert elapsed < 90, elapsed  # seconds on a quiet machine: Ray starts, Serve does not
 
 
 REPLICA_FAILS = r"""
