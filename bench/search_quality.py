@@ -513,9 +513,7 @@ C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any], str]] = {
     "gp3-s1": (ZoomRule(kind="shrink", shrink=1.0), {"first": 0.25, "n_zoom": 3}, "gp"),
     # gp3-s7 with every categorical choice open until the last stage (the GP weighs them itself)
     "gp3-s7-k": (ZoomRule(kind="shrink", shrink=0.7, keep_choices=True), {"first": 0.25, "n_zoom": 3}, "gp"),
-    # gp3-s7 with half of the GP's candidates near the best trial (normal steps of 0.1 / 0.05 of
-    # the box's width, choices kept with probability 1/2): finer placement late in a search
-    "gp3-s7-l": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3, "local": 0.5, "step": 0.1}, "gp"),
+}, "gp"),
     "gp3-s7-l05": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3, "local": 0.5, "step": 0.05},
                    "gp"),
     "gp3-s7-l25": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3, "local": 0.25, "step": 0.1},
@@ -526,7 +524,6 @@ DEFAULT_RULE = "gp3-s7"
 
 def c2f_stage_list(n: int, q: int, dim: int, kw: Mapping[str, Any], method: str) -> list[Stage]:
     kw = dict(kw)
-    cand = {k: kw.pop(k) for k in ("local", "step") if k in kw}  # gp stages: local candidates
     if "n_zoom" in kw:  # the old equal-stages layout (first share, then n_zoom equal stages)
         nz = kw.pop("n_zoom")
         n0 = max(1, int(round(kw.get("first", 0.25) * n)))
@@ -536,8 +533,7 @@ def c2f_stage_list(n: int, q: int, dim: int, kw: Mapping[str, Any], method: str)
         if "zoom_share" in kw:  # zoom stages of a share of the budget (then rounded up to whole batches)
             kw["min_stage"] = max(1, int(math.ceil(kw.pop("zoom_share") * n)))
         sizes = stage_sizes(n, q, dim, **kw)
-    return [Stage(s, method="sobol" if i == 0 else method, **(cand if i and method == "gp" else {}))  # type: ignore[arg-type]
-            for i, s in enumerate(sizes)]
+    return [Stage(s, method="sobol" if i == 0 else method) for i, s in enumerate(sizes)]  # type: ignore[arg-type]
 
 
 def run_c2f(task: Task, n: int, q: int, seed: int, rule: str = DEFAULT_RULE) -> History:

@@ -124,8 +124,6 @@ def fit_posterior(
     fixed: Mapping[str, Any] | None = None,
     n_candidates: int = N_CANDIDATES,
     max_trials: int = MAX_TRIALS,
-    local: float = 0.0,
-    step: float = 0.1,
 ) -> Posterior | None:
     """Fit the GP on ``trials`` and its joint posterior on ``n_candidates`` random points of ``box``.
 
@@ -141,15 +139,9 @@ def fit_posterior(
         max_trials: with more trials than this, the fit uses this many: those inside ``box``
             first (a local model of the region the stage searches, as TuRBO's), best first, then
             the best of the others (:func:`_most_relevant`).
-        local: share of the candidates, in [0, 1), drawn around the best feasible trial (inside
-            ``box`` if one is) instead of by Sobol in the box (:func:`local_candidates`): a box
-            of 256 Sobol points in 6 dimensions has one point per ~0.4 of its width per
-            coordinate, too coarse to refine a good trial late in a search.
-        step: the standard deviation of a local candidate's step per numeric coordinate, as a
-            fraction of the box's width.
 
     Raises:
-        ValueError: ``n_candidates`` < 1, ``local`` outside [0, 1) or ``step`` <= 0.
+        ValueError: ``n_candidates`` < 1.
 
     Returns:
         the posterior, or None when fewer than 2 trials have a finite feasible value (then there
@@ -158,10 +150,6 @@ def fit_posterior(
     """
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
-    if not (0 <= local < 1):
-        raise ValueError(f"local must be in [0, 1), got {local}")
-    if not step > 0:
-        raise ValueError(f"step must be > 0, got {step}")
     if len(trials) > max_trials:
         trials = _most_relevant(params, box, trials, metric, mode, constraints, max_trials)
     ok = [t for t in trials if is_feasible(t, metric, constraints)]
@@ -172,13 +160,12 @@ def fit_posterior(
     # one BLAS thread: the matrices are at most a few hundred rows, and OpenBLAS's threads spinning
     # against busy cores made one 256 x 256 Cholesky factorisation 140 ms instead of 1 ms (measured)
     with threadpool_limits(1, user_api="blas"):
-        return _fit(params, box, original, trials, ok, metric, mode, rng, fixed, n_candidates, local, step)
+        return _fit(params, box, original, trials, ok, metric, mode, rng, fixed, n_candidates)
 
 
 def _fit(params: Sequence[Param], box: Box, original: Box, trials: Sequence[TrialOutcome],
          ok: Sequence[TrialOutcome], metric: str, mode: Mode, rng: np.random.Generator,
-         fixed: Mapping[str, Any] | None, n_candidates: int, local: float = 0.0,
-         step: float = 0.1) -> Posterior | None:
+         fixed: Mapping[str, Any] | None, n_candidates: int) -> Posterior | None:
     from scipy.linalg import cho_solve, cholesky, solve_triangular
 
     good = {t.trial_id for t in ok}
@@ -207,53 +194,13 @@ def _fit(params: Sequence[Param], box: Box, original: Box, trials: Sequence[Tria
     if best is None:
         return None
     _, ls, nz, low = best
-    n_local = int(round(local * n_candidates))
-    cands = sample_box(params, box, n_candidates - n_local, rng, "sobol", fixed)
-    if n_local:
-        sign = 1.0 if mode == "min" else -1.0
-        inside = [t for t in ok if in_box(params, box, t.config)] or list(ok)
-        best = min(inside, key=lambda t: sign * float(t.metrics[metric]))
-        cands += local_candidates(params, box, best.config, n_local, step, rng, fixed)
+    cands = sample_box(params, box, n_candidates, rng, "sobol", fixed)
     xc = encode(params, original, cands)
     ks = matern52(_distances(xc, x), ls * scale)  # (m, n)
     mean = ks @ cho_solve((low, True), y)
     v = solve_triangular(low, ks.T, lower=True)  # (n, m)
     cov = matern52(_distances(xc, xc), ls * scale) - v.T @ v  # the latent function's posterior
     return Posterior(cands, mean, _safe_cholesky(cov), ls, nz)
-
-
-def local_candidates(params: Sequence[Param], box: Box, centre: Mapping[str, Any], n: int, step: float,
-                     rng: np.random.Generator, fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """``n`` configurations near ``centre``: each numeric coordinate moved by a normal step of
-    standard deviation ``step`` times the box's width (sampling scale) and clipped into ``box``;
-    each ``choice`` parameter kept with probability 1/2, otherwise drawn from the box's choices
-    (keeping every choice fixed made a table of categorical parameters worse, bench/README.md);
-    ``fixed`` parameters keep their value, ``const`` ones theirs. The local candidates of TuRBO
-    (Eriksson et al. 2019) and of BoTorch's acquisition optimisers start the same way.
-
-    Returns:
-        ``n`` dicts ``{name: value}`` in the value scale, all inside ``box``.
-    """
-    fixed = dict(fixed or {})
-    out: list[dict[str, Any]] = []
-    for _ in range(n):
-        cfg: dict[str, Any] = {}
-        for p in params:
-            if p.name in fixed:
-                cfg[p.name] = fixed[p.name]
-            elif p.scale == "const":
-                cfg[p.name] = p.value
-            elif p.scale == "choice":
-                opts = box.choices[p.name]
-                keep = p.name in centre and centre[p.name] in opts and rng.random() < 0.5
-                cfg[p.name] = centre[p.name] if keep else opts[int(rng.integers(len(opts)))]
-            elif p.name in box.intervals:
-                lo, hi = box.intervals[p.name]
-                u0 = p.to_u(float(centre[p.name])) if p.name in centre else (lo + hi) / 2
-                u = u0 + step * (hi - lo) * float(rng.standard_normal())
-                cfg[p.name] = p.from_u(min(hi, max(lo, u)))
-        out.append(cfg)
-    return out
 
 
 def _most_relevant(params: Sequence[Param], box: Box, trials: Sequence[TrialOutcome], metric: str, mode: Mode,

@@ -46,9 +46,6 @@ class Stage:
         tiers: highest priority tier tuned in this stage (``tiers`` strategy); parameters of a
             higher tier are held at their default. None: all tiers.
         perturb: per-coordinate probability of drawing a coordinate (``anchored`` only).
-        local: share of a ``gp`` stage's candidate points drawn near the best trial so far
-            instead of by Sobol in the box (``gp`` only; see :func:`dlops.search.model.fit_posterior`).
-        step: standard deviation of those candidates' steps, as a fraction of the box's width.
     """
 
     n_trials: int
@@ -56,8 +53,6 @@ class Stage:
     method: Literal["random", "sobol", "anchored", "gp"] = "random"
     tiers: int | None = None
     perturb: float = 0.5
-    local: float = 0.0
-    step: float = 0.1
 
 
 class StagedPlan:
@@ -193,9 +188,8 @@ class StagedPlan:
         key = (k, len(done))
         if self._posterior is None or self._posterior[0] != key:
             rng = np.random.default_rng([self.seed, k, len(done), 2])
-            st = self.stages[k]
             post = fit_posterior(self.params, self.boxes[k], self.original, done, self.metric, self.mode, rng,
-                                 self.constraints, self._fixed(k), local=st.local, step=st.step)
+                                 self.constraints, self._fixed(k))
             self._posterior = (key, post)
         post = self._posterior[1]
         if post is None:
