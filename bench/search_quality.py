@@ -513,11 +513,6 @@ C2F_RULES: dict[str, tuple[ZoomRule, dict[str, Any], str]] = {
     "gp3-s1": (ZoomRule(kind="shrink", shrink=1.0), {"first": 0.25, "n_zoom": 3}, "gp"),
     # gp3-s7 with every categorical choice open until the last stage (the GP weighs them itself)
     "gp3-s7-k": (ZoomRule(kind="shrink", shrink=0.7, keep_choices=True), {"first": 0.25, "n_zoom": 3}, "gp"),
-}, "gp"),
-    "gp3-s7-l05": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3, "local": 0.5, "step": 0.05},
-                   "gp"),
-    "gp3-s7-l25": (ZoomRule(kind="shrink", shrink=0.7), {"first": 0.25, "n_zoom": 3, "local": 0.25, "step": 0.1},
-                   "gp"),
 }
 DEFAULT_RULE = "gp3-s7"
 
